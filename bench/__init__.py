@@ -1,0 +1,1 @@
+"""Reproducible benchmarks: run ``python -m bench.<name> --help``."""

@@ -1,0 +1,43 @@
+"""outbox: a transactional outbox and job relay on PostgreSQL.
+
+Enqueue jobs in the same transaction as the domain rows that cause them; relays
+claim and run them; every transition is kept in an append-only history.
+"""
+
+from outbox.enqueue import Enqueued, NewJob, enqueue, enqueue_many
+from outbox.errors import (
+    ConfigurationError,
+    DuplicateHandler,
+    InvalidJob,
+    MigrationError,
+    OutboxError,
+    PayloadNotJSON,
+    PayloadTooLarge,
+    RegistryError,
+    UnknownJobType,
+    UnsupportedSession,
+)
+from outbox.job import Job
+from outbox.registry import Handler, Registry
+from outbox.settings import Settings
+
+__all__ = [
+    "ConfigurationError",
+    "DuplicateHandler",
+    "Enqueued",
+    "Handler",
+    "InvalidJob",
+    "Job",
+    "MigrationError",
+    "NewJob",
+    "OutboxError",
+    "PayloadNotJSON",
+    "PayloadTooLarge",
+    "Registry",
+    "RegistryError",
+    "Settings",
+    "UnknownJobType",
+    "UnsupportedSession",
+    "enqueue",
+    "enqueue_many",
+]

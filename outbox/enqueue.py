@@ -1,0 +1,315 @@
+"""Enqueue jobs inside the application's own transaction (G1).
+
+One statement, one round trip, whatever the number of jobs: see
+``outbox/sql/enqueue.sql`` for what it does and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, overload
+from uuid import UUID
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_scoped_session
+from sqlalchemy.orm import Session, scoped_session
+
+from outbox import bulk, validate
+from outbox.bulk import Columns
+from outbox.errors import InvalidJob, UnknownJobType, UnsupportedSession
+from outbox.ids import uuid7_batch
+from outbox.registry import Registry
+from outbox.settings import Settings, default_settings
+from outbox.sql import queries
+
+#: Namespace of outbox's advisory locks (the first of the two int4 lock keys).
+KEY_LOCK_CLASS = 0x0B0C
+ENQUEUE = sa.text(queries["enqueue"])
+
+SyncTarget = Session | scoped_session[Session] | sa.Connection
+AsyncTarget = AsyncSession | async_scoped_session[AsyncSession] | AsyncConnection
+_ASYNC = (AsyncSession, async_scoped_session, AsyncConnection)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Enqueued:
+    """The handle of an enqueued job."""
+
+    uuid: UUID
+    #: True when the idempotency key was already used within its retention window:
+    #: no job was created, and ``uuid`` is the job created by the first use (G5).
+    duplicate: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewJob:
+    """One job for :func:`enqueue_many`; the options mean what they mean for :func:`enqueue`."""
+
+    type: str
+    payload: Mapping[str, Any]
+    key: str | None = None
+    idempotency_key: str | None = None
+    queue: str | None = None
+    priority: int = 0
+    run_at: datetime | None = None
+    delay: timedelta | float | None = None
+    max_attempts: int | None = None
+
+
+@overload
+def enqueue(
+    session: SyncTarget,
+    type: str,
+    payload: Mapping[str, Any],
+    *,
+    key: str | None = ...,
+    idempotency_key: str | None = ...,
+    queue: str | None = ...,
+    priority: int = ...,
+    run_at: datetime | None = ...,
+    delay: timedelta | float | None = ...,
+    max_attempts: int | None = ...,
+    registry: Registry | None = ...,
+    settings: Settings | None = ...,
+) -> Enqueued: ...
+@overload
+def enqueue(
+    session: AsyncTarget,
+    type: str,
+    payload: Mapping[str, Any],
+    *,
+    key: str | None = ...,
+    idempotency_key: str | None = ...,
+    queue: str | None = ...,
+    priority: int = ...,
+    run_at: datetime | None = ...,
+    delay: timedelta | float | None = ...,
+    max_attempts: int | None = ...,
+    registry: Registry | None = ...,
+    settings: Settings | None = ...,
+) -> Coroutine[Any, Any, Enqueued]: ...
+def enqueue(
+    session: SyncTarget | AsyncTarget,
+    type: str,
+    payload: Mapping[str, Any],
+    *,
+    key: str | None = None,
+    idempotency_key: str | None = None,
+    queue: str | None = None,
+    priority: int = 0,
+    run_at: datetime | None = None,
+    delay: timedelta | float | None = None,
+    max_attempts: int | None = None,
+    registry: Registry | None = None,
+    settings: Settings | None = None,
+) -> Enqueued | Coroutine[Any, Any, Enqueued]:
+    """Add one job to the transaction of ``session``; it exists only if that transaction commits.
+
+    ``session`` is a SQLAlchemy ``Session``, ``AsyncSession`` (then await the result)
+    or ``Connection``. Jobs with the same ``key`` run one at a time in commit order;
+    a second use of an ``idempotency_key`` within the retention window creates no
+    job and returns ``duplicate=True``. With a ``registry``, the handler's queue and
+    ``max_attempts`` are the defaults, and a strict registry refuses unknown types.
+
+    Raises :class:`outbox.InvalidJob` (or a subclass) before anything is written.
+    """
+    job = NewJob(type, payload, key, idempotency_key, queue, priority, run_at, delay, max_attempts)
+    settings = settings or default_settings()
+    columns = _bind([job], registry, settings)
+    if isinstance(session, _ASYNC):
+        return _first(_execute_async(session, columns, settings))
+    return _execute(session, columns, settings)[0]
+
+
+@overload
+def enqueue_many(
+    session: SyncTarget,
+    jobs: Iterable[NewJob],
+    *,
+    registry: Registry | None = ...,
+    settings: Settings | None = ...,
+) -> list[Enqueued]: ...
+@overload
+def enqueue_many(
+    session: AsyncTarget,
+    jobs: Iterable[NewJob],
+    *,
+    registry: Registry | None = ...,
+    settings: Settings | None = ...,
+) -> Coroutine[Any, Any, list[Enqueued]]: ...
+def enqueue_many(
+    session: SyncTarget | AsyncTarget,
+    jobs: Iterable[NewJob],
+    *,
+    registry: Registry | None = None,
+    settings: Settings | None = None,
+) -> list[Enqueued] | Coroutine[Any, Any, list[Enqueued]]:
+    """Add many jobs in one statement; handles come back in the order given.
+
+    Every job is checked before any is written: one bad job refuses the whole batch.
+    """
+    settings = settings or default_settings()
+    columns = _bind(list(jobs), registry, settings)
+    if not columns.uuid:
+        return _no_jobs(session)
+    if isinstance(session, _ASYNC):
+        return _execute_async(session, columns, settings)
+    return _execute(session, columns, settings)
+
+
+def _bind(batch: Sequence[NewJob], registry: Registry | None, settings: Settings) -> Columns:
+    """The batch as columns, every job checked before anything is sent."""
+    n = len(batch)
+    columns = Columns([], [], [], [], [], [], [], [], [], [])
+    # Per (type, queue, max_attempts) as given: as resolved. Batches hold few distinct ones.
+    resolved: dict[tuple[str, str | None, int | None], tuple[str, str, int | None]] = {}
+    limit = settings.payload_limit
+    for i, job in enumerate(batch):
+        try:
+            if type(job) is not NewJob:
+                raise InvalidJob(f"enqueue_many takes NewJob items, not {type(job).__name__}")
+            spec = (job.type, job.queue, job.max_attempts)
+            if spec not in resolved:
+                resolved[spec] = _resolve(job, registry, settings)
+            job_type, queue, max_attempts = resolved[spec]
+            key = None if job.key is None else validate.key(job.key)
+            idempotency_key = (
+                None
+                if job.idempotency_key is None
+                else validate.key(job.idempotency_key, "idempotency_key")
+            )
+            priority = job.priority if job.priority == 0 else validate.priority(job.priority)
+            if job.run_at is None and job.delay is None:
+                run_at, delay = None, None
+            else:
+                run_at, delay = validate.schedule(job.run_at, job.delay)
+            payload = validate.encode_payload(job.payload, limit)
+        except InvalidJob as exc:
+            if n == 1:
+                raise
+            raise type(exc)(f"job {i} of {n} ({getattr(job, 'type', '?')!r}): {exc}") from None
+        columns.type.append(job_type)
+        columns.queue.append(queue)
+        columns.max_attempts.append(max_attempts)
+        columns.key.append(key)
+        columns.idempotency_key.append(idempotency_key)
+        columns.priority.append(priority)
+        columns.run_at.append(run_at)
+        columns.delay.append(delay)
+        columns.payload.append(payload)
+    columns.uuid = uuid7_batch(n)
+    return columns
+
+
+def _statement_params(columns: Columns, settings: Settings) -> dict[str, Any]:
+    params = dataclasses.asdict(columns)
+    params["payload"] = "[" + ",".join(columns.payload) + "]"
+    params["lock_class"] = KEY_LOCK_CLASS
+    params["retention"] = settings.idempotency_retention
+    return params
+
+
+def _resolve(
+    job: NewJob, registry: Registry | None, settings: Settings
+) -> tuple[str, str, int | None]:
+    """Type, queue and max_attempts of a job, with its handler's defaults where it has one."""
+    job_type = validate.job_type(job.type)
+    handler = registry.get(job_type) if registry is not None else None
+    if registry is not None and registry.strict and handler is None:
+        known = ", ".join(sorted(h.type for h in registry)) or "none"
+        raise UnknownJobType(
+            f"no handler is registered for job type {job_type!r} (known types: {known}); "
+            "register one or fix the type name"
+        )
+    queue = job.queue if job.queue is not None else handler.queue if handler else None
+    attempts = job.max_attempts
+    if attempts is None and handler is not None:
+        attempts = handler.max_attempts
+    return (
+        job_type,
+        validate.queue(queue or settings.default_queue),
+        validate.max_attempts(attempts),
+    )
+
+
+def _execute(session: SyncTarget, columns: Columns, settings: Settings) -> list[Enqueued]:
+    if isinstance(session, Session | scoped_session):
+        connection = session.connection()
+    elif isinstance(session, sa.Connection):
+        connection = session
+    else:
+        raise UnsupportedSession(
+            "enqueue needs a SQLAlchemy Session, AsyncSession or Connection, "
+            f"not {type(session).__name__}"
+        )
+    _check_driver(connection.dialect)
+    if len(columns.uuid) < bulk.COPY_THRESHOLD:
+        rows = connection.execute(ENQUEUE, _statement_params(columns, settings)).all()
+        return _handles(columns.uuid, {o - 1: u for o, u in rows if o is not None})
+    driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
+    params = bulk.prepare_params(columns, KEY_LOCK_CLASS, settings.idempotency_retention)
+    with _atomic(driver):
+        return _handles(columns.uuid, bulk.run(driver, columns, params))
+
+
+async def _execute_async(
+    session: AsyncTarget, columns: Columns, settings: Settings
+) -> list[Enqueued]:
+    if isinstance(session, AsyncConnection):
+        connection = session
+    else:
+        connection = await session.connection()
+    _check_driver(connection.dialect)
+    if len(columns.uuid) < bulk.COPY_THRESHOLD:
+        result = await connection.execute(ENQUEUE, _statement_params(columns, settings))
+        return _handles(columns.uuid, {o - 1: u for o, u in result.all() if o is not None})
+    raw = await connection.get_raw_connection()
+    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    params = bulk.prepare_params(columns, KEY_LOCK_CLASS, settings.idempotency_retention)
+    if driver.autocommit:
+        async with driver.transaction():
+            skip = await bulk.run_async(driver, columns, params)
+    else:
+        skip = await bulk.run_async(driver, columns, params)
+    return _handles(columns.uuid, skip)
+
+
+def _atomic(driver: psycopg.Connection[Any]) -> contextlib.AbstractContextManager[Any]:
+    """The caller's transaction; or, on an autocommit connection, one of our own so the
+    three steps of the COPY path stand or fall together."""
+    return driver.transaction() if driver.autocommit else contextlib.nullcontext()
+
+
+def _handles(uuids: list[UUID], duplicates: dict[int, UUID]) -> list[Enqueued]:
+    """One handle per job; a duplicate's carries the existing job's uuid."""
+    handles = [Enqueued(uuid) for uuid in uuids]
+    for index, existing in duplicates.items():
+        handles[index] = Enqueued(existing, duplicate=True)
+    return handles
+
+
+async def _first(handles: Coroutine[Any, Any, list[Enqueued]]) -> Enqueued:
+    return (await handles)[0]
+
+
+def _no_jobs(session: object) -> list[Enqueued] | Coroutine[Any, Any, list[Enqueued]]:
+    if isinstance(session, _ASYNC):
+
+        async def nothing() -> list[Enqueued]:
+            return []
+
+        return nothing()
+    return []
+
+
+def _check_driver(dialect: sa.Dialect) -> None:
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        raise UnsupportedSession(
+            f"outbox needs PostgreSQL through psycopg 3; this session uses "
+            f"{dialect.name}+{dialect.driver}: create the engine with a "
+            "'postgresql+psycopg://' URL"
+        )

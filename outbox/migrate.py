@@ -1,0 +1,81 @@
+"""Bring a database to the schema this code needs, safely from many processes at once."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from outbox.errors import MigrationError
+
+VERSION_TABLE = "outbox_alembic_version"
+#: Session-level advisory lock held while migrating: (class, id) as two int4 keys.
+MIGRATION_LOCK = (0x0B0D, 1)
+
+
+def migrations_dir() -> Path:
+    """The Alembic script directory; add ``versions/`` under it to your own
+    ``version_locations`` to include outbox in your application's history."""
+    return Path(str(resources.files("outbox.migrations")))
+
+
+def alembic_config(connection: sa.Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head() -> str:
+    revision = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert revision is not None
+    return revision
+
+
+def current(connection: sa.Connection) -> str | None:
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> tuple[str | None, str | None]:
+    """Upgrade to ``revision``; returns the revisions before and after.
+
+    Concurrent callers wait on an advisory lock and then find nothing left to do.
+    """
+    with engine.connect() as connection:
+        connection.execute(sa.text("SELECT pg_advisory_lock(:c, :i)"), _lock_params())
+        connection.commit()
+        try:
+            before = current(connection)
+            connection.commit()
+            try:
+                command.upgrade(alembic_config(connection), revision)
+            except Exception as exc:
+                connection.rollback()
+                raise MigrationError(f"migration to {revision} failed: {exc}") from exc
+            connection.commit()
+            return before, current(connection)
+        finally:
+            connection.rollback()
+            connection.execute(sa.text("SELECT pg_advisory_unlock(:c, :i)"), _lock_params())
+            connection.commit()
+
+
+def _lock_params() -> dict[str, int]:
+    return {"c": MIGRATION_LOCK[0], "i": MIGRATION_LOCK[1]}
+
+
+def check_at_head(connection: sa.Connection) -> None:
+    """Refuse to run against a schema older (or newer) than this code."""
+    found, wanted = current(connection), head()
+    if found != wanted:
+        raise MigrationError(
+            f"the database schema is at {found or 'nothing'}, this code needs {wanted}: "
+            "run `outbox migrate`"
+        )

@@ -1,0 +1,120 @@
+"""Table objects for SQLAlchemy Core queries.
+
+The schema itself is defined by the Alembic migrations in ``migrations/``; a test
+compares these objects with a migrated database so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import BYTEA, JSONB, UUID
+
+metadata = sa.MetaData()
+
+#: Live work only: pending (or scheduled), running, dead. Succeeded and cancelled
+#: jobs leave this table in the transaction that records their history row.
+jobs = sa.Table(
+    "outbox_jobs",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), nullable=False),
+    sa.Column("uuid", UUID(as_uuid=True), primary_key=True),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("queue", sa.Text, nullable=False),
+    sa.Column("key", sa.Text),
+    sa.Column("idempotency_key", sa.Text),
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("state", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("priority", sa.SmallInteger, nullable=False, server_default="0"),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer),
+    sa.Column("run_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column(
+        "enqueued_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("claimed_at", sa.DateTime(timezone=True)),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
+    sa.Column("relay", sa.Text),
+    sa.Column("last_error", sa.Text),
+)
+sa.Index(
+    "outbox_jobs_ready_idx",
+    jobs.c.queue,
+    jobs.c.priority,
+    jobs.c.run_at,
+    jobs.c.id,
+    postgresql_where=jobs.c.state == "pending",
+)
+sa.Index("outbox_jobs_key_idx", jobs.c.key, jobs.c.id, postgresql_where=jobs.c.key.isnot(None))
+sa.Index(
+    "outbox_jobs_lease_idx", jobs.c.lease_expires_at, postgresql_where=jobs.c.state == "running"
+)
+
+#: One row per transition, appended in the transaction that makes it (G7).
+history = sa.Table(
+    "outbox_history",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("job_uuid", UUID(as_uuid=True), nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("queue", sa.Text, nullable=False),
+    sa.Column("key", sa.Text),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("payload", JSONB),
+    sa.Column("run_at", sa.DateTime(timezone=True)),
+    sa.Column("relay", sa.Text),
+    sa.Column("actor", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("error", JSONB),
+    sa.Column("duration_ms", sa.Float),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column(
+        "xid",
+        sa.BigInteger,
+        nullable=False,
+        server_default=sa.text("(pg_current_xact_id())::text::bigint"),
+    ),
+)
+sa.Index("outbox_history_job_idx", history.c.job_uuid, history.c.id)
+sa.Index("outbox_history_at_idx", history.c.at, postgresql_using="brin")
+
+#: The digest chain over sealed ranges of history.
+seals = sa.Table(
+    "outbox_seals",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("first_history_id", sa.BigInteger, nullable=False),
+    sa.Column("last_history_id", sa.BigInteger, nullable=False),
+    sa.Column("row_count", sa.BigInteger, nullable=False),
+    sa.Column("digest", BYTEA, nullable=False),
+    sa.Column("previous_digest", BYTEA),
+    sa.Column(
+        "sealed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+)
+
+#: Idempotency keys remembered for their retention window (G5), whatever became of the job.
+idempotency = sa.Table(
+    "outbox_idempotency",
+    metadata,
+    sa.Column("idempotency_key", sa.Text, primary_key=True),
+    sa.Column("job_uuid", UUID(as_uuid=True), nullable=False),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+sa.Index("outbox_idempotency_expires_idx", idempotency.c.expires_at)
+
+JOB_STATES = ("pending", "running", "dead")
+HISTORY_EVENTS = (
+    "enqueued",
+    "claimed",
+    "succeeded",
+    "failed",
+    "retried",
+    "dead",
+    "cancelled",
+    "rescued",
+    "revived",
+)

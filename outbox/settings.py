@@ -1,0 +1,109 @@
+"""The one settings object: arguments first, then ``OUTBOX_*`` variables, then defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from outbox.errors import ConfigurationError
+
+MIB = 1024 * 1024
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str, *, name: str) -> timedelta:
+    """``"90"`` and ``"90s"`` are seconds; ``ms``, ``m``, ``h`` and ``d`` are accepted too."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ConfigurationError(
+            f"{name}={text!r} is not a duration; write a number of seconds or one "
+            "followed by ms, s, m, h or d (for example 7d)"
+        )
+    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+
+
+def _parse_int(text: str, *, name: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigurationError(f"{name}={text!r} is not a whole number") from None
+
+
+def _default_embedded_dir() -> Path:
+    return platformdirs.user_cache_path("outbox") / "embedded-pg"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything outbox can be configured with, resolved once."""
+
+    #: Where the database is: a libpq URL (``postgresql://``) or an SQLAlchemy URL
+    #: (``postgresql+psycopg://``). ``None`` means the embedded server.
+    dsn: str | None = None
+    #: The largest payload accepted at enqueue, in bytes of its JSON encoding.
+    payload_limit: int = 1 * MIB
+    #: How long an idempotency key is remembered after its first enqueue (G5).
+    idempotency_retention: timedelta = timedelta(days=7)
+    #: The queue of a job enqueued without one and without a handler that names one.
+    default_queue: str = "default"
+    #: Attempts for a job whose enqueue and handler both leave ``max_attempts`` unset.
+    default_max_attempts: int = 25
+    #: Data folder of the embedded PostgreSQL used when no DSN is given.
+    embedded_dir: Path = dataclasses.field(default_factory=_default_embedded_dir)
+
+    def __post_init__(self) -> None:
+        if self.payload_limit < 1:
+            raise ConfigurationError(
+                f"payload_limit must be at least 1 byte, not {self.payload_limit}"
+            )
+        if self.idempotency_retention <= timedelta(0):
+            raise ConfigurationError("idempotency_retention must be longer than zero")
+        if self.default_max_attempts < 1:
+            raise ConfigurationError(
+                f"default_max_attempts must be at least 1, not {self.default_max_attempts}"
+            )
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``overrides``, then the environment, then the defaults.
+
+        ``None`` in ``overrides`` means "not given", so command-line options that
+        were left out fall through to the environment.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        if dsn := env.get("OUTBOX_DSN"):
+            values["dsn"] = dsn
+        if limit := env.get("OUTBOX_PAYLOAD_LIMIT"):
+            values["payload_limit"] = _parse_int(limit, name="OUTBOX_PAYLOAD_LIMIT")
+        if retention := env.get("OUTBOX_IDEMPOTENCY_RETENTION"):
+            values["idempotency_retention"] = parse_duration(
+                retention, name="OUTBOX_IDEMPOTENCY_RETENTION"
+            )
+        if queue := env.get("OUTBOX_DEFAULT_QUEUE"):
+            values["default_queue"] = queue
+        if attempts := env.get("OUTBOX_MAX_ATTEMPTS"):
+            values["default_max_attempts"] = _parse_int(attempts, name="OUTBOX_MAX_ATTEMPTS")
+        if embedded := env.get("OUTBOX_EMBEDDED_DIR"):
+            values["embedded_dir"] = Path(embedded)
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigurationError(f"unknown settings: {', '.join(sorted(unknown))}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@functools.cache
+def default_settings() -> Settings:
+    """The settings of this process's environment, read once."""
+    return Settings.load()

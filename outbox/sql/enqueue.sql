@@ -1,0 +1,136 @@
+-- name: enqueue
+-- Insert a batch of jobs with their `enqueued` history rows in one round trip, inside the
+-- caller's transaction, so jobs and history commit or roll back with the domain writes (G1, G7).
+-- G4: the distinct keys are locked (transaction-scoped advisory locks, in sorted order so two
+--     batches cannot deadlock on each other) before any row takes its id: a later transaction
+--     on the same key waits for the earlier to end, so ids within a key follow commit order.
+-- G5: the first use of an idempotency key within its retention window inserts its record; a
+--     later one finds it (waiting for an uncommitted first use to end) and inserts no job. The
+--     upsert always returns the record, so the caller learns the existing job's uuid.
+-- A delay counts from the database's clock (now()), not the application's.
+-- One NOTIFY per queue: PostgreSQL folds identical notifications within a transaction.
+WITH input AS (
+    SELECT *
+    FROM ROWS FROM (
+        unnest(CAST(:uuid AS uuid[])),
+        unnest(CAST(:type AS text[])),
+        unnest(CAST(:queue AS text[])),
+        unnest(CAST(:key AS text[])),
+        unnest(CAST(:idempotency_key AS text[])),
+        jsonb_array_elements(CAST(:payload AS jsonb)),
+        unnest(CAST(:priority AS smallint[])),
+        unnest(CAST(:run_at AS timestamptz[])),
+        unnest(CAST(:delay AS interval[])),
+        unnest(CAST(:max_attempts AS integer[]))
+    ) WITH ORDINALITY AS i (
+        uuid, type, queue, key, idempotency_key, payload, priority, run_at, delay, max_attempts,
+        ord
+    )
+),
+key_locks AS (
+    SELECT count(pg_advisory_xact_lock(CAST(:lock_class AS integer), hashtext(k.key))) AS taken
+    FROM (SELECT DISTINCT key FROM input WHERE key IS NOT NULL ORDER BY key) AS k
+),
+first_use AS (
+    SELECT DISTINCT ON (idempotency_key) idempotency_key, uuid
+    FROM input
+    WHERE idempotency_key IS NOT NULL
+    ORDER BY idempotency_key, ord
+),
+remembered AS (
+    INSERT INTO outbox_idempotency AS o (idempotency_key, job_uuid, expires_at)
+    SELECT idempotency_key, uuid, now() + CAST(:retention AS interval) FROM first_use
+    ON CONFLICT (idempotency_key) DO UPDATE SET
+        job_uuid = CASE WHEN o.expires_at <= now() THEN excluded.job_uuid ELSE o.job_uuid END,
+        created_at = CASE WHEN o.expires_at <= now() THEN now() ELSE o.created_at END,
+        expires_at = CASE WHEN o.expires_at <= now() THEN excluded.expires_at ELSE o.expires_at END
+    RETURNING idempotency_key, job_uuid
+),
+fresh AS (
+    SELECT input.*
+    FROM input
+    CROSS JOIN key_locks
+    LEFT JOIN remembered USING (idempotency_key)
+    WHERE input.idempotency_key IS NULL OR remembered.job_uuid = input.uuid
+),
+inserted AS (
+    INSERT INTO outbox_jobs (
+        uuid, type, queue, key, idempotency_key, payload, priority, run_at, max_attempts
+    )
+    SELECT uuid, type, queue, key, idempotency_key, payload, priority,
+           coalesce(run_at, now() + delay, now()), max_attempts
+    FROM fresh
+    ORDER BY ord
+    RETURNING uuid, type, queue, key, payload, run_at
+),
+recorded AS (
+    INSERT INTO outbox_history (job_uuid, event, type, queue, key, attempt, payload, run_at)
+    SELECT uuid, 'enqueued', type, queue, key, 0, payload, run_at
+    FROM inserted
+),
+woken AS (
+    SELECT count(pg_notify('outbox_jobs', q.queue)) AS sent
+    FROM (SELECT DISTINCT queue FROM inserted) AS q
+)
+-- Rows for duplicates only, with the existing job's uuid. `woken` is the preserved side of the
+-- join so that its notification is sent even when no duplicate comes back.
+SELECT dup.ord, dup.job_uuid
+FROM woken
+LEFT JOIN (
+    SELECT input.ord, remembered.job_uuid
+    FROM input
+    JOIN remembered USING (idempotency_key)
+    WHERE remembered.job_uuid <> input.uuid
+) AS dup ON true;
+
+-- name: enqueue_bulk_prepare
+-- The first of three steps of a large enqueue_many, whose rows then arrive by COPY.
+-- G4: lock the batch's distinct keys, sorted, before COPY gives any row its id.
+-- G5: record the idempotency keys; rows come back for duplicates only (the index into the
+--     :idempotency_key array and the existing job's uuid), plus one row with now(), which
+--     stands for the whole transaction and so dates delays and enqueue times in the copy.
+WITH key_locks AS (
+    SELECT count(pg_advisory_xact_lock(CAST(:lock_class AS integer), hashtext(k.key))) AS taken
+    FROM (SELECT DISTINCT key FROM unnest(CAST(:key AS text[])) AS u (key) ORDER BY key) AS k
+),
+input AS (
+    SELECT *
+    FROM unnest(CAST(:idempotency_key AS text[]), CAST(:uuid AS uuid[]))
+        WITH ORDINALITY AS i (idempotency_key, uuid, ord)
+),
+first_use AS (
+    SELECT DISTINCT ON (idempotency_key) idempotency_key, uuid
+    FROM input
+    ORDER BY idempotency_key, ord
+),
+remembered AS (
+    INSERT INTO outbox_idempotency AS o (idempotency_key, job_uuid, expires_at)
+    SELECT idempotency_key, uuid, now() + CAST(:retention AS interval) FROM first_use
+    ON CONFLICT (idempotency_key) DO UPDATE SET
+        job_uuid = CASE WHEN o.expires_at <= now() THEN excluded.job_uuid ELSE o.job_uuid END,
+        created_at = CASE WHEN o.expires_at <= now() THEN now() ELSE o.created_at END,
+        expires_at = CASE WHEN o.expires_at <= now() THEN excluded.expires_at ELSE o.expires_at END
+    RETURNING idempotency_key, job_uuid
+),
+woken AS (
+    SELECT count(pg_notify('outbox_jobs', q.queue)) AS sent
+    FROM unnest(CAST(:queues AS text[])) AS q (queue)
+)
+SELECT now(), (SELECT taken FROM key_locks), (SELECT sent FROM woken), dup.ord, dup.job_uuid
+FROM (SELECT 1) AS one
+LEFT JOIN (
+    SELECT input.ord, remembered.job_uuid
+    FROM input
+    JOIN remembered USING (idempotency_key)
+    WHERE remembered.job_uuid <> input.uuid
+) AS dup ON true;
+
+-- name: enqueue_bulk_copy_jobs
+-- Step two: the fresh jobs, in batch order, so that ids follow it (binary COPY, heap multi-insert).
+COPY outbox_jobs (uuid, type, queue, key, idempotency_key, payload, priority, run_at, max_attempts)
+FROM STDIN (FORMAT BINARY);
+
+-- name: enqueue_bulk_copy_history
+-- Step three: their `enqueued` history rows (G7), in the same transaction.
+COPY outbox_history (job_uuid, event, type, queue, key, attempt, payload, run_at)
+FROM STDIN (FORMAT BINARY);

@@ -1,0 +1,193 @@
+"""Checks on every option a job can carry (G8): refuse early, say why, write nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from outbox.errors import InvalidJob, PayloadNotJSON, PayloadTooLarge
+
+TYPE_MAX = 128
+QUEUE_MAX = 64
+KEY_MAX = 255
+PRIORITY_MIN, PRIORITY_MAX = 0, 100
+ATTEMPTS_MAX = 1000
+
+_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")
+_QUEUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_HINTS = {
+    "Decimal": "pass amounts as str(amount) or as integer minor units",
+    "datetime": "pass datetime.isoformat()",
+    "date": "pass date.isoformat()",
+    "UUID": "pass str(uuid)",
+    "bytes": "pass base64 text",
+    "set": "pass a sorted list",
+}
+
+
+def job_type(value: object) -> str:
+    return _name(value, "type", TYPE_MAX, _TYPE, "letters, digits and _ . : / -")
+
+
+def queue(value: object) -> str:
+    return _name(value, "queue", QUEUE_MAX, _QUEUE, "letters, digits and _ . -")
+
+
+def _name(value: object, what: str, limit: int, pattern: re.Pattern[str], allowed: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidJob(f"job {what} must be a str, not {type(value).__name__}")
+    if not value:
+        raise InvalidJob(f"job {what} must not be empty")
+    if len(value) > limit:
+        raise InvalidJob(
+            f"job {what} {value[:40]!r}... is {len(value)} characters; at most {limit}"
+        )
+    if not pattern.fullmatch(value):
+        raise InvalidJob(
+            f"job {what} {value!r} may hold only {allowed}, and must start with a letter or digit"
+        )
+    return value
+
+
+def key(value: object, what: str = "key") -> str | None:
+    """An ordering key or idempotency key: any text without control characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidJob(f"{what} must be a str or None, not {type(value).__name__}")
+    if not value.strip():
+        raise InvalidJob(f"{what} must not be empty or blank; pass None for no {what}")
+    if len(value) > KEY_MAX:
+        raise InvalidJob(f"{what} {value[:40]!r}... is {len(value)} characters; at most {KEY_MAX}")
+    if _CONTROL.search(value):
+        raise InvalidJob(f"{what} {value!r} contains a control character")
+    return value
+
+
+def priority(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidJob(f"priority must be an int, not {type(value).__name__}")
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise InvalidJob(
+            f"priority {value} is out of range: use {PRIORITY_MIN} (most urgent, the default) "
+            f"to {PRIORITY_MAX} (least urgent)"
+        )
+    return value
+
+
+def max_attempts(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidJob(f"max_attempts must be an int or None, not {type(value).__name__}")
+    if not 1 <= value <= ATTEMPTS_MAX:
+        raise InvalidJob(f"max_attempts must be between 1 and {ATTEMPTS_MAX}, not {value}")
+    return value
+
+
+def schedule(when: object, delay: object) -> tuple[datetime | None, timedelta | None]:
+    """``(run_at, delay)`` as the statement takes them; neither means "once committed".
+
+    A delay is returned as such so that it counts from the database's clock.
+    """
+    if when is not None and delay is not None:
+        raise InvalidJob("give run_at or delay, not both")
+    if when is not None:
+        if not isinstance(when, datetime):
+            raise InvalidJob(f"run_at must be a datetime, not {type(when).__name__}")
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise InvalidJob(
+                "run_at is a naive datetime; give it a time zone, e.g. datetime.now(UTC)"
+            )
+        return when, None
+    if delay is not None:
+        return None, timedelta(seconds=_seconds(delay))
+    return None, None
+
+
+def _seconds(delay: object) -> float:
+    if isinstance(delay, timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, int | float) and not isinstance(delay, bool):
+        seconds = float(delay)
+    else:
+        raise InvalidJob(f"delay must be a timedelta or seconds, not {type(delay).__name__}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidJob(f"delay must be zero or more seconds, not {delay!r}")
+    return seconds
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# The C encoder behind _ENCODER, made once instead of on every encode() call. Without
+# cycle markers a cyclic payload recurses until RecursionError, which is refused below.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_encode_chunks = (
+    _c_make_encoder(
+        None, _ENCODER.default, json.encoder.encode_basestring,
+        None, ":", ",", False, False, False,
+    )
+    if _c_make_encoder is not None
+    else None
+)  # fmt: skip
+
+
+def _encode(payload: dict[str, Any]) -> str:
+    if _encode_chunks is None:  # pragma: no cover - CPython without its accelerator
+        return _ENCODER.encode(payload)
+    return "".join(_encode_chunks(payload, 0))
+
+
+def encode_payload(payload: object, limit: int) -> str:
+    """The payload as compact JSON text, refused if it would not round-trip."""
+    if not isinstance(payload, dict):
+        raise PayloadNotJSON(
+            f"payload must be a JSON object (a dict with str keys), not {type(payload).__name__}"
+        )
+    try:
+        text = _encode(payload)
+    except TypeError as exc:
+        raise PayloadNotJSON(_type_message(exc)) from None
+    except ValueError as exc:  # NaN or infinity, or a cycle
+        raise PayloadNotJSON(f"payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadNotJSON("payload refers to itself or is nested too deeply") from None
+    _check_keys(payload)  # after encoding, which has refused cycles
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        raise PayloadNotJSON("payload holds a NUL character (\\u0000), which PostgreSQL refuses")
+    size = len(text) if text.isascii() else len(text.encode())
+    if size > limit:
+        raise PayloadTooLarge(
+            f"payload is {size} bytes of JSON; the limit is {limit} "
+            "(store large data in your own table and pass its id)"
+        )
+    return text
+
+
+def _check_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> None:
+    """The encoder turns 1 into "1" silently; a handler would then read another payload."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict or isinstance(item, dict):
+            for k, v in item.items():
+                if type(k) is not str:
+                    raise PayloadNotJSON(
+                        f"payload key {k!r} is a {type(k).__name__}; JSON object keys must be str"
+                    )
+                if isinstance(v, dict | list | tuple):
+                    stack.append(v)
+        else:
+            stack.extend(v for v in item if isinstance(v, dict | list | tuple))
+
+
+def _type_message(exc: TypeError) -> str:
+    text = str(exc)
+    for name, hint in _HINTS.items():
+        if f"type {name} " in text:
+            return f"payload is not JSON: {text}; {hint}"
+    return f"payload is not JSON: {text}"
