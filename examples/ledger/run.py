@@ -1,0 +1,94 @@
+"""The demo: a ledger takes transfers, each enqueueing its posting in the same transaction."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+
+import psycopg
+import sqlalchemy as sa
+from rich.console import Console
+from sqlalchemy.orm import Session
+
+import outbox
+import outbox.schema
+from outbox import migrate
+from outbox.cli.status import render
+from outbox.database import create_engine, libpq_dsn, sqlalchemy_url
+from outbox.demo.models import Base, Entry
+from outbox.demo.transfers import open_account, transfer, unbalanced_transfers
+from outbox.status import snapshot
+
+DATABASE = "outbox_demo"
+
+
+@contextlib.contextmanager
+def demo_database(server: str) -> Iterator[str]:
+    """A database of the demo's own on ``server``, made afresh, so no other data is touched."""
+    try:
+        with psycopg.connect(libpq_dsn(server), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    except psycopg.errors.InsufficientPrivilege:
+        raise outbox.ConfigurationError(
+            f"the demo creates a database named {DATABASE}: give the role CREATEDB, "
+            "or point OUTBOX_DSN at a server where it may"
+        ) from None
+    except psycopg.OperationalError as exc:
+        raise outbox.ConfigurationError(f"cannot reach the database: {exc}") from None
+    yield sqlalchemy_url(server).set(database=DATABASE).render_as_string(hide_password=False)
+
+
+def run(
+    server: str, console: Console, *, transfers: int = 50, accounts: int = 5, embedded: bool = False
+) -> bool:
+    """Run the demo; True when every check held."""
+    rng = random.Random(7)
+    with demo_database(server) as dsn:
+        engine = create_engine(dsn)
+        migrate.upgrade(engine)
+        Base.metadata.create_all(engine)
+        console.print(f"[bold]outbox demo[/] on {sqlalchemy_url(dsn).render_as_string()}")
+
+        with Session(engine) as session:
+            people = [open_account(session, f"customer-{n}") for n in range(accounts)]
+            session.commit()
+            handles = []
+            for n in range(transfers):
+                source, target = rng.sample(people, 2)
+                handles.append(transfer(session, f"T{n}", source, target, rng.randint(1, 50_000)))
+                session.commit()
+            console.print(f"{transfers} transfers committed, each with its entries and jobs")
+
+            retried = [transfer(session, f"T{n}", people[0], people[1], 1) for n in range(5)]
+            session.commit()
+            duplicates = sum(h.duplicate for h in retried)
+            console.print(
+                f"5 client retries of earlier transfers: {duplicates} recognised as duplicates"
+            )
+
+            transfer(session, "T-rolled-back", people[0], people[1], 100)
+            session.rollback()
+            left = session.scalar(
+                sa.select(sa.func.count())
+                .select_from(outbox.schema.jobs)
+                .where(outbox.schema.jobs.c.idempotency_key == "transfer:T-rolled-back")
+            )
+            console.print(f"1 transfer rolled back: {left} jobs left behind")
+            unbalanced = unbalanced_transfers(session)
+            total = session.scalar(sa.select(sa.func.coalesce(sa.func.sum(Entry.amount), 0)))
+
+        with engine.connect() as connection:
+            current = snapshot(connection)
+        render(current, console)
+        engine.dispose()
+
+    ok = duplicates == 5 and left == 0 and not unbalanced and total == 0
+    verdict = "[green]balanced[/]" if not unbalanced and total == 0 else "[red]UNBALANCED[/]"
+    console.print(f"ledger: {verdict} (sum of all entries: {total})")
+    if not ok:
+        console.print("[red]a demo check failed[/]")
+    elif not embedded:
+        console.print(f"inspect it with: OUTBOX_DSN='{libpq_dsn(dsn)}' outbox status")
+    return ok

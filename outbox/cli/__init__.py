@@ -1,0 +1,40 @@
+"""The ``outbox`` console script: one command group, one module per subcommand."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from outbox.cli import demo, migrate, status
+from outbox.cli.context import Context, fail_clearly
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--dsn",
+    envvar="OUTBOX_DSN",
+    metavar="URL",
+    help="The database: postgresql://... or postgresql+psycopg://... "
+    "[env OUTBOX_DSN; default: the embedded server]",
+)
+@click.version_option(package_name="outbox")
+@click.pass_context
+def cli(ctx: click.Context, dsn: str | None) -> None:
+    """Transactional outbox and job relay on PostgreSQL.
+
+    Applications enqueue jobs in the transaction of their own writes; relays run
+    them; every step is kept in an append-only history.
+    """
+    ctx.obj = Context.create(dsn)
+
+
+cli.add_command(migrate.command)
+cli.add_command(status.command)
+cli.add_command(demo.command)
+
+
+def main() -> None:
+    with fail_clearly():
+        cli.main(prog_name="outbox", standalone_mode=True)
+    sys.exit(0)  # pragma: no cover - cli.main exits itself

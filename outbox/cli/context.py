@@ -1,0 +1,63 @@
+"""What every subcommand shares: settings, the database, and clear failures."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import click
+import sqlalchemy as sa
+
+from outbox.database import create_engine, resolve_dsn
+from outbox.errors import OutboxError
+from outbox.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclasses.dataclass
+class Context:
+    settings: Settings
+
+    @classmethod
+    def create(cls, dsn: str | None) -> Context:
+        try:
+            return cls(Settings.load(dsn=dsn))
+        except OutboxError as exc:
+            raise click.UsageError(str(exc)) from None
+
+    @functools.cached_property
+    def dsn(self) -> str:
+        if not self.settings.dsn:
+            click.echo(
+                f"No OUTBOX_DSN: using the embedded PostgreSQL in {self.settings.embedded_dir}",
+                err=True,
+            )
+        return resolve_dsn(self.settings)
+
+    def engine(self, **options: Any) -> sa.Engine:
+        return create_engine(self.dsn, **options)
+
+
+@contextlib.contextmanager
+def fail_clearly() -> Iterator[None]:
+    """Turn errors a user can meet into one line on stderr and exit status 1."""
+    try:
+        yield
+    except OutboxError as exc:
+        raise click.ClickException(str(exc)) from None
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise click.ClickException(f"cannot reach the database: {reason}") from None
+
+
+def clear_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with fail_clearly():
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,25 @@
+-- name: status_depth
+-- Depth per queue and state, with the age of the oldest job that is ready now.
+-- Reads outbox_jobs only, which holds live work, so it stays cheap however old the system is.
+SELECT queue,
+       count(*) FILTER (WHERE state = 'pending' AND run_at <= now()) AS ready,
+       count(*) FILTER (WHERE state = 'pending' AND run_at > now()) AS scheduled,
+       count(*) FILTER (WHERE state = 'running') AS running,
+       count(*) FILTER (WHERE state = 'dead') AS dead,
+       extract(epoch FROM now() - min(run_at) FILTER (
+           WHERE state = 'pending' AND run_at <= now()
+       )) AS oldest_ready_seconds
+FROM outbox_jobs
+GROUP BY queue
+ORDER BY queue;
+
+-- name: status_blocked_keys
+-- Keys whose head job is dead: nothing behind it runs until an operator acts (G4).
+SELECT j.queue, j.key, j.uuid, j.type,
+       (SELECT count(*) FROM outbox_jobs w WHERE w.key = j.key AND w.id > j.id) AS waiting
+FROM outbox_jobs AS j
+WHERE j.state = 'dead'
+  AND j.key IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM outbox_jobs AS p WHERE p.key = j.key AND p.id < j.id)
+ORDER BY j.queue, j.key
+LIMIT :limit;
