@@ -1,4 +1,7 @@
-"""The ledger's job handlers; ``registry`` is what a relay runs (``--app outbox.demo.handlers:registry``)."""
+"""The ledger's job handlers.
+
+``registry`` is what a relay runs: ``--app outbox.demo.handlers:registry``.
+"""
 
 from __future__ import annotations
 
