@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 import sqlalchemy as sa
 
-from outbox.database import create_engine, resolve_dsn
+from outbox.database import create_engine, resolve_dsn, sqlalchemy_url
 from outbox.errors import OutboxError
 from outbox.settings import Settings
 
@@ -25,7 +25,10 @@ class Context:
     @classmethod
     def create(cls, dsn: str | None) -> Context:
         try:
-            return cls(Settings.load(dsn=dsn))
+            settings = Settings.load(dsn=dsn)
+            if settings.dsn:
+                sqlalchemy_url(settings.dsn)  # refuse a malformed DSN before any work
+            return cls(settings)
         except OutboxError as exc:
             raise click.UsageError(str(exc)) from None
 

@@ -1,0 +1,5 @@
+"""``python -m outbox`` is the ``outbox`` console script."""
+
+from outbox.cli import main
+
+main()

@@ -1,0 +1,125 @@
+"""G8: bad input is refused at enqueue with a reason, nothing is written, and the
+application's transaction stays usable."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+import outbox
+from outbox.bulk import COPY_THRESHOLD
+from tests.integration.helpers import count, jobs
+
+BAD: list[tuple[str, dict[str, Any], type[Exception], str]] = [
+    ("not json", {"payload": {"amount": Decimal("1.10")}}, outbox.PayloadNotJSON, "minor units"),
+    ("nan", {"payload": {"x": math.nan}}, outbox.PayloadNotJSON, "not JSON"),
+    ("int key", {"payload": {1: "a"}}, outbox.PayloadNotJSON, "keys must be str"),
+    ("list payload", {"payload": [1, 2]}, outbox.PayloadNotJSON, "JSON object"),
+    ("nul", {"payload": {"s": "a\x00b"}}, outbox.PayloadNotJSON, "NUL"),
+    ("too large", {"payload": {"s": "x" * (1024 * 1024)}}, outbox.PayloadTooLarge, "limit"),
+    ("empty type", {"type": ""}, outbox.InvalidJob, "empty"),
+    ("long type", {"type": "t" * 129}, outbox.InvalidJob, "at most 128"),
+    ("bad queue", {"queue": "has space"}, outbox.InvalidJob, "queue"),
+    ("long key", {"key": "k" * 256}, outbox.InvalidJob, "at most 255"),
+    ("blank key", {"key": "  "}, outbox.InvalidJob, "blank"),
+    ("negative priority", {"priority": -1}, outbox.InvalidJob, "out of range"),
+    (
+        "both times",
+        {"run_at": datetime.now().astimezone(), "delay": 5},
+        outbox.InvalidJob,
+        "not both",
+    ),
+    ("naive run_at", {"run_at": datetime(2030, 1, 1)}, outbox.InvalidJob, "naive"),
+    ("negative delay", {"delay": timedelta(seconds=-1)}, outbox.InvalidJob, "zero or more"),
+    ("zero attempts", {"max_attempts": 0}, outbox.InvalidJob, "between 1 and"),
+]
+
+
+def options(**changes: Any) -> dict[str, Any]:
+    return {"type": "pay.capture", "payload": {"id": 1}, **changes}
+
+
+@pytest.mark.parametrize(("case", "changes", "error", "reason"), BAD, ids=[c[0] for c in BAD])
+def test_bad_job_is_refused_and_the_transaction_goes_on(
+    db: sa.Engine, case: str, changes: dict[str, Any], error: type[Exception], reason: str
+) -> None:
+    with Session(db) as session:
+        job = options(**changes)
+        with pytest.raises(error, match=reason):
+            outbox.enqueue(session, job.pop("type"), job.pop("payload"), **job)
+        good = outbox.enqueue(session, "pay.capture", {"id": 2})
+        session.commit()
+    assert [j.uuid for j in jobs(db)] == [good.uuid]
+    assert count(db, "outbox_history") == 1
+
+
+@pytest.mark.parametrize("size", [5, COPY_THRESHOLD + 5], ids=["statement", "copy"])
+def test_one_bad_job_refuses_the_whole_batch(db: sa.Engine, size: int) -> None:
+    batch = [outbox.NewJob("x.y", {"n": n}) for n in range(size)]
+    batch[-2] = outbox.NewJob("x.y", {"n": {1, 2}})
+    with Session(db) as session:
+        with pytest.raises(outbox.PayloadNotJSON, match=rf"job {size - 2} of {size}.*set"):
+            outbox.enqueue_many(session, batch)
+        session.commit()
+    assert count(db, "outbox_jobs") == 0
+
+
+def test_strict_registry_refuses_unknown_type(db: sa.Engine) -> None:
+    registry = outbox.Registry(strict=True)
+    registry.register("ledger.posted", lambda job: None)
+    with Session(db) as session:
+        with pytest.raises(outbox.UnknownJobType, match=r"'ledger.psoted'.*ledger.posted"):
+            outbox.enqueue(session, "ledger.psoted", {}, registry=registry)
+        outbox.enqueue(session, "ledger.posted", {}, registry=registry)
+        session.commit()
+    assert count(db, "outbox_jobs") == 1
+
+
+def test_lenient_registry_accepts_unknown_type_and_supplies_handler_defaults(db: sa.Engine) -> None:
+    registry = outbox.Registry()
+    registry.register("ledger.posted", lambda job: None, queue="ledger", max_attempts=4)
+    with Session(db) as session:
+        outbox.enqueue(session, "ledger.posted", {}, registry=registry)
+        outbox.enqueue(
+            session, "ledger.posted", {}, registry=registry, queue="urgent", max_attempts=9
+        )
+        outbox.enqueue(session, "other.type", {}, registry=registry)
+        session.commit()
+    assert [(j.queue, j.max_attempts) for j in jobs(db)] == [
+        ("ledger", 4),
+        ("urgent", 9),
+        ("default", None),
+    ]
+
+
+def test_a_session_on_another_driver_is_refused(db: sa.Engine) -> None:
+    sqlite = sa.create_engine("sqlite://")
+    with Session(sqlite) as session, pytest.raises(outbox.UnsupportedSession, match="psycopg"):
+        outbox.enqueue(session, "x.y", {})
+
+
+def test_something_that_is_not_a_session_is_refused() -> None:
+    with pytest.raises(outbox.UnsupportedSession, match="Session"):
+        outbox.enqueue(object(), "x.y", {})  # type: ignore[call-overload]
+
+
+def test_the_schema_refuses_what_enqueue_refuses(db: sa.Engine) -> None:
+    """Defence in depth: rows written around the library meet the same limits."""
+    insert = sa.text(
+        "INSERT INTO outbox_jobs (uuid, type, queue, payload, priority) "
+        "VALUES (gen_random_uuid(), 'x', 'q', '{}', :priority)"
+    )
+    with db.connect() as conn, pytest.raises(sa.exc.IntegrityError, match="outbox_jobs_priority"):
+        conn.execute(insert, {"priority": 101})
+    running_without_lease = sa.text(
+        "INSERT INTO outbox_jobs (uuid, type, queue, payload, state) "
+        "VALUES (gen_random_uuid(), 'x', 'q', '{}', 'running')"
+    )
+    with db.connect() as conn, pytest.raises(sa.exc.IntegrityError, match="running_has_lease"):
+        conn.execute(running_without_lease)
