@@ -69,7 +69,8 @@ def test_expired_key_enqueues_again(db: sa.Engine) -> None:
     with db.begin() as conn:
         conn.execute(sa.text("UPDATE outbox_idempotency SET expires_at = now() - interval '1s'"))
     second = enqueue(db, "old")
-    assert second.duplicate is False and second.uuid != first.uuid
+    assert second.duplicate is False
+    assert second.uuid != first.uuid
     assert count(db, "outbox_jobs") == 2
 
 

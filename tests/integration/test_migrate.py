@@ -97,7 +97,8 @@ def test_downgrade_to_base_and_back(empty: str) -> None:
 def test_status_on_an_unmigrated_database_says_to_migrate(empty: str) -> None:
     result = outbox_cli("--dsn", empty, "status")
     assert result.returncode == 1
-    assert "schema is at nothing" in result.stderr and "outbox migrate" in result.stderr
+    assert "schema is at nothing" in result.stderr
+    assert "outbox migrate" in result.stderr
 
 
 def test_unreachable_database_is_a_clear_error() -> None:
