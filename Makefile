@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   runs the ledger demo (embedded PostgreSQL, or OUTBOX_DSN)
+#   make test   runs the quality gates and the whole test suite
+# Both create and use a local virtual environment in .venv.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint unit integration bench-enqueue clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "outbox needs Python 3.11 or newer: run make PYTHON=python3.11 ...")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/outbox demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check outbox relay migrations examples bench tests
+	$(BIN)/ruff format --check outbox relay migrations examples bench tests
+	$(BIN)/mypy --strict outbox relay
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q
+
+integration: $(STAMP)
+	$(BIN)/pytest tests/integration -q -n 2
+
+test: lint
+	$(BIN)/pytest tests -n 2 -q
+
+bench-enqueue: $(STAMP)
+	$(BIN)/python -m bench.enqueue
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
