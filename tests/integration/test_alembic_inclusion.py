@@ -1,0 +1,70 @@
+"""An application with its own Alembic history includes outbox's migrations as a branch."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+from outbox import migrate
+from outbox.database import create_engine
+from outbox.testing import temporary_database
+
+APP_ENV = """
+from alembic import context
+import sqlalchemy as sa
+
+config = context.config
+connection = config.attributes["connection"]
+context.configure(connection=connection, target_metadata=None)
+with context.begin_transaction():
+    context.run_migrations()
+"""
+
+APP_REVISION = """
+from alembic import op
+import sqlalchemy as sa
+
+revision = "app_0001"
+down_revision = None
+branch_labels = ("app",)
+depends_on = None
+
+
+def upgrade():
+    op.create_table("payments", sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade():
+    op.drop_table("payments")
+"""
+
+
+def test_app_history_with_outbox_versions_upgrades_both_branches(
+    server: str, tmp_path: Path
+) -> None:
+    (tmp_path / "versions").mkdir()
+    (tmp_path / "env.py").write_text(textwrap.dedent(APP_ENV))
+    (tmp_path / "versions" / "app_0001.py").write_text(textwrap.dedent(APP_REVISION))
+    config = Config()
+    config.set_main_option("script_location", str(tmp_path))
+    config.set_main_option(
+        "version_locations",
+        f"{tmp_path / 'versions'} {migrate.migrations_dir() / 'versions'}",
+    )
+    with temporary_database(server, prefix="outbox_app", migrated=False) as dsn:
+        engine = create_engine(dsn, poolclass=sa.NullPool)
+        with engine.connect() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "heads")
+            conn.commit()
+            tables = set(sa.inspect(conn).get_table_names())
+            versions = {
+                r[0] for r in conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+            }
+        engine.dispose()
+    assert {"payments", "outbox_jobs", "outbox_history", "outbox_idempotency"} <= tables
+    assert versions == {"app_0001", migrate.head()}
