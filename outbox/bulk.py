@@ -1,15 +1,19 @@
 """The COPY path of :func:`outbox.enqueue_many`, for batches where rows outweigh round trips.
 
-Three steps on the caller's connection and transaction: ``enqueue_bulk_prepare``
-(key locks, idempotency keys, wake-up), then a binary COPY of the fresh jobs and
-one of their history rows. COPY inserts heap rows in batches, which halves the
-server's work per job against INSERT ... SELECT (see docs/explanation/enqueue.md).
+Inside a savepoint on the caller's connection and transaction: ``enqueue_bulk_prepare``
+(key locks, idempotency keys, wake-up), then a binary COPY of the fresh jobs and one of
+their history rows. COPY inserts heap rows in batches, and payloads are encoded while
+the server inserts the rows before them, on the other core. A payload refused half-way
+aborts the COPY; rolling back to the savepoint leaves the caller's transaction as it
+was, with nothing written (G8). See docs/explanation/enqueue.md for the measurements.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -17,12 +21,19 @@ from uuid import UUID
 import psycopg
 from psycopg.copy import AsyncQueuedLibpqWriter, QueuedLibpqWriter
 
+from outbox import validate
+from outbox.errors import InvalidJob
 from outbox.sql import queries
 
 #: From this many jobs on, enqueue_many copies instead of inserting.
 COPY_THRESHOLD = 500
 # The query files use SQLAlchemy's :name binds; psycopg takes %(name)s.
 PREPARE = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", queries["enqueue_bulk_prepare"].replace("%", "%%"))
+COPY_JOBS = queries["enqueue_bulk_copy_jobs"]
+COPY_HISTORY = queries["enqueue_bulk_copy_history"]
+SAVEPOINT = "SAVEPOINT outbox_enqueue_many"
+RELEASE = "RELEASE SAVEPOINT outbox_enqueue_many"
+ROLLBACK = "ROLLBACK TO SAVEPOINT outbox_enqueue_many"
 _JOB_TYPES = ["uuid", "text", "text", "text", "text", "bytea", "int2", "timestamptz", "int4"]
 _HISTORY_TYPES = ["uuid", "text", "text", "text", "text", "int4", "bytea", "timestamptz"]
 _JSONB_VERSION = b"\x01"  # jsonb's binary input format: a version byte, then the JSON text
@@ -30,25 +41,39 @@ _JSONB_VERSION = b"\x01"  # jsonb's binary input format: a version byte, then th
 
 @dataclasses.dataclass(slots=True)
 class Columns:
-    """A validated batch, one list per column, in batch order."""
+    """A checked batch, one list per column, in batch order; payloads not yet encoded."""
 
     uuid: list[UUID]
     type: list[str]
     queue: list[str]
     key: list[str | None]
     idempotency_key: list[str | None]
-    payload: list[str]
+    payload: list[Mapping[str, Any]]
     priority: list[int]
     run_at: list[datetime | None]
     delay: list[timedelta | None]
     max_attempts: list[int | None]
+
+    def encoded(self, i: int, limit: int) -> str:
+        """Job ``i``'s payload as JSON text, or the reason it is refused."""
+        try:
+            return validate.encode_payload(self.payload[i], limit)
+        except InvalidJob as exc:
+            raise refused(exc, i, len(self.uuid), self.type[i]) from None
+
+
+def refused(exc: InvalidJob, i: int, n: int, job_type: object) -> InvalidJob:
+    """The same refusal, saying which job of a batch it was."""
+    if n == 1:
+        return exc
+    return type(exc)(f"job {i} of {n} ({job_type!r}): {exc}")
 
 
 def prepare_params(batch: Columns, lock_class: int, retention: timedelta) -> dict[str, Any]:
     keyed = [i for i, k in enumerate(batch.idempotency_key) if k is not None]
     return {
         "lock_class": lock_class,
-        "key": [k for k in batch.key if k is not None],
+        "key": sorted({k for k in batch.key if k is not None}),
         "idempotency_key": [batch.idempotency_key[i] for i in keyed],
         "uuid": [batch.uuid[i] for i in keyed],
         "retention": retention,
@@ -66,44 +91,64 @@ def duplicates(
     return now, {keyed[row[3] - 1]: row[4] for row in rows if row[3] is not None}
 
 
-def copy_rows(
-    batch: Columns, now: datetime, skip: dict[int, UUID]
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    jobs: list[tuple[Any, ...]] = []
-    history: list[tuple[Any, ...]] = []
+def job_rows(
+    batch: Columns, now: datetime, skip: dict[int, UUID], limit: int, history: list[tuple[Any, ...]]
+) -> Iterator[tuple[Any, ...]]:
+    """COPY rows of the fresh jobs, encoding each payload as it goes; fills ``history``."""
     columns = zip(
-        batch.uuid, batch.type, batch.queue, batch.key, batch.idempotency_key, batch.payload,
+        batch.uuid, batch.type, batch.queue, batch.key, batch.idempotency_key,
         batch.priority, batch.run_at, batch.delay, batch.max_attempts, strict=True,
     )  # fmt: skip
-    for i, (uuid, job_type, queue, key, idem, text, priority, run_at, delay, attempts) in enumerate(
+    for i, (uuid, job_type, queue, key, idem, priority, run_at, delay, attempts) in enumerate(
         columns
     ):
         if skip and i in skip:
             continue
         due = run_at or (now + delay if delay is not None else now)
-        payload = _JSONB_VERSION + text.encode()
-        jobs.append((uuid, job_type, queue, key, idem, payload, priority, due, attempts))
+        payload = _JSONB_VERSION + batch.encoded(i, limit).encode()
         history.append((uuid, "enqueued", job_type, queue, key, 0, payload, due))
-    return jobs, history
+        yield (uuid, job_type, queue, key, idem, payload, priority, due, attempts)
+
+
+@contextlib.contextmanager
+def _savepoint(cursor: psycopg.Cursor[Any]) -> Iterator[None]:
+    cursor.execute(SAVEPOINT)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            cursor.execute(ROLLBACK)
+        raise
+    cursor.execute(RELEASE)
+
+
+@contextlib.asynccontextmanager
+async def _savepoint_async(cursor: psycopg.AsyncCursor[Any]) -> AsyncIterator[None]:
+    await cursor.execute(SAVEPOINT)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            await cursor.execute(ROLLBACK)
+        raise
+    await cursor.execute(RELEASE)
 
 
 def run(
-    connection: psycopg.Connection[Any], batch: Columns, params: dict[str, Any]
+    connection: psycopg.Connection[Any], batch: Columns, params: dict[str, Any], limit: int
 ) -> dict[int, UUID]:
-    with connection.cursor() as cursor:
+    with connection.cursor() as cursor, _savepoint(cursor):
         cursor.execute(PREPARE, _without_private(params))
         now, skip = duplicates(params, cursor.fetchall())
-        jobs, history = copy_rows(batch, now, skip)
-        if jobs:
-            # The queued writer sends from a thread of its own, so the server inserts
-            # while Python formats the next rows.
-            copy_jobs = queries["enqueue_bulk_copy_jobs"]
-            with cursor.copy(copy_jobs, writer=QueuedLibpqWriter(cursor)) as copy:
-                copy.set_types(_JOB_TYPES)
-                for row in jobs:
-                    copy.write_row(row)
-            copy_history = queries["enqueue_bulk_copy_history"]
-            with cursor.copy(copy_history, writer=QueuedLibpqWriter(cursor)) as copy:
+        history: list[tuple[Any, ...]] = []
+        # The queued writer sends from a thread of its own, so the server inserts while
+        # Python encodes and formats the next rows.
+        with cursor.copy(COPY_JOBS, writer=QueuedLibpqWriter(cursor)) as copy:
+            copy.set_types(_JOB_TYPES)
+            for row in job_rows(batch, now, skip, limit, history):
+                copy.write_row(row)
+        if history:
+            with cursor.copy(COPY_HISTORY, writer=QueuedLibpqWriter(cursor)) as copy:
                 copy.set_types(_HISTORY_TYPES)
                 for row in history:
                     copy.write_row(row)
@@ -111,20 +156,18 @@ def run(
 
 
 async def run_async(
-    connection: psycopg.AsyncConnection[Any], batch: Columns, params: dict[str, Any]
+    connection: psycopg.AsyncConnection[Any], batch: Columns, params: dict[str, Any], limit: int
 ) -> dict[int, UUID]:
-    async with connection.cursor() as cursor:
+    async with connection.cursor() as cursor, _savepoint_async(cursor):
         await cursor.execute(PREPARE, _without_private(params))
         now, skip = duplicates(params, await cursor.fetchall())
-        jobs, history = copy_rows(batch, now, skip)
-        if jobs:
-            copy_jobs = queries["enqueue_bulk_copy_jobs"]
-            async with cursor.copy(copy_jobs, writer=AsyncQueuedLibpqWriter(cursor)) as copy:
-                copy.set_types(_JOB_TYPES)
-                for row in jobs:
-                    await copy.write_row(row)
-            copy_history = queries["enqueue_bulk_copy_history"]
-            async with cursor.copy(copy_history, writer=AsyncQueuedLibpqWriter(cursor)) as copy:
+        history: list[tuple[Any, ...]] = []
+        async with cursor.copy(COPY_JOBS, writer=AsyncQueuedLibpqWriter(cursor)) as copy:
+            copy.set_types(_JOB_TYPES)
+            for row in job_rows(batch, now, skip, limit, history):
+                await copy.write_row(row)
+        if history:
+            async with cursor.copy(COPY_HISTORY, writer=AsyncQueuedLibpqWriter(cursor)) as copy:
                 copy.set_types(_HISTORY_TYPES)
                 for row in history:
                     await copy.write_row(row)

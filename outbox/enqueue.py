@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_scoped_s
 from sqlalchemy.orm import Session, scoped_session
 
 from outbox import bulk, validate
-from outbox.bulk import Columns
+from outbox.bulk import Columns, refused
 from outbox.errors import InvalidJob, UnknownJobType, UnsupportedSession
 from outbox.ids import uuid7_batch
 from outbox.registry import Registry
@@ -162,12 +162,12 @@ def enqueue_many(
 
 
 def _bind(batch: Sequence[NewJob], registry: Registry | None, settings: Settings) -> Columns:
-    """The batch as columns, every job checked before anything is sent."""
+    """The batch as columns with every option checked; payloads are encoded later, by
+    the path that sends them (see :meth:`Columns.encoded`)."""
     n = len(batch)
     columns = Columns([], [], [], [], [], [], [], [], [], [])
     # Per (type, queue, max_attempts) as given: as resolved. Batches hold few distinct ones.
     resolved: dict[tuple[str, str | None, int | None], tuple[str, str, int | None]] = {}
-    limit = settings.payload_limit
     for i, job in enumerate(batch):
         try:
             if type(job) is not NewJob:
@@ -187,11 +187,8 @@ def _bind(batch: Sequence[NewJob], registry: Registry | None, settings: Settings
                 run_at, delay = None, None
             else:
                 run_at, delay = validate.schedule(job.run_at, job.delay)
-            payload = validate.encode_payload(job.payload, limit)
         except InvalidJob as exc:
-            if n == 1:
-                raise
-            raise type(exc)(f"job {i} of {n} ({getattr(job, 'type', '?')!r}): {exc}") from None
+            raise refused(exc, i, n, getattr(job, "type", "?")) from None
         columns.type.append(job_type)
         columns.queue.append(queue)
         columns.max_attempts.append(max_attempts)
@@ -200,14 +197,17 @@ def _bind(batch: Sequence[NewJob], registry: Registry | None, settings: Settings
         columns.priority.append(priority)
         columns.run_at.append(run_at)
         columns.delay.append(delay)
-        columns.payload.append(payload)
+        columns.payload.append(job.payload)
     columns.uuid = uuid7_batch(n)
     return columns
 
 
 def _statement_params(columns: Columns, settings: Settings) -> dict[str, Any]:
-    params = dataclasses.asdict(columns)
-    params["payload"] = "[" + ",".join(columns.payload) + "]"
+    limit = settings.payload_limit
+    params = {f.name: getattr(columns, f.name) for f in dataclasses.fields(columns)}
+    params["payload"] = (
+        "[" + ",".join(columns.encoded(i, limit) for i in range(len(columns.uuid))) + "]"
+    )
     params["lock_class"] = KEY_LOCK_CLASS
     params["retention"] = settings.idempotency_retention
     return params
@@ -253,7 +253,7 @@ def _execute(session: SyncTarget, columns: Columns, settings: Settings) -> list[
     driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
     params = bulk.prepare_params(columns, KEY_LOCK_CLASS, settings.idempotency_retention)
     with _atomic(driver):
-        return _handles(columns.uuid, bulk.run(driver, columns, params))
+        return _handles(columns.uuid, bulk.run(driver, columns, params, settings.payload_limit))
 
 
 async def _execute_async(
@@ -272,9 +272,9 @@ async def _execute_async(
     params = bulk.prepare_params(columns, KEY_LOCK_CLASS, settings.idempotency_retention)
     if driver.autocommit:
         async with driver.transaction():
-            skip = await bulk.run_async(driver, columns, params)
+            skip = await bulk.run_async(driver, columns, params, settings.payload_limit)
     else:
-        skip = await bulk.run_async(driver, columns, params)
+        skip = await bulk.run_async(driver, columns, params, settings.payload_limit)
     return _handles(columns.uuid, skip)
 
 

@@ -51,6 +51,7 @@ def test_app_history_with_outbox_versions_upgrades_both_branches(
     (tmp_path / "versions" / "app_0001.py").write_text(textwrap.dedent(APP_REVISION))
     config = Config()
     config.set_main_option("script_location", str(tmp_path))
+    config.set_main_option("path_separator", "space")
     config.set_main_option(
         "version_locations",
         f"{tmp_path / 'versions'} {migrate.migrations_dir() / 'versions'}",

@@ -60,14 +60,21 @@ def test_bad_job_is_refused_and_the_transaction_goes_on(
 
 
 @pytest.mark.parametrize("size", [5, COPY_THRESHOLD + 5], ids=["statement", "copy"])
-def test_one_bad_job_refuses_the_whole_batch(db: sa.Engine, size: int) -> None:
-    batch = [outbox.NewJob("x.y", {"n": n}) for n in range(size)]
+def test_one_bad_job_refuses_the_whole_batch_and_keeps_earlier_work(
+    db: sa.Engine, size: int
+) -> None:
+    """On the COPY path the bad payload is met mid-stream, after rows were sent."""
+    batch = [outbox.NewJob("x.y", {"n": n}, key="k", idempotency_key=f"i{n}") for n in range(size)]
     batch[-2] = outbox.NewJob("x.y", {"n": {1, 2}})
     with Session(db) as session:
+        earlier = outbox.enqueue(session, "x.before", {}, key="k")
         with pytest.raises(outbox.PayloadNotJSON, match=rf"job {size - 2} of {size}.*set"):
             outbox.enqueue_many(session, batch)
+        later = outbox.enqueue(session, "x.after", {}, idempotency_key="i0")
         session.commit()
-    assert count(db, "outbox_jobs") == 0
+    assert [j.uuid for j in jobs(db)] == [earlier.uuid, later.uuid]
+    assert later.duplicate is False  # the refused batch's idempotency keys were undone
+    assert count(db, "outbox_history") == 2
 
 
 def test_strict_registry_refuses_unknown_type(db: sa.Engine) -> None:
