@@ -12,6 +12,7 @@ import time
 import uuid
 
 _lock = threading.Lock()
+_UNKNOWN = uuid.SafeUUID.unknown  # an enum member: looked up once, not per UUID
 _last_ms = 0
 _counter = 0
 
@@ -55,5 +56,5 @@ def _uuid(value: int) -> uuid.UUID:
     """
     made = object.__new__(uuid.UUID)
     object.__setattr__(made, "int", value)
-    object.__setattr__(made, "is_safe", uuid.SafeUUID.unknown)
+    object.__setattr__(made, "is_safe", _UNKNOWN)
     return made

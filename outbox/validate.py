@@ -122,6 +122,7 @@ def _seconds(delay: object) -> float:
     return seconds
 
 
+_CONTAINERS = (dict, list, tuple)  # a tuple: isinstance() checks it faster than a union
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 # The C encoder behind _ENCODER, made once instead of on every encode() call. Without
 # cycle markers a cyclic payload recurses until RecursionError, which is refused below.
@@ -173,16 +174,16 @@ def _check_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> None:
     stack = [value]
     while stack:
         item = stack.pop()
-        if type(item) is dict or isinstance(item, dict):
+        if isinstance(item, dict):
             for k, v in item.items():
                 if type(k) is not str:
                     raise PayloadNotJSON(
                         f"payload key {k!r} is a {type(k).__name__}; JSON object keys must be str"
                     )
-                if isinstance(v, dict | list | tuple):
+                if isinstance(v, _CONTAINERS):
                     stack.append(v)
         else:
-            stack.extend(v for v in item if isinstance(v, dict | list | tuple))
+            stack.extend(v for v in item if isinstance(v, _CONTAINERS))
 
 
 def _type_message(exc: TypeError) -> str:
