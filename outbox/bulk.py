@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,12 +22,11 @@ from psycopg.copy import AsyncQueuedLibpqWriter, QueuedLibpqWriter
 
 from outbox import validate
 from outbox.errors import InvalidJob
-from outbox.sql import queries
+from outbox.sql import pyformat, queries
 
 #: From this many jobs on, enqueue_many copies instead of inserting.
 COPY_THRESHOLD = 500
-# The query files use SQLAlchemy's :name binds; psycopg takes %(name)s.
-PREPARE = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", queries["enqueue_bulk_prepare"].replace("%", "%%"))
+PREPARE = pyformat(queries["enqueue_bulk_prepare"])
 COPY_JOBS = queries["enqueue_bulk_copy_jobs"]
 COPY_HISTORY = queries["enqueue_bulk_copy_history"]
 SAVEPOINT = "SAVEPOINT outbox_enqueue_many"

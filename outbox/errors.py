@@ -45,3 +45,11 @@ class UnsupportedSession(OutboxError, TypeError):
 
 class MigrationError(OutboxError):
     """The database schema could not be brought to the version this code needs."""
+
+
+class PermanentFailure(OutboxError):
+    """Raised by a handler: this job can never succeed, so it ends ``dead`` at once, not retried."""
+
+
+class InvalidPayload(PermanentFailure):
+    """Raised by a handler that cannot use its job's payload (G8: the job ends ``dead``)."""

@@ -38,6 +38,16 @@ def _parse_int(text: str, *, name: str) -> int:
         raise ConfigurationError(f"{name}={text!r} is not a whole number") from None
 
 
+_INT_VARS = {"concurrency": "OUTBOX_CONCURRENCY", "claim_batch": "OUTBOX_CLAIM_BATCH"}
+_DURATION_VARS = {
+    "lease": "OUTBOX_LEASE",
+    "poll_interval": "OUTBOX_POLL_INTERVAL",
+    "rescue_interval": "OUTBOX_RESCUE_INTERVAL",
+    "shutdown_grace": "OUTBOX_SHUTDOWN_GRACE",
+    "handler_timeout": "OUTBOX_HANDLER_TIMEOUT",
+}
+
+
 def _default_embedded_dir() -> Path:
     return platformdirs.user_cache_path("outbox") / "embedded-pg"
 
@@ -59,6 +69,20 @@ class Settings:
     default_max_attempts: int = 25
     #: Data folder of the embedded PostgreSQL used when no DSN is given.
     embedded_dir: Path = dataclasses.field(default_factory=_default_embedded_dir)
+    #: Handlers a relay process runs at once (threads).
+    concurrency: int = 16
+    #: Most jobs one claim takes.
+    claim_batch: int = 100
+    #: How long a claim is good for without a heartbeat; a dead relay's jobs are rescued after it.
+    lease: timedelta = timedelta(seconds=30)
+    #: How often an idle relay looks for work when no notification wakes it.
+    poll_interval: timedelta = timedelta(seconds=1)
+    #: How often each relay looks for expired leases.
+    rescue_interval: timedelta = timedelta(seconds=5)
+    #: How long SIGTERM waits for running handlers before the relay exits.
+    shutdown_grace: timedelta = timedelta(seconds=30)
+    #: Timeout of a handler that sets none.
+    handler_timeout: timedelta = timedelta(minutes=5)
 
     def __post_init__(self) -> None:
         if self.payload_limit < 1:
@@ -71,6 +95,14 @@ class Settings:
             raise ConfigurationError(
                 f"default_max_attempts must be at least 1, not {self.default_max_attempts}"
             )
+        for name in ("concurrency", "claim_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("lease", "poll_interval", "rescue_interval", "handler_timeout"):
+            if getattr(self, name) <= timedelta(0):
+                raise ConfigurationError(f"{name} must be longer than zero")
+        if self.lease < timedelta(seconds=2):
+            raise ConfigurationError("lease must be at least 2 seconds (heartbeats renew it)")
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -95,6 +127,12 @@ class Settings:
             values["default_max_attempts"] = _parse_int(attempts, name="OUTBOX_MAX_ATTEMPTS")
         if embedded := env.get("OUTBOX_EMBEDDED_DIR"):
             values["embedded_dir"] = Path(embedded)
+        for name, var in _INT_VARS.items():
+            if text := env.get(var):
+                values[name] = _parse_int(text, name=var)
+        for name, var in _DURATION_VARS.items():
+            if text := env.get(var):
+                values[name] = parse_duration(text, name=var)
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = set(overrides) - known
         if unknown:

@@ -22,7 +22,9 @@ def post(job: outbox.Job, session: Session) -> None:
     they commit if and only if the job is recorded as done.
     """
     entries = session.scalars(
-        sa.select(Entry).where(Entry.transfer_id == job.payload["transfer_id"], ~Entry.posted)
+        sa.select(Entry)
+        .where(Entry.transfer_id == job.payload["transfer_id"], ~Entry.posted)
+        .order_by(Entry.account_id)  # lock accounts in one order: no deadlocks between jobs
     ).all()
     for entry in entries:
         session.execute(

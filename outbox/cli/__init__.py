@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from importlib.metadata import entry_points
 
 import click
 
@@ -32,6 +33,9 @@ def cli(ctx: click.Context, dsn: str | None) -> None:
 cli.add_command(migrate.command)
 cli.add_command(status.command)
 cli.add_command(demo.command)
+# Commands of other packages (the relay's), found by entry point so outbox never imports them.
+for entry in entry_points(group="outbox.commands"):
+    cli.add_command(entry.load(), entry.name)
 
 
 def main() -> None:

@@ -1,0 +1,224 @@
+"""Completing jobs: fence, then record outcomes, many jobs per transaction (G3, G6, G7).
+
+Two ways in. Handlers without a session run first; their outcomes queue up here and
+the :class:`Completer` writes them in batches. Handlers with a session run inside
+the completion transaction itself (:func:`run_in_transaction`), each in a savepoint,
+after the fence, so the writes of a job this relay no longer owns never happen.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+import tenacity
+from sqlalchemy.orm import Session
+
+from outbox.job import Job
+from outbox.registry import Handler, Registry
+from relay import execute
+from relay.execute import Outcome
+from relay.sql import queries
+
+FENCE = sa.text(queries["fence"])
+SUCCEEDED = sa.text(queries["complete_succeeded"])
+FAILED = sa.text(queries["complete_failed"])
+RELEASE = sa.text(queries["release"])
+FLUSH_AT = 500  # outcomes per completion transaction, at most
+TRANSIENT_RETRIES = 2  # immediate re-runs of a session job that met a deadlock
+
+log = structlog.get_logger("outbox.relay")
+
+
+def fence(connection: sa.Connection, relay: str, jobs: Sequence[Job]) -> set[Any]:
+    """Lock the jobs still leased to ``relay`` at their attempt; return their uuids."""
+    rows = connection.execute(
+        FENCE,
+        {"uuid": [j.uuid for j in jobs], "attempt": [j.attempt for j in jobs], "relay": relay},
+    )
+    return {row[0] for row in rows}
+
+
+def record(
+    connection: sa.Connection, relay: str, outcomes: Sequence[Outcome], registry: Registry
+) -> None:
+    """Write outcomes of fenced jobs: delete the succeeded, retry or bury the failed."""
+    done = [o for o in outcomes if o.succeeded]
+    failed = [o for o in outcomes if not o.succeeded]
+    if done:
+        connection.execute(
+            SUCCEEDED,
+            {
+                "uuid": [o.job.uuid for o in done],
+                "duration_ms": [o.duration_ms for o in done],
+                "relay": relay,
+            },
+        )
+    if failed:
+        dead = [o.permanent or o.job.attempt >= o.job.max_attempts for o in failed]
+        connection.execute(
+            FAILED,
+            {
+                "uuid": [o.job.uuid for o in failed],
+                "error": [json.dumps(o.error) for o in failed],
+                "retry_in": [
+                    0.0 if is_dead else _backoff(registry.get(o.job.type), o.job.attempt)
+                    for o, is_dead in zip(failed, dead, strict=True)
+                ],
+                "dead": dead,
+                "duration_ms": [o.duration_ms for o in failed],
+                "relay": relay,
+            },
+        )
+
+
+def _backoff(handler: Handler | None, attempt: int) -> float:
+    return handler.backoff(attempt) if handler is not None else 0.0
+
+
+def complete(
+    connection: sa.Connection, relay: str, outcomes: Sequence[Outcome], registry: Registry
+) -> list[Outcome]:
+    """Fence and record ``outcomes`` in one transaction; return those whose lease was lost."""
+    with connection.begin():
+        owned = fence(connection, relay, [o.job for o in outcomes])
+        record(connection, relay, [o for o in outcomes if o.job.uuid in owned], registry)
+    return [o for o in outcomes if o.job.uuid not in owned]
+
+
+def run_in_transaction(
+    connection: sa.Connection,
+    relay: str,
+    work: Sequence[tuple[Handler, Job]],
+    registry: Registry,
+    timeout_ms: int,
+) -> tuple[list[Outcome], list[Job]]:
+    """Run session handlers inside their completion transaction, one savepoint each.
+
+    Returns the outcomes recorded and the jobs skipped because their lease was lost.
+    """
+    with connection.begin():
+        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+        owned = fence(connection, relay, [job for _, job in work])
+        outcomes = []
+        for handler, job in work:
+            if job.uuid in owned:
+                outcomes.append(_run_in_savepoint(connection, handler, job))
+        record(connection, relay, outcomes, registry)
+    return outcomes, [job for _, job in work if job.uuid not in owned]
+
+
+def _run_in_savepoint(connection: sa.Connection, handler: Handler, job: Job) -> Outcome:
+    """Run one session handler in a savepoint: commit its writes with the batch, or undo them.
+
+    A deadlock or serialization failure is met again at once, up to twice: session jobs
+    share a transaction, so their locks are held longer than one job's would be.
+    """
+    for tries_left in range(TRANSIENT_RETRIES, -1, -1):
+        with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+            outcome = execute.run(handler, job, session)
+            if outcome.succeeded:
+                try:
+                    session.commit()  # releases the savepoint; the outer transaction commits it
+                except Exception as exc:  # a flush that fails: a constraint, a timeout
+                    session.rollback()
+                    outcome = Outcome(job, outcome.duration_ms, execute.describe(exc))
+            else:
+                session.rollback()
+        if outcome.succeeded or not tries_left or not _transient(outcome):
+            return outcome
+        log.info("session job met a deadlock; running it again", uuid=str(job.uuid))
+    return outcome
+
+
+def _transient(outcome: Outcome) -> bool:
+    message = (outcome.error or {}).get("message", "")
+    return any(name in message for name in ("DeadlockDetected", "SerializationFailure"))
+
+
+def release(connection: sa.Connection, relay: str, jobs: Sequence[Job]) -> None:
+    """Give back claimed jobs that never started (shutdown)."""
+    with connection.begin():
+        connection.execute(RELEASE, {"uuid": [j.uuid for j in jobs], "relay": relay})
+
+
+class Completer:
+    """Writes outcomes of session-less handlers in batches, retrying through faults."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        relay: str,
+        registry: Registry,
+        finished: Callable[[Sequence[Outcome], Sequence[Outcome]], None],
+    ) -> None:
+        self._engine = engine
+        self._relay = relay
+        self._registry = registry
+        self._finished = finished
+        self._queue: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+
+    def submit(self, outcome: Outcome) -> None:
+        self._queue.put(outcome)
+
+    def run(self) -> None:
+        while not (self._stopping.is_set() and self._queue.empty()):
+            batch = self._take()
+            if batch:
+                self._flush(batch)
+
+    def stop(self) -> None:
+        """Finish writing what was submitted, then return from run()."""
+        self._stopping.set()
+
+    def _take(self) -> list[Outcome]:
+        """The next outcome and whatever queued behind it: no waiting for a batch to fill,
+        since under load outcomes pile up while the previous batch is being written."""
+        try:
+            batch = [self._queue.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+        while len(batch) < FLUSH_AT:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _flush(self, batch: list[Outcome]) -> None:
+        try:
+            lost = self._write(batch)
+        except Exception as exc:
+            # The jobs keep their leases and are rescued, then run again (G2); external
+            # effects are deduplicated by the job's idempotency key (G3).
+            log.error("completion abandoned", jobs=len(batch), error=str(exc))
+            self._finished([], batch)
+            return
+        for outcome in lost:
+            log.warning("lease lost before completion", **_fields(outcome.job))
+        lost_ids = {o.job.uuid for o in lost}
+        self._finished([o for o in batch if o.job.uuid not in lost_ids], lost)
+
+    @tenacity.retry(
+        retry=tenacity.retry_if_exception_type(sa.exc.OperationalError),
+        wait=tenacity.wait_exponential_jitter(initial=0.1, max=5),
+        stop=tenacity.stop_after_delay(60),
+        reraise=True,
+        before_sleep=lambda state: log.warning(
+            "completion retrying after a database error",
+            error=str(state.outcome.exception()) if state.outcome else None,
+        ),
+    )
+    def _write(self, batch: list[Outcome]) -> list[Outcome]:
+        with self._engine.connect() as connection:
+            return complete(connection, self._relay, batch, self._registry)
+
+
+def _fields(job: Job) -> dict[str, Any]:
+    return {"uuid": str(job.uuid), "type": job.type, "key": job.key, "attempt": job.attempt}

@@ -1,0 +1,58 @@
+-- name: claim_batch
+-- Claim up to :limit ready jobs from :queues and lease them to :relay, in one transaction of
+-- its own that commits at once (G2: a claimed job always carries a lease the rescuer can expire).
+-- Order: priority, then readiness, then enqueue order. Only the head of each key is claimable:
+-- a job waits while any job of its key with a lower id is live (pending, running or dead), so
+-- one key runs one job at a time in commit order (G4).
+-- Each queue is read through outbox_jobs_ready_idx in claim order (a LATERAL per queue keeps
+-- the scan ordered and index-driven whatever the statistics say), then the best :limit win.
+-- Every claim appends a `claimed` history row (G7).
+WITH candidates AS (
+    SELECT c.uuid, c.priority, c.run_at, c.id
+    FROM unnest(CAST(:queues AS text[])) AS q (queue)
+    CROSS JOIN LATERAL (
+        SELECT j.uuid, j.priority, j.run_at, j.id
+        FROM outbox_jobs AS j
+        WHERE j.state = 'pending'
+          AND j.queue = q.queue
+          AND j.run_at <= now()
+          AND (
+              j.key IS NULL
+              OR NOT EXISTS (
+                  SELECT 1 FROM outbox_jobs AS p WHERE p.key = j.key AND p.id < j.id
+              )
+          )
+        ORDER BY j.priority, j.run_at, j.id
+        LIMIT :limit
+        FOR UPDATE OF j SKIP LOCKED
+    ) AS c
+),
+chosen AS (
+    SELECT uuid FROM candidates ORDER BY priority, run_at, id LIMIT :limit
+),
+claimed AS (
+    UPDATE outbox_jobs AS j
+    SET state = 'running',
+        attempt = j.attempt + 1,
+        relay = :relay,
+        claimed_at = now(),
+        lease_expires_at = now() + CAST(:lease AS interval)
+    FROM chosen
+    WHERE j.uuid = chosen.uuid
+    RETURNING j.uuid, j.type, j.queue, j.key, j.idempotency_key, j.payload, j.attempt,
+              j.max_attempts, j.enqueued_at, j.id
+),
+recorded AS (
+    INSERT INTO outbox_history (job_uuid, event, type, queue, key, attempt, relay)
+    SELECT uuid, 'claimed', type, queue, key, attempt, :relay FROM claimed
+)
+SELECT uuid, type, queue, key, idempotency_key, payload, attempt, max_attempts, enqueued_at
+FROM claimed
+ORDER BY id;
+
+-- name: next_run_at
+-- When the next scheduled job of :queues becomes ready, so an idle relay sleeps until then.
+-- Called only when nothing is ready, so the pending rows it reads are the scheduled ones.
+SELECT min(run_at)
+FROM outbox_jobs
+WHERE state = 'pending' AND queue = ANY(CAST(:queues AS text[])) AND run_at > now();

@@ -1,0 +1,93 @@
+-- name: fence
+-- First statement of every completion transaction (G3): lock the jobs still leased to :relay
+-- at the attempt it ran. Jobs missing from the result were rescued and may be running
+-- elsewhere: this relay must not complete them, and their handlers' writes must not commit.
+-- The row locks hold the fence until commit: the rescuer skips locked rows.
+SELECT j.uuid
+FROM unnest(CAST(:uuid AS uuid[]), CAST(:attempt AS integer[])) AS f (uuid, attempt)
+JOIN outbox_jobs AS j ON j.uuid = f.uuid
+WHERE j.state = 'running' AND j.relay = :relay AND j.attempt = f.attempt
+FOR UPDATE OF j;
+
+-- name: complete_succeeded
+-- Succeeded jobs leave the live table, and their `succeeded` history rows are appended, in the
+-- same transaction (G7), which keeps outbox_jobs small however long the system runs.
+-- A keyed job's successor becomes its key's head: wake the relays of its queue (G4).
+WITH done AS (
+    SELECT * FROM unnest(CAST(:uuid AS uuid[]), CAST(:duration_ms AS double precision[]))
+        AS d (uuid, duration_ms)
+),
+deleted AS (
+    DELETE FROM outbox_jobs AS j
+    USING done
+    WHERE j.uuid = done.uuid
+    RETURNING j.uuid, j.type, j.queue, j.key, j.attempt, done.duration_ms
+),
+recorded AS (
+    INSERT INTO outbox_history (job_uuid, event, type, queue, key, attempt, relay, duration_ms)
+    SELECT uuid, 'succeeded', type, queue, key, attempt, :relay, duration_ms
+    FROM deleted
+)
+SELECT count(pg_notify('outbox_jobs', q.queue))
+FROM (SELECT DISTINCT queue FROM deleted WHERE key IS NOT NULL) AS q;
+
+-- name: complete_failed
+-- Failed attempts (G6): back to pending :retry_in seconds from now (the database's clock), or
+-- to dead when :dead says the attempts are spent or the failure is permanent. History keeps the error (`failed`) and the outcome
+-- (`retried` with the next run time, or `dead`).
+WITH failed AS (
+    SELECT *
+    FROM unnest(
+        CAST(:uuid AS uuid[]), CAST(:error AS jsonb[]), CAST(:retry_in AS double precision[]),
+        CAST(:dead AS boolean[]), CAST(:duration_ms AS double precision[])
+    ) AS f (uuid, error, retry_in, dead, duration_ms)
+),
+updated AS (
+    UPDATE outbox_jobs AS j
+    SET state = CASE WHEN failed.dead THEN 'dead' ELSE 'pending' END,
+        run_at = CASE
+            WHEN failed.dead THEN j.run_at
+            ELSE now() + make_interval(secs => failed.retry_in)
+        END,
+        lease_expires_at = NULL,
+        last_error = left(failed.error ->> 'message', 2000)
+    FROM failed
+    WHERE j.uuid = failed.uuid
+    RETURNING j.uuid, j.type, j.queue, j.key, j.attempt, j.run_at, failed.error,
+              failed.dead, failed.duration_ms
+)
+INSERT INTO outbox_history (
+    job_uuid, event, type, queue, key, attempt, relay, error, duration_ms, run_at
+)
+SELECT uuid, e.event, type, queue, key, attempt, :relay,
+       CASE WHEN e.event = 'failed' THEN error END,
+       CASE WHEN e.event = 'failed' THEN duration_ms END,
+       CASE WHEN e.event = 'retried' THEN run_at END
+FROM updated
+CROSS JOIN LATERAL (
+    VALUES ('failed'), (CASE WHEN updated.dead THEN 'dead' ELSE 'retried' END)
+) AS e (event);
+
+-- name: release
+-- On shutdown, jobs claimed but not started go back to pending as they were, their attempt
+-- given back: they never ran (G2). History records the release as a rescue by this relay.
+WITH released AS (
+    UPDATE outbox_jobs AS j
+    SET state = 'pending', attempt = j.attempt - 1, lease_expires_at = NULL
+    WHERE j.uuid = ANY(CAST(:uuid AS uuid[])) AND j.state = 'running' AND j.relay = :relay
+    RETURNING j.uuid, j.type, j.queue, j.key, j.attempt
+)
+INSERT INTO outbox_history (job_uuid, event, type, queue, key, attempt, relay, reason)
+SELECT uuid, 'rescued', type, queue, key, attempt, :relay, 'released unstarted at shutdown'
+FROM released;
+
+-- name: extend_leases
+-- Heartbeat: push out the leases of jobs this relay is still running within their timeouts.
+-- Rows locked by a completion in progress are skipped, not waited for.
+UPDATE outbox_jobs AS j
+SET lease_expires_at = now() + CAST(:lease AS interval)
+WHERE j.uuid IN (
+    SELECT uuid FROM outbox_jobs
+    WHERE uuid = ANY(CAST(:uuid AS uuid[])) AND state = 'running' AND relay = :relay
+    FOR UPDATE SKIP LOCKED
+);

@@ -1,0 +1,99 @@
+"""Processes and signals.
+
+One process: the first SIGTERM or SIGINT stops claiming and lets in-flight jobs
+finish (or releases those not started) within the grace period, then exits 0; a
+second exits at once. Nothing is lost either way: a job left running keeps its
+lease and is rescued when it expires.
+
+Several processes: a supervisor starts them, restarts any that dies, and passes
+signals on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+import structlog
+
+from relay.worker import Worker
+
+log = structlog.get_logger("outbox.relay")
+RESTART_BACKOFF_MAX = 10.0
+
+
+def run_worker(worker: Worker) -> int:
+    signals = 0
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("stopping: finishing in-flight jobs", signal=signal.Signals(signum).name)
+            worker.stop()
+        else:
+            log.warning("second signal: exiting now; running jobs are rescued when leases expire")
+            os._exit(1)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        worker.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
+
+
+def run_processes(child_argv: Sequence[str], processes: int, grace: float) -> int:
+    """Run ``processes`` copies of ``child_argv``; restart crashed ones until signalled."""
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    failures = [0] * processes
+    stopping = False
+    signals = 0
+
+    def spawn(slot: int) -> None:
+        children[slot] = subprocess.Popen([sys.executable, *child_argv])
+        log.info("relay process started", slot=slot, pid=children[slot].pid)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping, signals
+        signals += 1
+        stopping = True
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGKILL if signals > 1 else signal.SIGTERM)
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, on_signal)
+    for slot in range(processes):
+        spawn(slot)
+    restart_at: dict[int, float] = {}
+    while True:
+        time.sleep(0.2)
+        if stopping:
+            deadline = time.monotonic() + grace + 5
+            while any(c.poll() is None for c in children.values()):
+                if time.monotonic() > deadline:
+                    for child in children.values():
+                        if child.poll() is None:
+                            child.kill()
+                time.sleep(0.1)
+            codes = [c.returncode for c in children.values()]
+            log.info("relay processes stopped", exit_codes=codes)
+            return 0 if all(code == 0 for code in codes) else 1
+        for slot, child in list(children.items()):
+            code = child.poll()
+            if code is None:
+                continue
+            if slot not in restart_at:
+                failures[slot] += 1
+                delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (failures[slot] - 1))
+                restart_at[slot] = time.monotonic() + delay
+                log.warning("relay process died; restarting", slot=slot, code=code, in_s=delay)
+            elif time.monotonic() >= restart_at.pop(slot):
+                spawn(slot)

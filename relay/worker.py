@@ -1,0 +1,388 @@
+"""One relay process: claim, execute, complete, heartbeat, rescue, listen; and shut down well.
+
+The producer loop claims as many jobs as there are free handler threads, and sleeps
+when none is ready until a notification, the poll interval or the next scheduled job
+wakes it. Services run in threads of their own and all stop the same way.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+import structlog
+
+from outbox.database import create_engine, libpq_dsn
+from outbox.job import Job
+from outbox.registry import Handler, Registry
+from outbox.settings import Settings
+from relay import complete, execute
+from relay.claim import claim_batch, next_run_at
+from relay.complete import Completer
+from relay.execute import Outcome
+from relay.notify import Listener
+from relay.rescue import Rescuer
+from relay.sql import queries
+
+EXTEND = sa.text(queries["extend_leases"])
+SESSION_GROUP = 16  # session-handler jobs completed per transaction, at most
+
+log = structlog.get_logger("outbox.relay")
+
+
+def relay_identity() -> str:
+    """host:pid:nonce, as history records which relay did what."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclasses.dataclass(slots=True)
+class Running:
+    """A claimed job in this process, from claim to completion."""
+
+    job: Job
+    handler: Handler | None
+    future: concurrent.futures.Future[Any] | None = None
+    started: float | None = None  # monotonic
+    deadline: float | None = None
+    #: Past its timeout: failed and completed already; its thread may still be running.
+    abandoned: bool = False
+
+
+class Worker:
+    """A relay process. ``run()`` blocks until ``stop()``; both are thread-safe."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        dsn: str,
+        settings: Settings,
+        *,
+        queues: Sequence[str] | None = None,
+        identity: str | None = None,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.queues = list(queues or registry.queues(settings.default_queue))
+        self.relay = identity or relay_identity()
+        self.concurrency = settings.concurrency
+        lease_ms = int(settings.lease.total_seconds() * 1000)
+        self.engine = create_engine(
+            dsn,
+            pool_size=self.concurrency + 4,
+            max_overflow=4,
+            pool_pre_ping=True,
+            pool_timeout=10,
+            connect_args={
+                "application_name": f"outbox relay {self.relay}"[:63],
+                "connect_timeout": 5,
+                # A relay stopped mid-transaction (SIGSTOP, a hung handler) must not hold
+                # its fence forever: PostgreSQL ends the session, and the rescuer can act.
+                "options": f"-c idle_in_transaction_session_timeout={lease_ms}",
+            },
+        )
+        self._running: dict[UUID, Running] = {}
+        self._guard = threading.Lock()
+        self._stuck = 0  # handler threads still busy with abandoned jobs
+        self._space = threading.Event()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix="outbox-handler"
+        )
+        self.completer = Completer(self.engine, self.relay, registry, self._finished)
+        self.rescuer = Rescuer(
+            self.engine, registry, settings.default_max_attempts, settings.rescue_interval
+        )
+        self.listener = Listener(libpq_dsn(dsn), self.queues, self._wake)
+        self._threads: list[threading.Thread] = []
+        self._max_attempts = {h.type: h.max_attempts for h in registry}
+        self.log = log.bind(relay=self.relay)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.log.info("relay started", queues=self.queues, concurrency=self.concurrency)
+        self._start("completer", self.completer.run)
+        self._start("rescuer", self.rescuer.run)
+        self._start("listener", self.listener.run)
+        self._start("heartbeat", self._heartbeat)
+        try:
+            self._produce()
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Stop claiming; finish or release in-flight jobs within the grace period."""
+        self._stopping.set()
+        self._wake.set()
+        self._space.set()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def _start(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=f"outbox-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- claiming ---------------------------------------------------------------------
+
+    def _produce(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            capacity = self.concurrency - self._busy()
+            if capacity <= 0:
+                self._space.clear()
+                self._space.wait(0.5)
+                continue
+            self._wake.clear()
+            try:
+                jobs = self._claim(min(capacity, self.settings.claim_batch))
+            except sa.exc.DBAPIError as exc:
+                failures += 1
+                delay = min(5.0, 0.1 * 2**failures)
+                self.log.warning(
+                    "claim failed; retrying", error=_first_line(exc), retry_in=round(delay, 2)
+                )
+                self._stopping.wait(delay)
+                continue
+            failures = 0
+            if jobs:
+                self._dispatch(jobs)
+            else:
+                self._wake.wait(self._idle_wait())
+
+    def _claim(self, limit: int) -> list[Job]:
+        with self.engine.connect() as connection:
+            return claim_batch(
+                connection,
+                queues=self.queues,
+                limit=limit,
+                lease=self.settings.lease,
+                relay=self.relay,
+                default_max_attempts=self.settings.default_max_attempts,
+                max_attempts=self._max_attempts,
+            )
+
+    def _idle_wait(self) -> float:
+        """Until the poll interval, or sooner if a scheduled job falls due before it."""
+        wait = self.settings.poll_interval.total_seconds()
+        try:
+            with self.engine.connect() as connection:
+                due = next_run_at(connection, self.queues)
+        except sa.exc.DBAPIError:
+            return wait
+        if due is not None:
+            wait = min(wait, max(0.0, (due - datetime.now(UTC)).total_seconds()))
+        return wait
+
+    def _busy(self) -> int:
+        with self._guard:
+            return len(self._running) + self._stuck
+
+    # -- executing --------------------------------------------------------------------
+
+    def _dispatch(self, jobs: list[Job]) -> None:
+        group: list[Running] = []
+        with self._guard:
+            for job in jobs:
+                running = Running(job, self.registry.get(job.type))
+                self._running[job.uuid] = running
+                if running.handler is None:
+                    self.completer.submit(execute.unknown_type(job))
+                elif running.handler.takes_session:
+                    group.append(running)
+                else:
+                    running.future = self._pool.submit(self._run_one, running)
+            for start in range(0, len(group), SESSION_GROUP):
+                chunk = group[start : start + SESSION_GROUP]
+                future = self._pool.submit(self._run_group, chunk)
+                for member in chunk:
+                    member.future = future
+
+    def _begin(self, running: Running) -> bool:
+        """Mark a job started unless shutdown already released it."""
+        with self._guard:
+            if running.job.uuid not in self._running:
+                return False
+            running.started = time.monotonic()
+            running.deadline = running.started + self._timeout(running.handler)
+            return True
+
+    def _timeout(self, handler: Handler | None) -> float:
+        if handler is not None and handler.timeout is not None:
+            return handler.timeout
+        return self.settings.handler_timeout.total_seconds()
+
+    def _run_one(self, running: Running) -> None:
+        if not self._begin(running):
+            return
+        assert running.handler is not None
+        outcome = execute.run(running.handler, running.job)
+        with self._guard:
+            if running.abandoned:
+                self._stuck -= 1
+                self._space.set()
+                return
+        self.completer.submit(outcome)
+
+    def _run_group(self, group: list[Running]) -> None:
+        started = [r for r in group if self._begin(r)]
+        if not started:
+            return
+        timeout_ms = int(max(self._timeout(r.handler) for r in started) * 1000)
+        work = [(r.handler, r.job) for r in started if r.handler is not None]
+        try:
+            with self.engine.connect() as connection:
+                outcomes, lost = complete.run_in_transaction(
+                    connection, self.relay, work, self.registry, timeout_ms
+                )
+        except sa.exc.DBAPIError as exc:
+            # Nothing was committed; the leases expire and the jobs run again (G2).
+            self.log.error("session jobs not completed", jobs=len(work), error=_first_line(exc))
+            self._finished([], [execute.Outcome(job, 0.0) for _, job in work])
+            return
+        for job in lost:
+            self.log.warning("lease lost before running", uuid=str(job.uuid), type=job.type)
+        self._finished(outcomes, [execute.Outcome(job, 0.0) for job in lost])
+
+    def _finished(self, done: Sequence[Outcome], lost: Sequence[Outcome]) -> None:
+        with self._guard:
+            for outcome in (*done, *lost):
+                self._running.pop(outcome.job.uuid, None)
+        self._space.set()
+        if any(o.job.key is not None and o.succeeded for o in done):
+            self._wake.set()  # the next job of that key is its head now
+        for outcome in done:
+            self._log_outcome(outcome)
+
+    def _log_outcome(self, outcome: Outcome) -> None:
+        job = outcome.job
+        fields = {
+            "uuid": str(job.uuid),
+            "type": job.type,
+            "key": job.key,
+            "queue": job.queue,
+            "attempt": job.attempt,
+            "duration_ms": round(outcome.duration_ms, 2),
+        }
+        if outcome.succeeded:
+            self.log.debug("job succeeded", **fields)
+        elif outcome.permanent or job.attempt >= job.max_attempts:
+            self.log.error("job dead", error=outcome.error, **fields)
+        else:
+            self.log.warning("job failed; will retry", error=outcome.error, **fields)
+
+    # -- leases -----------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        """Extend leases of jobs within their timeouts; fail those past them."""
+        every = self.settings.lease.total_seconds() / 3
+        next_extend = time.monotonic() + every
+        while not self._stopped.wait(0.2):
+            self._expire_timeouts()
+            if time.monotonic() >= next_extend:
+                next_extend = time.monotonic() + every
+                self._extend()
+
+    def _expire_timeouts(self) -> None:
+        now = time.monotonic()
+        expired = []
+        with self._guard:
+            for running in self._running.values():
+                if (
+                    running.deadline is not None
+                    and now > running.deadline
+                    and not running.abandoned
+                    and not (running.handler and running.handler.takes_session)
+                ):
+                    running.abandoned = True
+                    self._stuck += 1
+                    expired.append(running)
+        for running in expired:
+            error = TimeoutError(
+                f"handler ran past its timeout of {self._timeout(running.handler)}s"
+            )
+            started = running.started or now
+            self.completer.submit(
+                Outcome(running.job, (now - started) * 1000, execute.describe(error))
+            )
+
+    def _extend(self) -> None:
+        now = time.monotonic()
+        with self._guard:
+            live = [
+                r.job.uuid
+                for r in self._running.values()
+                if not r.abandoned and (r.deadline is None or now <= r.deadline)
+            ]
+        if not live:
+            return
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    EXTEND, {"uuid": live, "relay": self.relay, "lease": self.settings.lease}
+                )
+        except sa.exc.DBAPIError as exc:
+            self.log.warning("lease heartbeat failed", error=_first_line(exc))
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        grace = time.monotonic() + self.settings.shutdown_grace.total_seconds()
+        unstarted = self._cancel_unstarted()
+        if unstarted:
+            try:
+                with self.engine.connect() as connection:
+                    complete.release(connection, self.relay, unstarted)
+            except sa.exc.DBAPIError as exc:
+                self.log.warning("could not release unstarted jobs", error=_first_line(exc))
+        while self._busy_running() and time.monotonic() < grace:
+            self._space.clear()
+            self._space.wait(0.1)
+        left = self._busy_running()
+        self.completer.stop()
+        for service in (self.rescuer, self.listener):
+            service.stop()
+        self._stopped.set()
+        for thread in self._threads:
+            thread.join(timeout=max(1.0, grace - time.monotonic()))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.engine.dispose()
+        if left:
+            self.log.warning(
+                "stopped with handlers still running; their leases will expire", jobs=left
+            )
+        self.log.info("relay stopped", released=len(unstarted))
+
+    def _cancel_unstarted(self) -> list[Job]:
+        with self._guard:
+            unstarted = [
+                r for r in self._running.values() if r.started is None and r.handler is not None
+            ]
+            for running in unstarted:
+                del self._running[running.job.uuid]
+            futures = {id(r.future): r.future for r in unstarted if r.future is not None}
+        for future in futures.values():
+            future.cancel()
+        return [r.job for r in unstarted]
+
+    def _busy_running(self) -> int:
+        with self._guard:
+            return sum(1 for r in self._running.values() if not r.abandoned)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
