@@ -1,7 +1,8 @@
 """Enqueue jobs inside the application's own transaction (G1).
 
-One statement, one round trip, whatever the number of jobs: see
-``outbox/sql/enqueue.sql`` for what it does and why.
+One statement and one round trip for :func:`enqueue` and for batches under
+:data:`outbox.bulk.COPY_THRESHOLD` (``outbox/sql/enqueue.sql`` says what it does and
+why); larger batches take the COPY path of :mod:`outbox.bulk`.
 """
 
 from __future__ import annotations
@@ -148,9 +149,10 @@ def enqueue_many(
     registry: Registry | None = None,
     settings: Settings | None = None,
 ) -> list[Enqueued] | Coroutine[Any, Any, list[Enqueued]]:
-    """Add many jobs in one statement; handles come back in the order given.
+    """Add many jobs to the transaction of ``session``; handles come back in the order given.
 
-    Every job is checked before any is written: one bad job refuses the whole batch.
+    One bad job refuses the whole batch, and nothing of it is written. Batches of
+    :data:`outbox.bulk.COPY_THRESHOLD` jobs or more are sent with COPY.
     """
     settings = settings or default_settings()
     columns = _bind(list(jobs), registry, settings)

@@ -14,6 +14,8 @@ from alembic.script import ScriptDirectory
 from outbox.errors import MigrationError
 
 VERSION_TABLE = "outbox_alembic_version"
+APP_VERSION_TABLE = "alembic_version"
+REVISION_PREFIX = "outbox_"
 #: Session-level advisory lock held while migrating: (class, id) as two int4 keys.
 MIGRATION_LOCK = (0x0B0D, 1)
 
@@ -39,8 +41,19 @@ def head() -> str:
 
 
 def current(connection: sa.Connection) -> str | None:
+    """outbox's schema revision: from its own version table, or else from the application's
+    Alembic history where outbox's migrations were included as a branch."""
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-    return context.get_current_revision()
+    return context.get_current_revision() or included(connection)
+
+
+def included(connection: sa.Connection) -> str | None:
+    """outbox's revision in the application's own ``alembic_version``, if it is there."""
+    if not sa.inspect(connection).has_table(APP_VERSION_TABLE):
+        return None
+    heads = MigrationContext.configure(connection).get_current_heads()
+    ours = [h for h in heads if h.startswith(REVISION_PREFIX)]
+    return ours[0] if ours else None
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> tuple[str | None, str | None]:
@@ -54,6 +67,13 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> tuple[str | None, str 
         try:
             before = current(connection)
             connection.commit()
+            if before is not None and before == included(connection):
+                if before == head() and revision == "head":
+                    return before, before
+                raise MigrationError(
+                    f"outbox's migrations are part of your application's Alembic history "
+                    f"(alembic_version holds {before}): upgrade with `alembic upgrade heads`"
+                )
             try:
                 command.upgrade(alembic_config(connection), revision)
             except Exception as exc:

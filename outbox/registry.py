@@ -18,7 +18,7 @@ HandlerFunc = Callable[..., Any]
 
 #: Exponential backoff from 1 s, doubling to at most an hour, with up to 5 s of jitter
 #: so that jobs which failed together do not retry together.
-DEFAULT_RETRY: wait_base = tenacity.wait_exponential_jitter(initial=1, max=3600, jitter=5)
+DEFAULT_RETRY: wait_base = tenacity.wait_exponential_jitter(multiplier=1, max=3600, jitter=5)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -106,7 +106,7 @@ class Registry:
         if retry is not None and not isinstance(retry, wait_base):
             raise RegistryError(
                 f"handler for {type!r}: retry must be a tenacity wait strategy, "
-                "e.g. tenacity.wait_exponential_jitter(initial=1, max=600)"
+                "e.g. tenacity.wait_exponential_jitter(multiplier=1, max=600)"
             )
         handler = Handler(
             type=type,

@@ -13,7 +13,8 @@ from typing import Any
 
 import platformdirs
 
-from outbox.errors import ConfigurationError
+from outbox import validate
+from outbox.errors import ConfigurationError, InvalidJob
 
 MIB = 1024 * 1024
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -85,6 +86,10 @@ class Settings:
     handler_timeout: timedelta = timedelta(minutes=5)
 
     def __post_init__(self) -> None:
+        try:
+            validate.queue(self.default_queue)
+        except InvalidJob as exc:
+            raise ConfigurationError(f"default_queue: {exc}") from None
         if self.payload_limit < 1:
             raise ConfigurationError(
                 f"payload_limit must be at least 1 byte, not {self.payload_limit}"
@@ -123,8 +128,10 @@ class Settings:
             )
         if queue := env.get("OUTBOX_DEFAULT_QUEUE"):
             values["default_queue"] = queue
-        if attempts := env.get("OUTBOX_MAX_ATTEMPTS"):
-            values["default_max_attempts"] = _parse_int(attempts, name="OUTBOX_MAX_ATTEMPTS")
+        if attempts := env.get("OUTBOX_DEFAULT_MAX_ATTEMPTS"):
+            values["default_max_attempts"] = _parse_int(
+                attempts, name="OUTBOX_DEFAULT_MAX_ATTEMPTS"
+            )
         if embedded := env.get("OUTBOX_EMBEDDED_DIR"):
             values["embedded_dir"] = Path(embedded)
         for name, var in _INT_VARS.items():

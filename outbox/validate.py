@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -66,6 +67,11 @@ def key(value: object, what: str = "key") -> str | None:
         raise InvalidJob(f"{what} {value[:40]!r}... is {len(value)} characters; at most {KEY_MAX}")
     if _CONTROL.search(value):
         raise InvalidJob(f"{what} {value!r} contains a control character")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidJob(f"{what} {value!r} is not valid Unicode") from None
     return value
 
 
@@ -146,9 +152,12 @@ def _encode(payload: dict[str, Any]) -> str:
 def encode_payload(payload: object, limit: int) -> str:
     """The payload as compact JSON text, refused if it would not round-trip."""
     if not isinstance(payload, dict):
-        raise PayloadNotJSON(
-            f"payload must be a JSON object (a dict with str keys), not {type(payload).__name__}"
-        )
+        if not isinstance(payload, Mapping):
+            kind = type(payload).__name__
+            raise PayloadNotJSON(
+                f"payload must be a JSON object (a dict with str keys), not {kind}"
+            )
+        payload = dict(payload)
     try:
         text = _encode(payload)
     except TypeError as exc:
@@ -160,7 +169,12 @@ def encode_payload(payload: object, limit: int) -> str:
     _check_keys(payload)  # after encoding, which has refused cycles
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise PayloadNotJSON("payload holds a NUL character (\\u0000), which PostgreSQL refuses")
-    size = len(text) if text.isascii() else len(text.encode())
+    try:
+        size = len(text) if text.isascii() else len(text.encode())
+    except UnicodeEncodeError:
+        raise PayloadNotJSON(
+            "payload holds text that is not valid Unicode (a lone surrogate such as '\\ud800')"
+        ) from None
     if size > limit:
         raise PayloadTooLarge(
             f"payload is {size} bytes of JSON; the limit is {limit} "

@@ -207,7 +207,7 @@ class Completer:
 
     @tenacity.retry(
         retry=tenacity.retry_if_exception_type(sa.exc.OperationalError),
-        wait=tenacity.wait_exponential_jitter(initial=0.1, max=5),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=5),
         stop=tenacity.stop_after_delay(60),
         reraise=True,
         before_sleep=lambda state: log.warning(

@@ -65,6 +65,8 @@ def run(handler: Handler, job: Job, session: Session | None = None) -> Outcome:
         return Outcome(job, _ms(started), describe(exc), permanent=True)
     except Exception as exc:
         return Outcome(job, _ms(started), describe(exc))
+    except SystemExit as exc:  # sys.exit() in a handler fails its job, not the relay
+        return Outcome(job, _ms(started), describe(exc))
     return Outcome(job, _ms(started))
 
 

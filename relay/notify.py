@@ -19,8 +19,16 @@ log = structlog.get_logger("outbox.relay")
 
 
 class Listener:
-    def __init__(self, dsn: str, queues: Collection[str], wake: threading.Event) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        queues: Collection[str],
+        wake: threading.Event,
+        *,
+        application_name: str = "outbox relay",
+    ) -> None:
         self._dsn = dsn
+        self._application_name = application_name[:63]
         self._queues = set(queues)
         self._wake = wake
         self._stopping = threading.Event()
@@ -49,7 +57,12 @@ class Listener:
         self._stopping.set()
 
     def _listen(self) -> None:
-        with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as connection:
+        with psycopg.connect(
+            self._dsn,
+            autocommit=True,
+            connect_timeout=5,
+            application_name=self._application_name,
+        ) as connection:
             connection.execute(f"LISTEN {CHANNEL}")
             self.connected.set()
             self._wake.set()

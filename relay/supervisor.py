@@ -25,6 +25,7 @@ from relay.worker import Worker
 
 log = structlog.get_logger("outbox.relay")
 RESTART_BACKOFF_MAX = 10.0
+HEALTHY_AFTER = 30.0  # seconds up after which a process's crash count starts again
 
 
 def run_worker(worker: Worker) -> int:
@@ -56,8 +57,11 @@ def run_processes(child_argv: Sequence[str], processes: int, grace: float) -> in
     stopping = False
     signals = 0
 
+    started_at = [0.0] * processes
+
     def spawn(slot: int) -> None:
         children[slot] = subprocess.Popen([sys.executable, *child_argv])
+        started_at[slot] = time.monotonic()
         log.info("relay process started", slot=slot, pid=children[slot].pid)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -86,14 +90,20 @@ def run_processes(child_argv: Sequence[str], processes: int, grace: float) -> in
             codes = [c.returncode for c in children.values()]
             log.info("relay processes stopped", exit_codes=codes)
             return 0 if all(code == 0 for code in codes) else 1
+        now = time.monotonic()
         for slot, child in list(children.items()):
-            code = child.poll()
-            if code is None:
+            if child.poll() is None:
+                if now - started_at[slot] > HEALTHY_AFTER:
+                    failures[slot] = 0  # it stayed up: the next crash restarts it quickly
                 continue
             if slot not in restart_at:
                 failures[slot] += 1
                 delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (failures[slot] - 1))
-                restart_at[slot] = time.monotonic() + delay
-                log.warning("relay process died; restarting", slot=slot, code=code, in_s=delay)
-            elif time.monotonic() >= restart_at.pop(slot):
+                restart_at[slot] = now + delay
+                log.warning(
+                    "relay process died; restarting",
+                    slot=slot, code=child.returncode, in_s=delay,
+                )  # fmt: skip
+            elif now >= restart_at[slot]:
+                del restart_at[slot]
                 spawn(slot)

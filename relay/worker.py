@@ -104,7 +104,9 @@ class Worker:
         self.rescuer = Rescuer(
             self.engine, registry, settings.default_max_attempts, settings.rescue_interval
         )
-        self.listener = Listener(libpq_dsn(dsn), self.queues, self._wake)
+        self.listener = Listener(
+            libpq_dsn(dsn), self.queues, self._wake, application_name=f"outbox relay {self.relay}"
+        )
         self._threads: list[threading.Thread] = []
         self._max_attempts = {h.type: h.max_attempts for h in registry}
         self.log = log.bind(relay=self.relay)
@@ -204,12 +206,27 @@ class Worker:
                 elif running.handler.takes_session:
                     group.append(running)
                 else:
-                    running.future = self._pool.submit(self._run_one, running)
+                    running.future = self._submit(self._run_one, running, [running])
             for start in range(0, len(group), SESSION_GROUP):
                 chunk = group[start : start + SESSION_GROUP]
-                future = self._pool.submit(self._run_group, chunk)
+                future = self._submit(self._run_group, chunk, chunk)
                 for member in chunk:
                     member.future = future
+
+    def _submit(
+        self, task: Callable[[Any], None], argument: Any, members: list[Running]
+    ) -> concurrent.futures.Future[Any]:
+        future = self._pool.submit(task, argument)
+        future.add_done_callback(lambda f: self._task_done(f, members))
+        return future
+
+    def _task_done(self, future: concurrent.futures.Future[Any], members: list[Running]) -> None:
+        """A task that raised would leave its jobs here, their leases renewed for ever; drop
+        them instead, so their leases expire and the rescuer gives them back (G2)."""
+        if future.cancelled() or future.exception() is None:
+            return
+        self.log.error("handler task failed", error=_first_line(future.exception()))  # type: ignore[arg-type]
+        self._finished([], [Outcome(r.job, 0.0) for r in members])
 
     def _begin(self, running: Running) -> bool:
         """Mark a job started unless shutdown already released it."""
@@ -248,7 +265,7 @@ class Worker:
                 outcomes, lost = complete.run_in_transaction(
                     connection, self.relay, work, self.registry, timeout_ms
                 )
-        except sa.exc.DBAPIError as exc:
+        except Exception as exc:  # the connection died, or the transaction could not end
             # Nothing was committed; the leases expire and the jobs run again (G2).
             self.log.error("session jobs not completed", jobs=len(work), error=_first_line(exc))
             self._finished([], [execute.Outcome(job, 0.0) for _, job in work])

@@ -69,3 +69,33 @@ def test_app_history_with_outbox_versions_upgrades_both_branches(
         engine.dispose()
     assert {"payments", "outbox_jobs", "outbox_history", "outbox_idempotency"} <= tables
     assert versions == {"app_0001", migrate.head()}
+
+
+def test_outbox_commands_see_a_schema_migrated_through_the_app_history(
+    server: str, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from outbox.cli import cli
+
+    (tmp_path / "versions").mkdir()
+    (tmp_path / "env.py").write_text(textwrap.dedent(APP_ENV))
+    config = Config()
+    config.set_main_option("script_location", str(tmp_path))
+    config.set_main_option("path_separator", "space")
+    config.set_main_option("version_locations", str(migrate.migrations_dir() / "versions"))
+    with temporary_database(server, prefix="outbox_app", migrated=False) as dsn:
+        engine = create_engine(dsn, poolclass=sa.NullPool)
+        with engine.connect() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "heads")
+            conn.commit()
+        engine.dispose()
+        runner = CliRunner()
+        status = runner.invoke(cli, ["--dsn", dsn, "status", "--json"])
+        assert status.exit_code == 0, status.output
+        again = runner.invoke(cli, ["--dsn", dsn, "migrate"])
+        assert again.exit_code == 0, again.output
+        assert "already at" in again.output
+        check = runner.invoke(cli, ["--dsn", dsn, "migrate", "--check"])
+        assert check.exit_code == 0, check.output

@@ -130,3 +130,22 @@ def test_the_schema_refuses_what_enqueue_refuses(db: sa.Engine) -> None:
     )
     with db.connect() as conn, pytest.raises(sa.exc.IntegrityError, match="running_has_lease"):
         conn.execute(running_without_lease)
+
+
+def test_lone_surrogate_is_refused_not_crashed_on(db: sa.Engine) -> None:
+    with Session(db) as session:
+        with pytest.raises(outbox.PayloadNotJSON, match="not valid Unicode"):
+            outbox.enqueue(session, "x.y", {"name": "broken \ud800"})
+        with pytest.raises(outbox.InvalidJob, match="not valid Unicode"):
+            outbox.enqueue(session, "x.y", {}, key="k\udc00")
+        session.commit()
+    assert count(db, "outbox_jobs") == 0
+
+
+def test_any_mapping_is_accepted_as_a_payload(db: sa.Engine) -> None:
+    from types import MappingProxyType
+
+    with Session(db) as session:
+        outbox.enqueue(session, "x.y", MappingProxyType({"a": 1}))
+        session.commit()
+    assert jobs(db)[0].payload == {"a": 1}

@@ -1,0 +1,153 @@
+"""Faults we can really produce here, against real relay processes (G2, G3, G4, G6)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import sqlalchemy as sa
+
+import outbox
+from tests.chaos.conftest import Relays, effects_per_job, enqueue, scalar, wait_for
+
+
+def live(engine: sa.Engine) -> int:
+    return int(scalar(engine, "SELECT count(*) FROM outbox_jobs"))
+
+
+def running(engine: sa.Engine) -> int:
+    return int(scalar(engine, "SELECT count(*) FROM outbox_jobs WHERE state = 'running'"))
+
+
+def effects(engine: sa.Engine) -> int:
+    return int(scalar(engine, "SELECT count(*) FROM chaos_effects"))
+
+
+def succeeded(engine: sa.Engine) -> int:
+    return int(scalar(engine, "SELECT count(*) FROM outbox_history WHERE event = 'succeeded'"))
+
+
+def test_kill_9_mid_batch_another_relay_finishes_every_effect_once(
+    chaos_db: sa.Engine, relays: Relays
+) -> None:
+    handles = enqueue(
+        chaos_db, [outbox.NewJob("chaos.effect", {"sleep": 0.01}) for _ in range(400)]
+    )
+    first = relays.start("--concurrency", "8")
+    wait_for(lambda: effects(chaos_db) >= 40, 30, "the first relay to make progress", relays)
+    wait_for(lambda: running(chaos_db) > 0, 10, "jobs in flight", relays)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    relays.start("--concurrency", "8")
+    wait_for(lambda: live(chaos_db) == 0, 90, "every job to complete", relays)
+    assert effects_per_job(chaos_db) == {h.uuid: 1 for h in handles}
+
+
+def test_sigstop_past_the_lease_then_sigcont_commits_nothing_twice(
+    chaos_db: sa.Engine, relays: Relays
+) -> None:
+    handles = enqueue(chaos_db, [outbox.NewJob("chaos.effect", {"sleep": 0.3}) for _ in range(24)])
+    stopped = relays.start("--concurrency", "4")
+    wait_for(lambda: running(chaos_db) > 0, 30, "the first relay to hold jobs", relays)
+    os.kill(stopped.pid, signal.SIGSTOP)
+    held = scalar(chaos_db, "SELECT count(*) FROM outbox_jobs WHERE state = 'running'")
+    assert held > 0
+    relays.start("--concurrency", "4")
+    wait_for(lambda: live(chaos_db) == 0, 90, "the second relay to complete everything", relays)
+    os.kill(stopped.pid, signal.SIGCONT)
+    stopped.send_signal(signal.SIGTERM)  # it wakes, meets its fence, and shuts down
+    assert stopped.wait(30) == 0, relays.log_tail()
+    assert effects_per_job(chaos_db) == {h.uuid: 1 for h in handles}
+
+
+def test_handler_that_kills_its_process_ends_dead_after_max_attempts(
+    chaos_db: sa.Engine, relays: Relays
+) -> None:
+    [handle] = enqueue(chaos_db, [outbox.NewJob("chaos.crash", {})])
+    supervisor = relays.start("--processes", "2", "--concurrency", "1")
+    wait_for(lambda: scalar(chaos_db, "SELECT state FROM outbox_jobs") == "dead", 90,
+             "the crashing job to end dead", relays)  # fmt: skip
+    with chaos_db.connect() as conn:
+        trail = conn.execute(sa.text(
+            "SELECT event FROM outbox_history WHERE job_uuid = :u ORDER BY id"
+        ), {"u": handle.uuid}).scalars().all()  # fmt: skip
+    assert trail.count("claimed") == 3
+    assert trail[-1] == "dead"
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(30) == 0, relays.log_tail()
+
+
+def test_terminated_connections_are_survived_and_every_effect_happens_once(
+    chaos_db: sa.Engine, relays: Relays
+) -> None:
+    handles = enqueue(
+        chaos_db, [outbox.NewJob("chaos.effect", {"sleep": 0.005}) for _ in range(600)]
+    )
+    relays.start("--concurrency", "4")
+    relays.start("--concurrency", "4")
+    for round_ in range(3):
+        target = 100 * (round_ + 1)
+        wait_for(lambda t=target: effects(chaos_db) >= t, 60, "progress", relays)
+        with chaos_db.connect() as conn:
+            conn.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND application_name LIKE 'outbox relay%'"
+            ))  # fmt: skip
+            conn.commit()
+    wait_for(lambda: live(chaos_db) == 0, 120, "every job to complete", relays)
+    assert effects_per_job(chaos_db) == {h.uuid: 1 for h in handles}
+    assert all(p.poll() is None for p in relays.procs), "relays must survive, not exit"
+
+
+def test_two_relays_keep_per_key_order_exactly(chaos_db: sa.Engine, relays: Relays) -> None:
+    keys = [f"account:{n}" for n in range(20)]
+    jobs = [
+        outbox.NewJob("chaos.effect", {"seq": seq}, key=key) for seq in range(250) for key in keys
+    ]
+    enqueue(chaos_db, jobs)
+    relays.start("--concurrency", "8")
+    relays.start("--concurrency", "8")
+    wait_for(lambda: live(chaos_db) == 0, 240, "5,000 keyed jobs", relays)
+    with chaos_db.connect() as conn:
+        rows = conn.execute(sa.text("SELECT key, seq FROM chaos_effects ORDER BY id")).all()
+    assert len(rows) == 5000
+    for key in keys:
+        assert [seq for k, seq in rows if k == key] == list(range(250)), key
+
+
+def test_sigterm_under_load_exits_zero_in_grace_and_loses_nothing(
+    chaos_db: sa.Engine, relays: Relays
+) -> None:
+    handles = enqueue(
+        chaos_db, [outbox.NewJob("chaos.plain", {"sleep": 0.02}) for _ in range(2000)]
+    )
+    relay = relays.start("--concurrency", "8")
+    wait_for(lambda: succeeded(chaos_db) >= 100, 60, "progress", relays)
+    signalled = time.monotonic()
+    relay.send_signal(signal.SIGTERM)
+    assert relay.wait(20) == 0, relays.log_tail()
+    assert time.monotonic() - signalled < 10 + 5  # OUTBOX_SHUTDOWN_GRACE=10s, plus start-up slack
+    assert running(chaos_db) == 0
+    assert succeeded(chaos_db) + live(chaos_db) == len(handles)
+
+
+def test_ten_thousand_jobs_across_four_processes_all_succeed(
+    chaos_db: sa.Engine, relays: Relays
+) -> None:
+    handles = enqueue(chaos_db, [outbox.NewJob("chaos.plain", {"n": n}) for n in range(10_000)])
+    supervisor = relays.start("--processes", "4")
+    wait_for(lambda: live(chaos_db) == 0, 180, "10,000 jobs", relays)
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(30) == 0, relays.log_tail()
+    with chaos_db.connect() as conn:
+        done = set(conn.execute(sa.text(
+            "SELECT job_uuid FROM outbox_history WHERE event = 'succeeded'"
+        )).scalars())  # fmt: skip
+        twice = conn.execute(sa.text(
+            "SELECT count(*) FROM (SELECT job_uuid FROM outbox_history WHERE event = 'succeeded' "
+            "GROUP BY job_uuid HAVING count(*) > 1) d"
+        )).scalar()  # fmt: skip
+    assert done == {h.uuid for h in handles}
+    assert twice == 0

@@ -1,0 +1,326 @@
+"""The relay in-process against a real database: G2, G3, G4, G6 and G7 as they are promised."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import tenacity
+from sqlalchemy.orm import Session
+
+import outbox
+from relay import complete, execute
+from relay.claim import claim_batch
+from relay.rescue import rescue_expired
+from tests.integration.relay_harness import events, live_jobs, running_relay, scalar, wait_for
+
+
+def enqueue(engine: sa.Engine, jobs: list[outbox.NewJob]) -> list[outbox.Enqueued]:
+    with Session(engine) as session:
+        handles = outbox.enqueue_many(session, jobs)
+        session.commit()
+    return handles
+
+
+@pytest.fixture
+def effects(db: sa.Engine) -> sa.Engine:
+    with db.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS effects"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE effects (job uuid, note text, "
+                "at timestamptz DEFAULT clock_timestamp())"
+            )
+        )
+    return db
+
+
+def test_succeeded_job_leaves_the_table_with_its_history(db: sa.Engine, dsn: str) -> None:
+    ran: list[outbox.Job] = []
+    registry = outbox.Registry()
+    registry.register("a.ok", ran.append)
+    [handle] = enqueue(db, [outbox.NewJob("a.ok", {"n": 1}, idempotency_key="idem-1")])
+    with running_relay(registry, dsn):
+        wait_for(lambda: live_jobs(db) == 0, what="the job to complete")
+    assert events(db, handle.uuid) == ["enqueued", "claimed", "succeeded"]
+    [job] = ran
+    assert (job.uuid, job.payload, job.attempt, job.idempotency_key) == (
+        handle.uuid,
+        {"n": 1},
+        1,
+        "idem-1",
+    )
+
+
+def test_failing_job_retries_with_backoff_then_dies_with_every_error(
+    db: sa.Engine, dsn: str
+) -> None:
+    attempts: list[int] = []
+    registry = outbox.Registry()
+
+    @registry.handler("a.fails", max_attempts=3, retry=tenacity.wait_fixed(0.1))
+    def fails(job: outbox.Job) -> None:
+        attempts.append(job.attempt)
+        raise RuntimeError(f"boom {job.attempt}")
+
+    [handle] = enqueue(db, [outbox.NewJob("a.fails", {})])
+    with running_relay(registry, dsn):
+        wait_for(lambda: scalar(db, "SELECT state FROM outbox_jobs") == "dead", what="dead")
+    assert attempts == [1, 2, 3]
+    assert events(db, handle.uuid) == [
+        "enqueued", "claimed", "failed", "retried", "claimed", "failed", "retried",
+        "claimed", "failed", "dead",
+    ]  # fmt: skip
+    with db.connect() as conn:
+        errors = conn.execute(sa.text(
+            "SELECT error->>'message', error->>'type' FROM outbox_history "
+            "WHERE event = 'failed' ORDER BY id"
+        )).all()  # fmt: skip
+        retried_at = conn.execute(sa.text(
+            "SELECT run_at - at FROM outbox_history WHERE event = 'retried' ORDER BY id"
+        )).scalars().all()  # fmt: skip
+    assert errors == [(f"boom {n}", "builtins.RuntimeError") for n in (1, 2, 3)]
+    assert all(timedelta(0) < wait <= timedelta(seconds=1) for wait in retried_at)
+
+
+@pytest.mark.parametrize(
+    "error", [outbox.InvalidPayload("no amount"), outbox.PermanentFailure("account closed")]
+)
+def test_permanent_failure_ends_dead_at_once(db: sa.Engine, dsn: str, error: Exception) -> None:
+    registry = outbox.Registry()
+
+    @registry.handler("a.reject", max_attempts=10)
+    def reject(job: outbox.Job) -> None:
+        raise error
+
+    [handle] = enqueue(db, [outbox.NewJob("a.reject", {})])
+    with running_relay(registry, dsn):
+        wait_for(lambda: scalar(db, "SELECT state FROM outbox_jobs") == "dead", what="dead")
+    assert events(db, handle.uuid) == ["enqueued", "claimed", "failed", "dead"]
+    assert scalar(db, "SELECT last_error FROM outbox_jobs") == str(error)
+
+
+def test_unknown_type_ends_dead_with_a_clear_error(db: sa.Engine, dsn: str) -> None:
+    registry = outbox.Registry()
+    registry.register("a.known", lambda job: None)
+    enqueue(db, [outbox.NewJob("a.unknown", {})])
+    with running_relay(registry, dsn, default_queue="default"):
+        wait_for(lambda: scalar(db, "SELECT state FROM outbox_jobs") == "dead", what="dead")
+    assert "no handler is registered for job type 'a.unknown'" in scalar(
+        db, "SELECT last_error FROM outbox_jobs"
+    )
+
+
+def test_session_handler_writes_commit_with_completion_and_failures_undo_only_their_own(
+    effects: sa.Engine, dsn: str
+) -> None:
+    registry = outbox.Registry()
+
+    @registry.handler("a.write", max_attempts=1)
+    def write(job: outbox.Job, session: Session) -> None:
+        session.execute(
+            sa.text("INSERT INTO effects (job, note) VALUES (:u, 'x')"), {"u": job.uuid}
+        )
+        if job.payload["fail"]:
+            raise ValueError("after writing")
+
+    handles = enqueue(effects, [outbox.NewJob("a.write", {"fail": n % 3 == 0}) for n in range(12)])
+    with running_relay(registry, dsn):
+        wait_for(
+            lambda: (
+                scalar(effects, "SELECT count(*) FROM outbox_jobs WHERE state = 'running'") == 0
+                and scalar(effects, "SELECT count(*) FROM outbox_jobs") == 4
+            ),
+            what="completion",
+        )
+    with effects.connect() as conn:
+        written = set(conn.execute(sa.text("SELECT job FROM effects")).scalars())
+    assert written == {h.uuid for n, h in enumerate(handles) if n % 3}
+
+
+def test_completion_of_a_job_whose_lease_was_lost_records_nothing(db: sa.Engine) -> None:
+    registry = outbox.Registry()
+    registry.register("a.b", lambda job: None)
+    enqueue(db, [outbox.NewJob("a.b", {})])
+    with db.connect() as conn:
+        [job] = claim_batch(conn, queues=["default"], limit=1, lease=timedelta(seconds=30),
+                            relay="stale", default_max_attempts=5, max_attempts={})  # fmt: skip
+    with db.begin() as conn:  # another relay took it over after the lease expired
+        conn.execute(sa.text("UPDATE outbox_jobs SET relay = 'fresh', attempt = attempt + 1"))
+    with db.connect() as conn:
+        lost = complete.complete(conn, "stale", [execute.Outcome(job, 1.0)], registry)
+    assert [o.job.uuid for o in lost] == [job.uuid]
+    assert live_jobs(db) == 1
+    assert events(db, job.uuid) == ["enqueued", "claimed"]
+
+
+def test_session_handler_of_a_lost_job_never_runs(effects: sa.Engine) -> None:
+    calls: list[Any] = []
+    registry = outbox.Registry()
+    handler = registry.register("a.b", lambda job, session: calls.append(job))
+    enqueue(effects, [outbox.NewJob("a.b", {})])
+    with effects.connect() as conn:
+        [job] = claim_batch(conn, queues=["default"], limit=1, lease=timedelta(seconds=30),
+                            relay="stale", default_max_attempts=5, max_attempts={})  # fmt: skip
+    with effects.begin() as conn:
+        conn.execute(sa.text("UPDATE outbox_jobs SET relay = 'fresh'"))
+    with effects.connect() as conn:
+        outcomes, lost = complete.run_in_transaction(
+            conn, "stale", [(handler, job)], registry, 5000
+        )
+    assert (outcomes, [j.uuid for j in lost], calls) == ([], [job.uuid], [])
+
+
+def test_jobs_of_one_key_run_one_at_a_time_in_order(db: sa.Engine, dsn: str) -> None:
+    order: list[tuple[str, int]] = []
+    active: dict[str, int] = {}
+    guard = threading.Lock()
+    overlaps: list[str] = []
+    registry = outbox.Registry()
+
+    @registry.handler("a.ordered")
+    def ordered(job: outbox.Job) -> None:
+        assert job.key is not None
+        with guard:
+            active[job.key] = active.get(job.key, 0) + 1
+            if active[job.key] > 1:
+                overlaps.append(job.key)
+        time.sleep(0.002)
+        with guard:
+            active[job.key] -= 1
+            order.append((job.key, job.payload["seq"]))
+
+    keys = [f"k{n}" for n in range(4)]
+    enqueue(db, [outbox.NewJob("a.ordered", {"seq": s}, key=k) for s in range(25) for k in keys])
+    with running_relay(registry, dsn, concurrency=8):
+        wait_for(lambda: live_jobs(db) == 0, timeout=30, what="all jobs")
+    assert not overlaps
+    for key in keys:
+        assert [s for k, s in order if k == key] == list(range(25))
+
+
+def test_dead_job_blocks_its_key_until_an_operator_acts(db: sa.Engine, dsn: str) -> None:
+    ran: list[int] = []
+    registry = outbox.Registry()
+
+    @registry.handler("a.k", max_attempts=1)
+    def handler(job: outbox.Job) -> None:
+        if job.payload["seq"] == 0:
+            raise RuntimeError("first one fails")
+        ran.append(job.payload["seq"])
+
+    enqueue(db, [outbox.NewJob("a.k", {"seq": s}, key="blocked") for s in range(3)])
+    with running_relay(registry, dsn):
+        wait_for(lambda: scalar(db, "SELECT count(*) FROM outbox_jobs WHERE state = 'dead'") == 1,
+                 what="the head to die")  # fmt: skip
+        time.sleep(0.5)  # several claim rounds: nothing behind the dead head may run
+        assert ran == []
+    assert live_jobs(db) == 3
+
+
+def test_scheduled_job_runs_when_due_not_before(db: sa.Engine, dsn: str) -> None:
+    ran_at: list[datetime] = []
+    registry = outbox.Registry()
+    registry.register("a.later", lambda job: ran_at.append(datetime.now(UTC)))
+    due = datetime.now(UTC) + timedelta(seconds=1.5)
+    enqueue(db, [outbox.NewJob("a.later", {}, run_at=due)])
+    with running_relay(registry, dsn, poll_interval=timedelta(seconds=30)):
+        wait_for(lambda: ran_at, timeout=10, what="the scheduled job")
+    assert ran_at[0] >= due
+    assert ran_at[0] - due < timedelta(seconds=3)
+
+
+def test_idle_relay_is_woken_by_the_enqueue_not_the_poll(db: sa.Engine, dsn: str) -> None:
+    ran = threading.Event()
+    registry = outbox.Registry()
+    registry.register("a.now", lambda job: ran.set())
+    with running_relay(registry, dsn, poll_interval=timedelta(seconds=60)) as worker:
+        wait_for(worker.listener.connected.is_set, what="LISTEN")
+        time.sleep(0.3)  # let the relay go idle
+        enqueue(db, [outbox.NewJob("a.now", {})])
+        assert ran.wait(5), "a notification should wake the relay long before its 60s poll"
+
+
+def test_expired_lease_is_rescued_then_dead_once_attempts_are_spent(db: sa.Engine) -> None:
+    registry = outbox.Registry()
+    registry.register("a.crash", lambda job: None, max_attempts=2)
+    [handle] = enqueue(db, [outbox.NewJob("a.crash", {})])
+    for expected in ("pending", "dead"):
+        with db.connect() as conn:
+            claim_batch(conn, queues=["default"], limit=1, lease=timedelta(seconds=30),
+                        relay="gone", default_max_attempts=5, max_attempts={})  # fmt: skip
+        with db.begin() as conn:
+            conn.execute(sa.text("UPDATE outbox_jobs SET lease_expires_at = now() - interval '1s'"))
+        with db.connect() as conn:
+            assert rescue_expired(conn, registry, default_max_attempts=5) >= 1
+        assert scalar(db, "SELECT state FROM outbox_jobs") == expected
+    assert events(db, handle.uuid) == [
+        "enqueued",
+        "claimed",
+        "rescued",
+        "claimed",
+        "rescued",
+        "dead",
+    ]
+
+
+def test_handler_past_its_timeout_fails_and_is_retried(db: sa.Engine, dsn: str) -> None:
+    release = threading.Event()
+    registry = outbox.Registry()
+
+    @registry.handler("a.slow", timeout=0.3, max_attempts=1)
+    def slow(job: outbox.Job) -> None:
+        release.wait(10)
+
+    enqueue(db, [outbox.NewJob("a.slow", {})])
+    with running_relay(registry, dsn):
+        wait_for(lambda: scalar(db, "SELECT state FROM outbox_jobs") == "dead", what="timeout")
+        release.set()
+    assert "past its timeout" in scalar(db, "SELECT last_error FROM outbox_jobs")
+
+
+def test_stop_releases_unstarted_jobs_and_lets_running_ones_finish(db: sa.Engine, dsn: str) -> None:
+    started, finish = threading.Event(), threading.Event()
+    registry = outbox.Registry()
+
+    @registry.handler("a.hold")
+    def hold(job: outbox.Job) -> None:
+        started.set()
+        finish.wait(10)
+
+    enqueue(db, [outbox.NewJob("a.hold", {"n": n}) for n in range(5)])
+    with running_relay(registry, dsn, concurrency=1, claim_batch=5) as worker:
+        assert started.wait(10)
+        threading.Timer(0.5, finish.set).start()
+        worker.stop()
+        assert worker.wait_stopped(15)
+    assert scalar(db, "SELECT count(*) FROM outbox_jobs WHERE state = 'running'") == 0
+    assert scalar(db, "SELECT count(*) FROM outbox_history WHERE event = 'succeeded'") == 1
+    assert (
+        scalar(db, "SELECT count(*) FROM outbox_jobs WHERE state = 'pending' AND attempt = 0") == 4
+    )
+
+
+def test_claim_plan_is_index_driven_right_after_a_burst(db: sa.Engine) -> None:
+    """Before autovacuum has analysed the burst, the claim must not scan the table."""
+    with db.begin() as conn:
+        conn.execute(sa.text("ANALYZE outbox_jobs"))  # statistics of an empty table
+    enqueue(db, [outbox.NewJob("a.burst", {"n": n}, key=f"k{n % 50}" if n % 2 else None)
+                 for n in range(100_000)])  # fmt: skip
+    from relay.claim import CLAIM
+
+    with db.connect() as conn:
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                sa.text("EXPLAIN " + CLAIM.text),
+                {"queues": ["default"], "limit": 100, "lease": timedelta(seconds=30), "relay": "r"},
+            )
+        )
+        conn.rollback()
+    assert "outbox_jobs_ready_idx" in plan
+    assert "Seq Scan on outbox_jobs" not in plan
