@@ -30,7 +30,6 @@ SUCCEEDED = sa.text(queries["complete_succeeded"])
 FAILED = sa.text(queries["complete_failed"])
 RELEASE = sa.text(queries["release"])
 FLUSH_AT = 500  # outcomes per completion transaction, at most
-TRANSIENT_RETRIES = 2  # immediate re-runs of a session job that met a deadlock
 
 log = structlog.get_logger("outbox.relay")
 
@@ -97,42 +96,43 @@ def run_in_transaction(
     work: Sequence[tuple[Handler, Job]],
     registry: Registry,
     timeout_ms: int,
-) -> tuple[list[Outcome], list[Job]]:
+) -> tuple[list[Outcome], list[Job], list[tuple[Handler, Job]]]:
     """Run session handlers inside their completion transaction, one savepoint each.
 
-    Returns the outcomes recorded and the jobs skipped because their lease was lost.
+    Returns the outcomes recorded, the jobs skipped because their lease was lost, and
+    the jobs deferred because they met a deadlock: the locks they wait for may be held
+    by this very transaction (taken by an earlier job of the batch), so they run again
+    after it commits, each in a transaction of its own (see :func:`run_alone`).
     """
+    deferred: list[tuple[Handler, Job]] = []
     with connection.begin():
         connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
         owned = fence(connection, relay, [job for _, job in work])
         outcomes = []
         for handler, job in work:
-            if job.uuid in owned:
-                outcomes.append(_run_in_savepoint(connection, handler, job))
+            if job.uuid not in owned:
+                continue
+            outcome = _run_in_savepoint(connection, handler, job)
+            if _transient(outcome) and len(work) > 1:
+                deferred.append((handler, job))
+            else:
+                outcomes.append(outcome)
         record(connection, relay, outcomes, registry)
-    return outcomes, [job for _, job in work if job.uuid not in owned]
+    return outcomes, [job for _, job in work if job.uuid not in owned], deferred
 
 
 def _run_in_savepoint(connection: sa.Connection, handler: Handler, job: Job) -> Outcome:
-    """Run one session handler in a savepoint: commit its writes with the batch, or undo them.
-
-    A deadlock or serialization failure is met again at once, up to twice: session jobs
-    share a transaction, so their locks are held longer than one job's would be.
-    """
-    for tries_left in range(TRANSIENT_RETRIES, -1, -1):
-        with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
-            outcome = execute.run(handler, job, session)
-            if outcome.succeeded:
-                try:
-                    session.commit()  # releases the savepoint; the outer transaction commits it
-                except Exception as exc:  # a flush that fails: a constraint, a timeout
-                    session.rollback()
-                    outcome = Outcome(job, outcome.duration_ms, execute.describe(exc))
-            else:
+    """Run one session handler in a savepoint: commit its writes with the batch, or undo them."""
+    with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+        outcome = execute.run(handler, job, session)
+        if outcome.succeeded:
+            try:
+                session.commit()  # releases the savepoint; the outer transaction commits it
+            except Exception as exc:  # a flush that fails: a constraint, a timeout
                 session.rollback()
-        if outcome.succeeded or not tries_left or not _transient(outcome):
-            return outcome
-        log.info("session job met a deadlock; running it again", uuid=str(job.uuid))
+                return Outcome(job, outcome.duration_ms, execute.describe(exc))
+        else:
+            session.rollback()
     return outcome
 
 

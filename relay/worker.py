@@ -35,7 +35,7 @@ from relay.rescue import Rescuer
 from relay.sql import queries
 
 EXTEND = sa.text(queries["extend_leases"])
-SESSION_GROUP = 16  # session-handler jobs completed per transaction, at most
+SESSION_GROUP = 8  # session-handler jobs completed per transaction, at most
 
 log = structlog.get_logger("outbox.relay")
 
@@ -260,19 +260,29 @@ class Worker:
             return
         timeout_ms = int(max(self._timeout(r.handler) for r in started) * 1000)
         work = [(r.handler, r.job) for r in started if r.handler is not None]
+        deferred = self._run_in_transaction(work, timeout_ms)
+        if deferred:
+            self.log.info("session jobs met a deadlock; running them alone", jobs=len(deferred))
+        for item in deferred:  # alone, a job that still deadlocks fails and is retried later
+            self._run_in_transaction([item], timeout_ms)
+
+    def _run_in_transaction(
+        self, work: list[tuple[Handler, Job]], timeout_ms: int
+    ) -> list[tuple[Handler, Job]]:
         try:
             with self.engine.connect() as connection:
-                outcomes, lost = complete.run_in_transaction(
+                outcomes, lost, deferred = complete.run_in_transaction(
                     connection, self.relay, work, self.registry, timeout_ms
                 )
         except Exception as exc:  # the connection died, or the transaction could not end
             # Nothing was committed; the leases expire and the jobs run again (G2).
             self.log.error("session jobs not completed", jobs=len(work), error=_first_line(exc))
-            self._finished([], [execute.Outcome(job, 0.0) for _, job in work])
-            return
+            self._finished([], [Outcome(job, 0.0) for _, job in work])
+            return []
         for job in lost:
             self.log.warning("lease lost before running", uuid=str(job.uuid), type=job.type)
-        self._finished(outcomes, [execute.Outcome(job, 0.0) for job in lost])
+        self._finished(outcomes, [Outcome(job, 0.0) for job in lost])
+        return deferred
 
     def _finished(self, done: Sequence[Outcome], lost: Sequence[Outcome]) -> None:
         with self._guard:
@@ -294,12 +304,16 @@ class Worker:
             "attempt": job.attempt,
             "duration_ms": round(outcome.duration_ms, 2),
         }
+        error = outcome.error or {}
         if outcome.succeeded:
             self.log.debug("job succeeded", **fields)
         elif outcome.permanent or job.attempt >= job.max_attempts:
-            self.log.error("job dead", error=outcome.error, **fields)
+            self.log.error("job dead", error=error.get("message"), traceback=error.get("traceback"),
+                           error_type=error.get("type"), **fields)  # fmt: skip
         else:
-            self.log.warning("job failed; will retry", error=outcome.error, **fields)
+            # The traceback is in the job's history; the log says what and which job.
+            self.log.warning("job failed; will retry", error=error.get("message", "")[:300],
+                             error_type=error.get("type"), **fields)  # fmt: skip
 
     # -- leases -----------------------------------------------------------------------
 

@@ -1,14 +1,20 @@
-"""The demo: a ledger takes transfers, each enqueueing its posting in the same transaction."""
+"""The demo: a ledger takes transfers, each enqueueing its posting in the same transaction;
+then a relay process posts them, and the balances are checked against the entries."""
 
 from __future__ import annotations
 
 import contextlib
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import psycopg
 import sqlalchemy as sa
 from rich.console import Console
+from rich.progress import Progress
 from sqlalchemy.orm import Session
 
 import outbox
@@ -17,7 +23,12 @@ from outbox import migrate
 from outbox.cli.status import render
 from outbox.database import create_engine, libpq_dsn, sqlalchemy_url
 from outbox.demo.models import Base, Entry
-from outbox.demo.transfers import open_account, transfer, unbalanced_transfers
+from outbox.demo.transfers import (
+    open_account,
+    projection_mismatches,
+    transfer,
+    unbalanced_transfers,
+)
 from outbox.status import snapshot
 
 DATABASE = "outbox_demo"
@@ -38,6 +49,30 @@ def demo_database(server: str) -> Iterator[str]:
     except psycopg.OperationalError as exc:
         raise outbox.ConfigurationError(f"cannot reach the database: {exc}") from None
     yield sqlalchemy_url(server).set(database=DATABASE).render_as_string(hide_password=False)
+
+
+def run_relay(dsn: str, engine: sa.Engine, console: Console, timeout: float = 120) -> bool:
+    """Run a relay process until the queues are empty; True if they emptied in time."""
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "outbox", "--dsn", dsn, "relay",
+         "--app", "outbox.demo.handlers:registry", "--log-level", "warning"],
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("relay draining the queues", total=None)
+            while time.monotonic() < deadline and relay.poll() is None:
+                with engine.connect() as connection:
+                    left = connection.execute(sa.text("SELECT count(*) FROM outbox_jobs")).scalar()
+                progress.update(task, description=f"relay draining the queues: {left} jobs left")
+                if left == 0:
+                    break
+                time.sleep(0.1)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        code = relay.wait(60)
+    console.print(f"relay stopped on SIGTERM with exit code {code}")
+    return left == 0 and code == 0
 
 
 def run(
@@ -80,13 +115,26 @@ def run(
             total = session.scalar(sa.select(sa.func.coalesce(sa.func.sum(Entry.amount), 0)))
 
         with engine.connect() as connection:
-            current = snapshot(connection)
-        render(current, console)
+            render(snapshot(connection), console)
+        console.print("starting a relay: outbox relay --app outbox.demo.handlers:registry")
+        drained = run_relay(dsn, engine, console)
+        with engine.connect() as connection:
+            render(snapshot(connection), console)
+        with Session(engine) as session:
+            mismatched = projection_mismatches(session)
+            unposted = session.scalar(
+                sa.select(sa.func.count()).select_from(Entry).where(~Entry.posted)
+            )
         engine.dispose()
 
     ok = duplicates == 5 and left == 0 and not unbalanced and total == 0
+    ok = ok and drained and not mismatched and unposted == 0
     verdict = "[green]balanced[/]" if not unbalanced and total == 0 else "[red]UNBALANCED[/]"
     console.print(f"ledger: {verdict} (sum of all entries: {total})")
+    console.print(
+        f"posted balances: {mismatched if mismatched else '[green]match the entries[/]'}; "
+        f"{unposted} entries left unposted"
+    )
     if not ok:
         console.print("[red]a demo check failed[/]")
     elif not embedded:

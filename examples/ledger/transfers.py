@@ -70,3 +70,19 @@ def unbalanced_transfers(session: Session) -> list[int]:
         .having(sa.func.sum(Entry.amount) != 0)
     )
     return [row[0] for row in rows]
+
+
+def projection_mismatches(session: Session) -> list[str]:
+    """Accounts whose posted balance differs from the sum of their posted entries."""
+    posted = (
+        sa.select(Entry.account_id, sa.func.sum(Entry.amount).label("total"))
+        .where(Entry.posted)
+        .group_by(Entry.account_id)
+        .subquery()
+    )
+    rows = session.execute(
+        sa.select(Account.name)
+        .outerjoin(posted, posted.c.account_id == Account.id)
+        .where(Account.posted_balance != sa.func.coalesce(posted.c.total, 0))
+    )
+    return [row[0] for row in rows]
