@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -26,10 +27,14 @@ from relay.worker import Worker
 log = structlog.get_logger("outbox.relay")
 RESTART_BACKOFF_MAX = 10.0
 HEALTHY_AFTER = 30.0  # seconds up after which a process's crash count starts again
+#: Set in the children's environment: the pid a child watches, to stop when it is gone.
+SUPERVISOR_ENV = "OUTBOX_SUPERVISOR_PID"
 
 
 def run_worker(worker: Worker) -> int:
     signals = 0
+    if supervisor := os.environ.get(SUPERVISOR_ENV):
+        watch_parent(worker, int(supervisor))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal signals
@@ -50,6 +55,20 @@ def run_worker(worker: Worker) -> int:
     return 0
 
 
+def watch_parent(worker: Worker, supervisor: int) -> None:
+    """Stop the worker if its supervisor dies (SIGKILL, OOM): an orphan must not go on
+    claiming jobs that nobody supervises."""
+
+    def watch() -> None:
+        while not worker.wait_stopped(1.0):
+            if os.getppid() != supervisor:
+                log.warning("supervisor is gone: stopping", supervisor=supervisor)
+                worker.stop()
+                return
+
+    threading.Thread(target=watch, name="outbox-parent-watch", daemon=True).start()
+
+
 def run_processes(child_argv: Sequence[str], processes: int, grace: float) -> int:
     """Run ``processes`` copies of ``child_argv``; restart crashed ones until signalled."""
     children: dict[int, subprocess.Popen[bytes]] = {}
@@ -60,7 +79,8 @@ def run_processes(child_argv: Sequence[str], processes: int, grace: float) -> in
     started_at = [0.0] * processes
 
     def spawn(slot: int) -> None:
-        children[slot] = subprocess.Popen([sys.executable, *child_argv])
+        env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+        children[slot] = subprocess.Popen([sys.executable, *child_argv], env=env)
         started_at[slot] = time.monotonic()
         log.info("relay process started", slot=slot, pid=children[slot].pid)
 

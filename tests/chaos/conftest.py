@@ -3,6 +3,7 @@ and cut them. Every wait has a deadline, and every process is killed at teardown
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -42,6 +43,7 @@ class Relays:
              "--app", "tests.chaos.app:registry", "--log-format", "json", *args],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, **FAST_ENV, **(env or {})},
+            start_new_session=True,  # a group of its own: teardown kills its children too
         )  # fmt: skip
         self.procs.append(proc)
         return proc
@@ -59,12 +61,12 @@ class Relays:
 
 
 def with_kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.kill(proc.pid, signal.SIGCONT)
-        proc.kill()
+    """SIGKILL the relay and every process of its group (a supervisor's children)."""
+    for sig in (signal.SIGCONT, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
 
 
 @pytest.fixture

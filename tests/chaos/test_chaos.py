@@ -151,3 +151,33 @@ def test_ten_thousand_jobs_across_four_processes_all_succeed(
         )).scalar()  # fmt: skip
     assert done == {h.uuid for h in handles}
     assert twice == 0
+
+
+def test_supervisor_restarts_a_killed_child_and_its_children_outlive_it_not(
+    chaos_db: sa.Engine, relays: Relays
+) -> None:
+    import psutil
+
+    handles = enqueue(
+        chaos_db, [outbox.NewJob("chaos.effect", {"sleep": 0.02}) for _ in range(300)]
+    )
+    supervisor = relays.start("--processes", "2", "--concurrency", "4")
+    parent = psutil.Process(supervisor.pid)
+    first = wait_for(
+        lambda: len(parent.children()) == 2 and parent.children(), 30, "2 children", relays
+    )
+    victim = first[0].pid
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> bool:
+        pids = {c.pid for c in parent.children()}
+        return len(pids) == 2 and victim not in pids
+
+    wait_for(replaced, 30, "the killed child to be replaced", relays)
+    wait_for(lambda: live(chaos_db) == 0, 90, "every job to complete", relays)
+    assert effects_per_job(chaos_db) == {h.uuid: 1 for h in handles}
+    orphans = parent.children()
+    os.kill(supervisor.pid, signal.SIGKILL)
+    supervisor.wait(10)
+    _, alive = psutil.wait_procs(orphans, timeout=30)
+    assert not alive, "relay processes must stop when their supervisor is gone"

@@ -170,7 +170,7 @@ def test_session_handler_of_a_lost_job_never_runs(effects: sa.Engine) -> None:
     with effects.begin() as conn:
         conn.execute(sa.text("UPDATE outbox_jobs SET relay = 'fresh'"))
     with effects.connect() as conn:
-        outcomes, lost = complete.run_in_transaction(
+        outcomes, lost, _ = complete.run_in_transaction(
             conn, "stale", [(handler, job)], registry, 5000
         )
     assert (outcomes, [j.uuid for j in lost], calls) == ([], [job.uuid], [])
