@@ -143,7 +143,9 @@ class Worker:
     def _produce(self) -> None:
         failures = 0
         while not self._stopping.is_set():
-            capacity = self.concurrency - self._busy()
+            # Claims run ahead of the handler threads by up to one batch, so that threads
+            # never wait for a claim round trip; the queued jobs' leases are renewed too.
+            capacity = self.concurrency + self.settings.claim_batch - self._busy()
             if capacity <= 0:
                 self._space.clear()
                 self._space.wait(0.5)
@@ -197,6 +199,7 @@ class Worker:
 
     def _dispatch(self, jobs: list[Job]) -> None:
         group: list[Running] = []
+        plain: list[Running] = []
         with self._guard:
             for job in jobs:
                 running = Running(job, self.registry.get(job.type))
@@ -206,7 +209,14 @@ class Worker:
                 elif running.handler.takes_session:
                     group.append(running)
                 else:
-                    running.future = self._submit(self._run_one, running, [running])
+                    plain.append(running)
+            # Plain jobs go to the threads in even chunks: one hand-off per chunk, not per job.
+            size = max(1, -(-len(plain) // self.concurrency))
+            for start in range(0, len(plain), size):
+                chunk = plain[start : start + size]
+                future = self._submit(self._run_chunk, chunk, chunk)
+                for member in chunk:
+                    member.future = future
             for start in range(0, len(group), SESSION_GROUP):
                 chunk = group[start : start + SESSION_GROUP]
                 future = self._submit(self._run_group, chunk, chunk)
@@ -229,9 +239,9 @@ class Worker:
         self._finished([], [Outcome(r.job, 0.0) for r in members])
 
     def _begin(self, running: Running) -> bool:
-        """Mark a job started unless shutdown already released it."""
+        """Mark a job started, unless shutdown released it or another thread started it."""
         with self._guard:
-            if running.job.uuid not in self._running:
+            if running.job.uuid not in self._running or running.started is not None:
                 return False
             running.started = time.monotonic()
             running.deadline = running.started + self._timeout(running.handler)
@@ -241,6 +251,10 @@ class Worker:
         if handler is not None and handler.timeout is not None:
             return handler.timeout
         return self.settings.handler_timeout.total_seconds()
+
+    def _run_chunk(self, chunk: list[Running]) -> None:
+        for running in chunk:
+            self._run_one(running)
 
     def _run_one(self, running: Running) -> None:
         if not self._begin(running):
@@ -342,6 +356,7 @@ class Worker:
                     self._stuck += 1
                     expired.append(running)
         for running in expired:
+            self._rescue_chunk_of(running)
             error = TimeoutError(
                 f"handler ran past its timeout of {self._timeout(running.handler)}s"
             )
@@ -349,6 +364,16 @@ class Worker:
             self.completer.submit(
                 Outcome(running.job, (now - started) * 1000, execute.describe(error))
             )
+
+    def _rescue_chunk_of(self, stuck: Running) -> None:
+        """Jobs queued behind a stuck handler in its chunk move to other threads."""
+        with self._guard:
+            waiting = [
+                r for r in self._running.values()
+                if r.future is stuck.future and r.started is None and r is not stuck
+            ]  # fmt: skip
+        for running in waiting:
+            running.future = self._submit(self._run_chunk, [running], [running])
 
     def _extend(self) -> None:
         now = time.monotonic()

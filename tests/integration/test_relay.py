@@ -332,3 +332,22 @@ def test_claim_plan_is_index_driven_right_after_a_burst(db: sa.Engine) -> None:
         conn.rollback()
     assert "outbox_jobs_ready_idx" in plan
     assert "Seq Scan on outbox_jobs" not in plan
+
+
+def test_jobs_queued_behind_a_stuck_handler_run_on_other_threads(db: sa.Engine, dsn: str) -> None:
+    release = threading.Event()
+    done: list[int] = []
+    registry = outbox.Registry()
+
+    @registry.handler("a.mixed", timeout=0.3, max_attempts=1)
+    def mixed(job: outbox.Job) -> None:
+        if job.payload["n"] == 0:
+            release.wait(20)
+        else:
+            done.append(job.payload["n"])
+
+    enqueue(db, [outbox.NewJob("a.mixed", {"n": n}) for n in range(10)])
+    with running_relay(registry, dsn, concurrency=2, claim_batch=10):
+        wait_for(lambda: sorted(done) == list(range(1, 10)), timeout=20, what="the other nine")
+        release.set()
+    assert "past its timeout" in scalar(db, "SELECT last_error FROM outbox_jobs")

@@ -1,0 +1,94 @@
+"""Relay throughput: N no-op jobs drained by ``outbox relay`` processes, history on.
+
+    python -m bench.relay [--jobs 50000] [--processes 1] [--concurrency 16] [--claim-batch 100]
+                          [--type bench.noop|bench.noop_session]
+
+Enqueues first (not timed), then starts the relay and times from its start until the
+queue is empty. Uses OUTBOX_DSN, else 127.0.0.1:5432, else the embedded server, in a
+database of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+import outbox
+from outbox.database import create_engine
+from outbox.testing import server_dsn, temporary_database
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def drain(dsn: str, args: argparse.Namespace) -> tuple[float, int]:
+    """Seconds to drain, and the relay's exit code after SIGTERM."""
+    env = {**os.environ, "OUTBOX_CLAIM_BATCH": str(args.claim_batch)}
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "outbox", "--dsn", dsn, "relay", "--app", "bench.noop:registry",
+         "--processes", str(args.processes), "--concurrency", str(args.concurrency),
+         "--log-level", "warning"],
+        cwd=ROOT, env=env,
+    )  # fmt: skip
+    engine = create_engine(dsn, poolclass=sa.NullPool)
+    started = time.perf_counter()
+    try:
+        deadline = started + args.timeout
+        while time.perf_counter() < deadline:
+            with engine.connect() as conn:
+                if not conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM outbox_jobs)")).scalar():
+                    break
+            time.sleep(0.02)
+        else:
+            raise SystemExit(f"the relay did not drain {args.jobs} jobs in {args.timeout}s")
+        elapsed = time.perf_counter() - started
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        code = relay.wait(60)
+        engine.dispose()
+    return elapsed, code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=50_000)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--claim-batch", type=int, default=100)
+    parser.add_argument(
+        "--type", default="bench.noop", choices=["bench.noop", "bench.noop_session"]
+    )
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args(argv)
+    command = "python -m bench.relay " + shlex.join(sys.argv[1:] if argv is None else argv)
+    with temporary_database(server_dsn(), prefix="outbox_bench") as dsn:
+        engine = create_engine(dsn)
+        with Session(engine) as session:
+            outbox.enqueue_many(
+                session, [outbox.NewJob(args.type, {"n": n}) for n in range(args.jobs)]
+            )
+            session.commit()
+        with engine.begin() as conn:
+            conn.execute(sa.text("ANALYZE outbox_jobs"))
+        engine.dispose()
+        elapsed, code = drain(dsn, args)
+    print(f"$ {command}")
+    print(
+        f"{args.jobs:,} {args.type} jobs, {args.processes} process(es) x {args.concurrency} "
+        f"threads, claim batch {args.claim_batch}: {elapsed:.2f}s = "
+        f"{args.jobs / elapsed:,.0f} jobs/s"
+        f" (relay exit code {code})"
+    )
+    return 0 if code == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
