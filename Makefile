@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration bench-enqueue clean
+.PHONY: demo test lint unit integration chaos bench-enqueue bench-relay clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "outbox needs Python 3.11 or newer: run make PYTHON=python3.11 ...")'
@@ -31,11 +31,17 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration -q -n 2
 
+chaos: $(STAMP)
+	$(BIN)/pytest tests/chaos -q
+
 test: lint
 	$(BIN)/pytest tests -n 2 -q
 
 bench-enqueue: $(STAMP)
 	$(BIN)/python -m bench.enqueue
+
+bench-relay: $(STAMP)
+	$(BIN)/python -m bench.relay
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
