@@ -106,7 +106,12 @@ def run_in_transaction(
     """
     deferred: list[tuple[Handler, Job]] = []
     with connection.begin():
+        # Handlers may think between statements for as long as their timeout, not just the
+        # lease that bounds the relay's own short transactions.
         connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+        connection.exec_driver_sql(
+            f"SET LOCAL idle_in_transaction_session_timeout = {int(timeout_ms) + 5000}"
+        )
         owned = fence(connection, relay, [job for _, job in work])
         outcomes = []
         for handler, job in work:

@@ -105,7 +105,10 @@ class Worker:
             self.engine, registry, settings.default_max_attempts, settings.rescue_interval
         )
         self.listener = Listener(
-            libpq_dsn(dsn), self.queues, self._wake, application_name=f"outbox relay {self.relay}"
+            libpq_dsn(dsn),
+            self.queues,
+            self._wake,
+            application_name=f"outbox relay {self.relay} listen",
         )
         self._threads: list[threading.Thread] = []
         self._max_attempts = {h.type: h.max_attempts for h in registry}

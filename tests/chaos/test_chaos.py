@@ -181,3 +181,19 @@ def test_supervisor_restarts_a_killed_child_and_its_children_outlive_it_not(
     supervisor.wait(10)
     _, alive = psutil.wait_procs(orphans, timeout=30)
     assert not alive, "relay processes must stop when their supervisor is gone"
+
+
+def test_second_signal_exits_at_once_and_loses_nothing(chaos_db: sa.Engine, relays: Relays) -> None:
+    handles = enqueue(chaos_db, [outbox.NewJob("chaos.effect", {"sleep": 3}) for _ in range(8)])
+    relay = relays.start("--concurrency", "4", env={"OUTBOX_SHUTDOWN_GRACE": "60s"})
+    wait_for(lambda: running(chaos_db) > 0, 30, "jobs in flight", relays)
+    relay.send_signal(signal.SIGTERM)
+    log = relays.logs / "relay-0.log"
+    wait_for(lambda: b"stopping" in log.read_bytes(), 10, "the first signal to be taken", relays)
+    relay.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert relay.wait(10) != 0
+    assert time.monotonic() - signalled < 5, "a second signal must not wait for the grace period"
+    relays.start("--concurrency", "4")
+    wait_for(lambda: live(chaos_db) == 0, 90, "every job to complete", relays)
+    assert effects_per_job(chaos_db) == {h.uuid: 1 for h in handles}

@@ -351,3 +351,30 @@ def test_jobs_queued_behind_a_stuck_handler_run_on_other_threads(db: sa.Engine, 
         wait_for(lambda: sorted(done) == list(range(1, 10)), timeout=20, what="the other nine")
         release.set()
     assert "past its timeout" in scalar(db, "SELECT last_error FROM outbox_jobs")
+
+
+def test_lost_listen_connection_is_made_again(db: sa.Engine, dsn: str) -> None:
+    ran = threading.Event()
+    registry = outbox.Registry()
+    registry.register("a.now", lambda job: ran.set())
+    terminate = sa.text(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = :name"
+    )
+    listening = sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :name")
+    with running_relay(registry, dsn, poll_interval=timedelta(seconds=60)) as worker:
+        name = f"outbox relay {worker.relay} listen"
+        wait_for(worker.listener.connected.is_set, what="LISTEN")
+        with db.connect() as conn:
+            old = conn.execute(listening, {"name": name}).scalar()
+            conn.execute(terminate, {"name": name})
+            conn.commit()
+
+        def listening_again() -> bool:
+            with db.connect() as conn:
+                pid = conn.execute(listening, {"name": name}).scalar()
+            return pid is not None and pid != old and worker.listener.connected.is_set()
+
+        wait_for(listening_again, what="a new LISTEN connection")
+        time.sleep(0.3)  # let the relay go idle again
+        enqueue(db, [outbox.NewJob("a.now", {})])
+        assert ran.wait(5), "the new LISTEN connection should wake the relay"

