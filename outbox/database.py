@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from outbox.errors import ConfigurationError
 from outbox.settings import Settings
 
 _ACCEPTED = ("postgresql", "postgres", "postgresql+psycopg")
+MULTI_HOST = "DSNs naming several hosts are not supported: give the one host to use"
 
 
 def sqlalchemy_url(dsn: str) -> sa.URL:
@@ -32,19 +33,29 @@ def sqlalchemy_url(dsn: str) -> sa.URL:
             params = psycopg.conninfo.conninfo_to_dict(text)
         except psycopg.ProgrammingError as exc:
             raise ConfigurationError(f"cannot read DSN {_redact(text)!r}: {exc}") from None
+        host = _opt(params.pop("host", None))
+        port = _opt(params.pop("port", None))
+        if (host and "," in host) or (port and "," in port):
+            raise ConfigurationError(MULTI_HOST)
+        if host and host.startswith("/"):  # a socket folder: libpq URLs carry it in the query
+            params["host"], host = host, None
         return sa.URL.create(
             "postgresql+psycopg",
             username=_opt(params.pop("user", None)),
             password=_opt(params.pop("password", None)),
-            host=_opt(params.pop("host", None)),
-            port=int(str(params.pop("port"))) if "port" in params else None,
+            host=host,
+            port=_port(port),
             database=_opt(params.pop("dbname", None)),
             query={k: str(v) for k, v in params.items()},
         )
+    if re.search(r"@[^/?]*,", text):
+        raise ConfigurationError(MULTI_HOST)
     try:
         url = sa.make_url(text)
-    except sa.exc.ArgumentError:
-        raise ConfigurationError(f"cannot read DSN {_redact(text)!r} as a URL") from None
+    except (sa.exc.ArgumentError, ValueError):
+        raise ConfigurationError(
+            f"cannot read DSN {_redact(text)!r} as a URL (is the port a number?)"
+        ) from None
     if url.drivername not in _ACCEPTED:
         raise ConfigurationError(
             f"DSN scheme {url.drivername!r} is not supported: use postgresql:// or "
@@ -59,14 +70,23 @@ def libpq_dsn(dsn: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def _port(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigurationError(f"the DSN's port {value!r} is not a number") from None
+
+
 def _opt(value: object) -> str | None:
     return None if value is None else str(value)
 
 
 def _redact(dsn: str) -> str:
-    with contextlib.suppress(Exception):
-        return sa.make_url(dsn).render_as_string(hide_password=True)
-    return dsn.split("password=")[0] + ("password=***" if "password=" in dsn else "")
+    """The DSN without its password, whether or not it parses."""
+    masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", masked)
 
 
 def create_engine(dsn: str, **options: Any) -> sa.Engine:

@@ -175,16 +175,20 @@ def _bind(batch: Sequence[NewJob], registry: Registry | None, settings: Settings
             if type(job) is not NewJob:
                 raise InvalidJob(f"enqueue_many takes NewJob items, not {type(job).__name__}")
             spec = (job.type, job.queue, job.max_attempts)
-            if spec not in resolved:
-                resolved[spec] = _resolve(job, registry, settings)
-            job_type, queue, max_attempts = resolved[spec]
+            if _cacheable(spec):
+                if spec not in resolved:
+                    resolved[spec] = _resolve(job, registry, settings)
+                job_type, queue, max_attempts = resolved[spec]
+            else:  # odd types: check them, which refuses them, without hashing or caching
+                job_type, queue, max_attempts = _resolve(job, registry, settings)
             key = None if job.key is None else validate.key(job.key)
             idempotency_key = (
                 None
                 if job.idempotency_key is None
                 else validate.key(job.idempotency_key, "idempotency_key")
             )
-            priority = job.priority if job.priority == 0 else validate.priority(job.priority)
+            exact_zero = type(job.priority) is int and job.priority == 0
+            priority = 0 if exact_zero else validate.priority(job.priority)
             if job.run_at is None and job.delay is None:
                 run_at, delay = None, None
             else:
@@ -215,6 +219,17 @@ def _statement_params(columns: Columns, settings: Settings) -> dict[str, Any]:
     return params
 
 
+def _cacheable(spec: tuple[object, object, object]) -> bool:
+    """Only exact str/int options share a cache entry: True == 1 and 1.0 == 1 must not
+    borrow the check of a valid 1, and a list must not be hashed."""
+    job_type, queue, attempts = spec
+    return (
+        type(job_type) is str
+        and (queue is None or type(queue) is str)
+        and (attempts is None or type(attempts) is int)
+    )
+
+
 def _resolve(
     job: NewJob, registry: Registry | None, settings: Settings
 ) -> tuple[str, str, int | None]:
@@ -233,7 +248,7 @@ def _resolve(
         attempts = handler.max_attempts
     return (
         job_type,
-        validate.queue(queue or settings.default_queue),
+        validate.queue(queue if queue is not None else settings.default_queue),
         validate.max_attempts(attempts),
     )
 

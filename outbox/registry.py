@@ -153,7 +153,12 @@ def _takes_session(type: str, func: HandlerFunc) -> bool:
         for p in params
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
     ]
-    if len(positional) not in (1, 2) or any(p.kind is p.VAR_POSITIONAL for p in params):
+    keyword_only = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if (
+        len(positional) not in (1, 2)
+        or keyword_only
+        or any(p.kind is p.VAR_POSITIONAL for p in params)
+    ):
         raise RegistryError(
             f"handler for {type!r} must take (job) or (job, session), "
             f"not ({', '.join(p.name for p in params)})"

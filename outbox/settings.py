@@ -29,7 +29,10 @@ def parse_duration(text: str, *, name: str) -> timedelta:
             f"{name}={text!r} is not a duration; write a number of seconds or one "
             "followed by ms, s, m, h or d (for example 7d)"
         )
-    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    try:
+        return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    except (OverflowError, ValueError):
+        raise ConfigurationError(f"{name}={text[:40]!r} is too long a duration") from None
 
 
 def _parse_int(text: str, *, name: str) -> int:
@@ -106,6 +109,8 @@ class Settings:
         for name in ("lease", "poll_interval", "rescue_interval", "handler_timeout"):
             if getattr(self, name) <= timedelta(0):
                 raise ConfigurationError(f"{name} must be longer than zero")
+        if self.shutdown_grace < timedelta(0):
+            raise ConfigurationError("shutdown_grace must be zero or longer")
         if self.lease < timedelta(seconds=2):
             raise ConfigurationError("lease must be at least 2 seconds (heartbeats renew it)")
 

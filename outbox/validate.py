@@ -16,6 +16,7 @@ QUEUE_MAX = 64
 KEY_MAX = 255
 PRIORITY_MIN, PRIORITY_MAX = 0, 100
 ATTEMPTS_MAX = 1000
+MAX_DELAY = timedelta(days=3660)  # ten years: anything later is a mistake, or a run_at
 
 _TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")
 _QUEUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -120,11 +121,16 @@ def _seconds(delay: object) -> float:
     if isinstance(delay, timedelta):
         seconds = delay.total_seconds()
     elif isinstance(delay, int | float) and not isinstance(delay, bool):
-        seconds = float(delay)
+        try:
+            seconds = float(delay)
+        except OverflowError:
+            raise InvalidJob(f"delay is more than {MAX_DELAY.days} days; use run_at") from None
     else:
         raise InvalidJob(f"delay must be a timedelta or seconds, not {type(delay).__name__}")
     if not math.isfinite(seconds) or seconds < 0:
         raise InvalidJob(f"delay must be zero or more seconds, not {delay!r}")
+    if seconds > MAX_DELAY.total_seconds():
+        raise InvalidJob(f"delay of {seconds:g}s is more than {MAX_DELAY.days} days; use run_at")
     return seconds
 
 

@@ -1,17 +1,18 @@
-"""Unit tests need no database; the one thing shared here keeps Hypothesis's files in a
-temporary folder instead of a ``.hypothesis`` folder in the working tree."""
+"""Unit tests need no database and no fixtures of their own.
+
+Hypothesis keeps its example database and caches in a ``.hypothesis`` folder of the
+working directory, and writes it as soon as a property test is collected. Unit tests
+leave the working tree as they found it, so that folder goes to the temporary
+directory instead (unless HYPOTHESIS_STORAGE_DIRECTORY names one).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import tempfile
+from pathlib import Path
 
-import pytest
 from hypothesis import configuration
 
-
-@pytest.fixture(scope="module")
-def hypothesis_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Hypothesis caches its Unicode tables on disk; point it at a temporary folder."""
-    configuration.set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
-    yield
-    configuration.set_hypothesis_home_dir(None)
+if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+    configuration.set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "outbox-hypothesis")

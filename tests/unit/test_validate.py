@@ -95,12 +95,12 @@ def test_key_accepts_any_printable_text_up_to_255_characters(value: str) -> None
 
 
 def test_key_that_is_not_str_is_refused() -> None:
-    with pytest.raises(InvalidJob, match="^key must be a str or None, not int$"):
+    with pytest.raises(InvalidJob, match=r"^key must be a str or None, not int$"):
         validate.key(42)
 
 
 def test_key_refusal_names_the_option_it_checks() -> None:
-    with pytest.raises(InvalidJob, match="^idempotency_key must be a str or None, not bytes$"):
+    with pytest.raises(InvalidJob, match=r"^idempotency_key must be a str or None, not bytes$"):
         validate.key(b"k", "idempotency_key")
 
 
@@ -245,11 +245,7 @@ def test_delay_that_is_not_a_number_or_timedelta_is_refused(delay: object, kind:
         validate.schedule(None, delay)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a delay beyond timedelta's range escapes as OverflowError instead of InvalidJob",
-)
-@pytest.mark.parametrize("delay", [1e15, 10**400])
+@pytest.mark.parametrize("delay", [1e15, 10**400], ids=["1e15 seconds", "10**400 seconds"])
 def test_delay_too_large_for_a_timedelta_is_refused_with_reason(delay: object) -> None:
     with pytest.raises(InvalidJob, match="delay"):
         validate.schedule(None, delay)
@@ -455,7 +451,8 @@ def test_payload_size_counts_utf8_bytes_not_characters(char: str, width: int) ->
 
 # -- payloads: round trip ------------------------------------------------------------------
 
-_text = st.text(st.characters(exclude_characters="\x00"))
+# Lone surrogates are refused (see above), so only encodable text is drawn.
+_text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"))
 _json = st.recursive(
     st.none()
     | st.booleans()
@@ -467,7 +464,6 @@ _json = st.recursive(
 )
 
 
-@pytest.mark.usefixtures("hypothesis_home")
 @settings(database=None, deadline=None)
 @given(st.dictionaries(_text, _json))
 def test_any_json_compatible_dict_round_trips(payload: dict[str, Any]) -> None:
