@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from outbox.job import Job
 from outbox.registry import Handler, Registry
-from relay import execute
+from relay import execute, metrics
 from relay.execute import Outcome
 from relay.sql import queries
 
@@ -198,7 +198,8 @@ class Completer:
 
     def _flush(self, batch: list[Outcome]) -> None:
         try:
-            lost = self._write(batch)
+            with metrics.COMPLETION_DURATION.time():
+                lost = self._write(batch)
         except Exception as exc:
             # The jobs keep their leases and are rescued, then run again (G2); external
             # effects are deduplicated by the job's idempotency key (G3).
@@ -207,6 +208,7 @@ class Completer:
             return
         for outcome in lost:
             log.warning("lease lost before completion", **_fields(outcome.job))
+        metrics.FENCING_REJECTIONS.inc(len(lost))
         lost_ids = {o.job.uuid for o in lost}
         self._finished([o for o in batch if o.job.uuid not in lost_ids], lost)
 
@@ -215,14 +217,17 @@ class Completer:
         wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=5),
         stop=tenacity.stop_after_delay(60),
         reraise=True,
-        before_sleep=lambda state: log.warning(
-            "completion retrying after a database error",
-            error=str(state.outcome.exception()) if state.outcome else None,
-        ),
+        before_sleep=lambda state: _retrying(state),
     )
     def _write(self, batch: list[Outcome]) -> list[Outcome]:
         with self._engine.connect() as connection:
             return complete(connection, self._relay, batch, self._registry)
+
+
+def _retrying(state: tenacity.RetryCallState) -> None:
+    metrics.DATABASE_ERRORS.labels("complete").inc()
+    error = state.outcome.exception() if state.outcome else None
+    log.warning("completion retrying after a database error", error=str(error))
 
 
 def _fields(job: Job) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from collections.abc import Collection
 import psycopg
 import structlog
 
+from relay import metrics
+
 CHANNEL = "outbox_jobs"
 
 log = structlog.get_logger("outbox.relay")
@@ -41,6 +43,7 @@ class Listener:
                 self._listen()
             except psycopg.Error as exc:
                 self.connected.clear()
+                metrics.DATABASE_ERRORS.labels("listen").inc()
                 failures += 1
                 delay = min(5.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0)
                 log.warning(

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 import structlog
 
 from outbox.registry import Registry
+from relay import metrics
 from relay.sql import queries
 
 RESCUE = sa.text(queries["rescue_expired"])
@@ -32,7 +33,7 @@ def rescue_expired(
                 "limit": limit,
             },
         )
-    return int(result.rowcount or 0)
+    return sum(1 for event in result.scalars() if event == "rescued")
 
 
 class Rescuer:
@@ -52,6 +53,7 @@ class Rescuer:
             try:
                 self.rescue_all()
             except sa.exc.DBAPIError as exc:
+                metrics.DATABASE_ERRORS.labels("rescue").inc()
                 log.warning("rescue pass failed; will try again", error=str(exc).splitlines()[0])
 
     def rescue_all(self) -> int:
@@ -63,7 +65,8 @@ class Rescuer:
                 if rows < BATCH:
                     break
         if rescued:
-            log.info("rescued jobs with expired leases", history_rows=rescued)
+            metrics.RESCUED.inc(rescued)
+            log.info("rescued jobs with expired leases", jobs=rescued)
         return rescued
 
     def stop(self) -> None:

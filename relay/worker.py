@@ -26,7 +26,7 @@ from outbox.database import create_engine, libpq_dsn
 from outbox.job import Job
 from outbox.registry import Handler, Registry
 from outbox.settings import Settings
-from relay import complete, execute
+from relay import complete, execute, metrics
 from relay.claim import claim_batch, next_run_at
 from relay.complete import Completer
 from relay.execute import Outcome
@@ -157,6 +157,7 @@ class Worker:
             try:
                 jobs = self._claim(min(capacity, self.settings.claim_batch))
             except sa.exc.DBAPIError as exc:
+                metrics.DATABASE_ERRORS.labels("claim").inc()
                 failures += 1
                 delay = min(5.0, 0.1 * 2**failures)
                 self.log.warning(
@@ -168,11 +169,12 @@ class Worker:
             if jobs:
                 self._dispatch(jobs)
             else:
-                self._wake.wait(self._idle_wait())
+                woken = self._wake.wait(self._idle_wait())
+                metrics.WAKEUPS.labels("notify" if woken else "poll").inc()
 
     def _claim(self, limit: int) -> list[Job]:
-        with self.engine.connect() as connection:
-            return claim_batch(
+        with metrics.CLAIM_DURATION.time(), self.engine.connect() as connection:
+            jobs = claim_batch(
                 connection,
                 queues=self.queues,
                 limit=limit,
@@ -181,6 +183,8 @@ class Worker:
                 default_max_attempts=self.settings.default_max_attempts,
                 max_attempts=self._max_attempts,
             )
+        metrics.CLAIM_BATCH.observe(len(jobs))
+        return jobs
 
     def _idle_wait(self) -> float:
         """Until the poll interval, or sooner if a scheduled job falls due before it."""
@@ -207,6 +211,8 @@ class Worker:
             for job in jobs:
                 running = Running(job, self.registry.get(job.type))
                 self._running[job.uuid] = running
+            metrics.IN_FLIGHT.set(len(self._running))
+            for running in [self._running[job.uuid] for job in jobs]:
                 if running.handler is None:
                     self.completer.submit(execute.unknown_type(job))
                 elif running.handler.takes_session:
@@ -287,17 +293,19 @@ class Worker:
         self, work: list[tuple[Handler, Job]], timeout_ms: int
     ) -> list[tuple[Handler, Job]]:
         try:
-            with self.engine.connect() as connection:
+            with metrics.COMPLETION_DURATION.time(), self.engine.connect() as connection:
                 outcomes, lost, deferred = complete.run_in_transaction(
                     connection, self.relay, work, self.registry, timeout_ms
                 )
         except Exception as exc:  # the connection died, or the transaction could not end
+            metrics.DATABASE_ERRORS.labels("complete").inc()
             # Nothing was committed; the leases expire and the jobs run again (G2).
             self.log.error("session jobs not completed", jobs=len(work), error=_first_line(exc))
             self._finished([], [Outcome(job, 0.0) for _, job in work])
             return []
         for job in lost:
             self.log.warning("lease lost before running", uuid=str(job.uuid), type=job.type)
+        metrics.FENCING_REJECTIONS.inc(len(lost))
         self._finished(outcomes, [Outcome(job, 0.0) for job in lost])
         return deferred
 
@@ -305,7 +313,12 @@ class Worker:
         with self._guard:
             for outcome in (*done, *lost):
                 self._running.pop(outcome.job.uuid, None)
+            metrics.IN_FLIGHT.set(len(self._running))
         self._space.set()
+        for outcome in done:
+            job = outcome.job
+            metrics.JOBS_COMPLETED.labels(job.queue, job.type, _outcome(outcome)).inc()
+            metrics.HANDLER_DURATION.labels(job.queue, job.type).observe(outcome.duration_ms / 1000)
         if any(o.job.key is not None and o.succeeded for o in done):
             self._wake.set()  # the next job of that key is its head now
         for outcome in done:
@@ -394,6 +407,7 @@ class Worker:
                     EXTEND, {"uuid": live, "relay": self.relay, "lease": self.settings.lease}
                 )
         except sa.exc.DBAPIError as exc:
+            metrics.DATABASE_ERRORS.labels("heartbeat").inc()
             self.log.warning("lease heartbeat failed", error=_first_line(exc))
 
     # -- shutdown ---------------------------------------------------------------------
@@ -440,6 +454,14 @@ class Worker:
     def _busy_running(self) -> int:
         with self._guard:
             return sum(1 for r in self._running.values() if not r.abandoned)
+
+
+def _outcome(outcome: Outcome) -> str:
+    if outcome.succeeded:
+        return "succeeded"
+    if outcome.permanent or outcome.job.attempt >= outcome.job.max_attempts:
+        return "dead"
+    return "retried"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -35,4 +35,5 @@ SELECT uuid, e.event, type, queue, key, attempt, relay, 'lease expired'
 FROM rescued
 CROSS JOIN LATERAL (
     SELECT 'rescued' UNION ALL SELECT 'dead' WHERE rescued.state = 'dead'
-) AS e (event);
+) AS e (event)
+RETURNING event;

@@ -239,7 +239,7 @@ def test_scheduled_job_runs_when_due_not_before(db: sa.Engine, dsn: str) -> None
     with running_relay(registry, dsn, poll_interval=timedelta(seconds=30)):
         wait_for(lambda: ran_at, timeout=10, what="the scheduled job")
     assert ran_at[0] >= due
-    assert ran_at[0] - due < timedelta(seconds=3)
+    assert ran_at[0] - due < timedelta(seconds=10)  # well before the 30s poll would find it
 
 
 def test_idle_relay_is_woken_by_the_enqueue_not_the_poll(db: sa.Engine, dsn: str) -> None:
@@ -250,7 +250,7 @@ def test_idle_relay_is_woken_by_the_enqueue_not_the_poll(db: sa.Engine, dsn: str
         wait_for(worker.listener.connected.is_set, what="LISTEN")
         time.sleep(0.3)  # let the relay go idle
         enqueue(db, [outbox.NewJob("a.now", {})])
-        assert ran.wait(5), "a notification should wake the relay long before its 60s poll"
+        assert ran.wait(15), "a notification should wake the relay long before its 60s poll"
 
 
 def test_expired_lease_is_rescued_then_dead_once_attempts_are_spent(db: sa.Engine) -> None:
@@ -377,4 +377,4 @@ def test_lost_listen_connection_is_made_again(db: sa.Engine, dsn: str) -> None:
         wait_for(listening_again, what="a new LISTEN connection")
         time.sleep(0.3)  # let the relay go idle again
         enqueue(db, [outbox.NewJob("a.now", {})])
-        assert ran.wait(5), "the new LISTEN connection should wake the relay"
+        assert ran.wait(15), "the new LISTEN connection should wake the relay, not its 60s poll"

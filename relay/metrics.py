@@ -1,0 +1,150 @@
+"""Prometheus metrics of a relay.
+
+Counters and histograms are per process (with ``--processes N`` they are summed
+through prometheus-client's multiprocess mode). Queue-level gauges come from the
+database, read by one relay at a time (the holder of an advisory lock) and cached
+for a few seconds, so scrapes never hammer the database and sums across relays
+never count a queue twice. Labels are bounded: queue, type, outcome; never uuid or key.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from outbox.status import snapshot
+
+JOBS_COMPLETED = Counter(
+    "outbox_jobs_completed_total",
+    "Attempts a relay finished, by outcome: succeeded, retried (failed, will run again), dead.",
+    ["queue", "type", "outcome"],
+)
+HANDLER_DURATION = Histogram(
+    "outbox_handler_duration_seconds",
+    "Time handlers took, successful or not.",
+    ["queue", "type"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+CLAIM_BATCH = Histogram(
+    "outbox_claim_batch_size",
+    "Jobs taken by one claim.",
+    buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+CLAIM_DURATION = Histogram(
+    "outbox_claim_duration_seconds",
+    "Round trip of one claim transaction.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+COMPLETION_DURATION = Histogram(
+    "outbox_completion_duration_seconds",
+    "Round trip of one completion transaction (many jobs each).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+IN_FLIGHT = Gauge(
+    "outbox_jobs_in_flight",
+    "Jobs claimed by this relay and not yet completed.",
+    multiprocess_mode="livesum",
+)
+RESCUED = Counter("outbox_jobs_rescued_total", "Jobs whose expired lease this relay rescued.")
+FENCING_REJECTIONS = Counter(
+    "outbox_fencing_rejections_total",
+    "Completions refused because the job's lease had passed to another relay (G3).",
+)
+DATABASE_ERRORS = Counter(
+    "outbox_database_errors_total",
+    "Database errors met by a relay, by the part that met them; each is retried.",
+    ["component"],
+)
+WAKEUPS = Counter(
+    "outbox_wakeups_total",
+    "Why an idle relay looked for work: a notification, or its poll interval.",
+    ["source"],
+)
+
+#: Session-level advisory lock whose holder exports the queue gauges: (class, id).
+GAUGE_LOCK = (0x0B0D, 2)
+GAUGE_TTL = 5.0  # seconds a reading of the queues is served before the next one
+
+
+class QueueGauges(Collector):
+    """Depth, oldest ready age, dead jobs and blocked keys, from one relay at a time."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._leader: sa.Connection | None = None
+        self._read_at = 0.0
+        self._families: list[GaugeMetricFamily] = []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            if time.monotonic() - self._read_at > GAUGE_TTL:
+                self._families = self._read()
+                self._read_at = time.monotonic()
+            families = self._families
+        yield from families
+
+    def close(self) -> None:
+        with self._lock:
+            if self._leader is not None:
+                self._leader.close()
+                self._leader = None
+
+    def _lead(self) -> bool:
+        if self._leader is not None:
+            return True
+        connection = self._engine.connect()
+        got = connection.execute(
+            sa.text("SELECT pg_try_advisory_lock(:c, :i)"), {"c": GAUGE_LOCK[0], "i": GAUGE_LOCK[1]}
+        ).scalar()
+        connection.commit()
+        if got:
+            self._leader = connection
+        else:
+            connection.close()
+        return bool(got)
+
+    def _read(self) -> list[GaugeMetricFamily]:
+        try:
+            if not self._lead():
+                return []
+            assert self._leader is not None
+            current = snapshot(self._leader)
+            self._leader.commit()
+        except sa.exc.DBAPIError:
+            DATABASE_ERRORS.labels("gauges").inc()
+            if self._leader is not None:
+                self._leader.invalidate()
+                self._leader = None  # leadership ends with the connection
+            return []
+        depth = GaugeMetricFamily(
+            "outbox_queue_depth", "Live jobs by queue and state.", labels=["queue", "state"]
+        )
+        oldest = GaugeMetricFamily(
+            "outbox_oldest_ready_job_age_seconds",
+            "How long the oldest ready job of a queue has waited.",
+            labels=["queue"],
+        )
+        dead = GaugeMetricFamily("outbox_dead_jobs", "Jobs that ended dead.", labels=["queue"])
+        blocked = GaugeMetricFamily(
+            "outbox_blocked_keys", "Keys whose head job is dead (G4).", labels=["queue"]
+        )
+        per_queue: dict[str, int] = {}
+        for key in current.blocked_keys:
+            per_queue[key.queue] = per_queue.get(key.queue, 0) + 1
+        for q in current.queues:
+            for state, count in (
+                ("ready", q.ready), ("scheduled", q.scheduled),
+                ("running", q.running), ("dead", q.dead),
+            ):  # fmt: skip
+                depth.add_metric([q.queue, state], count)
+            oldest.add_metric([q.queue], q.oldest_ready_seconds or 0.0)
+            dead.add_metric([q.queue], q.dead)
+            blocked.add_metric([q.queue], per_queue.get(q.queue, 0))
+        return [depth, oldest, dead, blocked]
