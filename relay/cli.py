@@ -11,6 +11,7 @@ from outbox import migrate
 from outbox.cli.context import Context, clear_errors
 from relay import log, supervisor
 from relay.app import load_registry
+from relay.http import DEFAULT_ADDR, parse_addr
 from relay.worker import Worker
 
 
@@ -37,6 +38,11 @@ from relay.worker import Worker
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
 )
+@click.option(
+    "--metrics-addr", default=DEFAULT_ADDR, show_default=True, metavar="HOST:PORT",
+    help="Where /metrics, /healthz and /readyz are served; 'off' for nowhere. "
+    "Bind to 0.0.0.0 only on purpose.",
+)  # fmt: skip
 @click.pass_obj
 @clear_errors
 def command(
@@ -47,6 +53,7 @@ def command(
     processes: int,
     log_format: str,
     log_level: str,
+    metrics_addr: str,
 ) -> None:
     """Claim, run and complete jobs until SIGTERM or SIGINT.
 
@@ -56,6 +63,7 @@ def command(
     lease (OUTBOX_LEASE) expires. Run as many relays, on as many machines, as you like.
     """
     log.configure(log_format, log_level)
+    addr = None if metrics_addr.lower() in ("off", "") else parse_addr(metrics_addr)
     registry = load_registry(app)
     settings = ctx.settings
     if concurrency is not None:
@@ -70,12 +78,13 @@ def command(
         engine.dispose()
     if processes > 1:
         child = ["-m", "outbox", "--dsn", dsn, "relay", "--app", app, "--processes", "1"]
+        child += ["--metrics-addr", "off"]  # the supervisor serves them for all
         child += ["--log-format", log_format, "--log-level", log_level]
         if queues:
             child += ["--queues", queues]
         if concurrency:
             child += ["--concurrency", str(concurrency)]
         grace = settings.shutdown_grace.total_seconds()
-        raise SystemExit(supervisor.run_processes(child, processes, grace))
-    worker = Worker(registry, dsn, settings, queues=chosen)
+        raise SystemExit(supervisor.run_processes(child, processes, grace, dsn, addr))
+    worker = Worker(registry, dsn, settings, queues=chosen, metrics_addr=addr)
     raise SystemExit(supervisor.run_worker(worker))

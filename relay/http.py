@@ -100,7 +100,8 @@ class HttpServer:
 
         self._server = ThreadingHTTPServer(addr, Handler)
         self._server.daemon_threads = True
-        self.address = self._server.server_address
+        host, port = self._server.server_address[:2]
+        self.address: tuple[str, int] = (str(host), int(port))
 
     def run(self) -> None:
         self._server.serve_forever(poll_interval=0.2)

@@ -15,13 +15,19 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
 
 import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from outbox.database import create_engine
+from relay.http import HttpServer, Readiness
+from relay.metrics import QueueGauges
 from relay.worker import Worker
 
 log = structlog.get_logger("outbox.relay")
@@ -69,8 +75,41 @@ def watch_parent(worker: Worker, supervisor: int) -> None:
     threading.Thread(target=watch, name="outbox-parent-watch", daemon=True).start()
 
 
-def run_processes(child_argv: Sequence[str], processes: int, grace: float) -> int:
-    """Run ``processes`` copies of ``child_argv``; restart crashed ones until signalled."""
+def run_processes(
+    child_argv: Sequence[str],
+    processes: int,
+    grace: float,
+    dsn: str,
+    metrics_addr: tuple[str, int] | None,
+) -> int:
+    """Run ``processes`` copies of ``child_argv``; restart crashed ones until signalled.
+
+    The children write their metrics to files of prometheus-client's multiprocess mode;
+    the supervisor serves their sums, and the queue gauges, on one endpoint.
+    """
+    with tempfile.TemporaryDirectory(prefix="outbox-metrics-") as metrics_dir:
+        server = _serve_metrics(metrics_dir, dsn, metrics_addr)
+        try:
+            return _supervise(child_argv, processes, grace, metrics_dir)
+        finally:
+            if server is not None:
+                server.stop()
+
+
+def _serve_metrics(metrics_dir: str, dsn: str, addr: tuple[str, int] | None) -> HttpServer | None:
+    if addr is None:
+        return None
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
+    engine = create_engine(dsn, pool_size=2, pool_pre_ping=True)
+    registry.register(QueueGauges(engine))
+    server = HttpServer(addr, registry, Readiness(engine), lambda: True)
+    threading.Thread(target=server.run, name="outbox-http", daemon=True).start()
+    log.info("metrics served", address=f"{server.address[0]}:{server.address[1]}")
+    return server
+
+
+def _supervise(child_argv: Sequence[str], processes: int, grace: float, metrics_dir: str) -> int:
     children: dict[int, subprocess.Popen[bytes]] = {}
     failures = [0] * processes
     stopping = False
@@ -79,7 +118,11 @@ def run_processes(child_argv: Sequence[str], processes: int, grace: float) -> in
     started_at = [0.0] * processes
 
     def spawn(slot: int) -> None:
-        env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+        env = {
+            **os.environ,
+            SUPERVISOR_ENV: str(os.getpid()),
+            "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+        }
         children[slot] = subprocess.Popen([sys.executable, *child_argv], env=env)
         started_at[slot] = time.monotonic()
         log.info("relay process started", slot=slot, pid=children[slot].pid)
@@ -117,6 +160,7 @@ def run_processes(child_argv: Sequence[str], processes: int, grace: float) -> in
                     failures[slot] = 0  # it stayed up: the next crash restarts it quickly
                 continue
             if slot not in restart_at:
+                mark_process_dead(child.pid, metrics_dir)  # type: ignore[no-untyped-call]
                 failures[slot] += 1
                 delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (failures[slot] - 1))
                 restart_at[slot] = now + delay

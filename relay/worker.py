@@ -19,8 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import prometheus_client
 import sqlalchemy as sa
 import structlog
+from prometheus_client.registry import CollectorRegistry
 
 from outbox.database import create_engine, libpq_dsn
 from outbox.job import Job
@@ -30,6 +32,7 @@ from relay import complete, execute, metrics
 from relay.claim import claim_batch, next_run_at
 from relay.complete import Completer
 from relay.execute import Outcome
+from relay.http import HttpServer, Readiness
 from relay.notify import Listener
 from relay.rescue import Rescuer
 from relay.sql import queries
@@ -69,6 +72,7 @@ class Worker:
         *,
         queues: Sequence[str] | None = None,
         identity: str | None = None,
+        metrics_addr: tuple[str, int] | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
@@ -111,6 +115,14 @@ class Worker:
             application_name=f"outbox relay {self.relay} listen",
         )
         self._threads: list[threading.Thread] = []
+        self.http: HttpServer | None = None
+        if metrics_addr is not None:
+            self.gauges = metrics.QueueGauges(self.engine)
+            collectors: CollectorRegistry = prometheus_client.REGISTRY
+            collectors.register(self.gauges)
+            self.http = HttpServer(
+                metrics_addr, collectors, Readiness(self.engine), lambda: not self._stopped.is_set()
+            )
         self._max_attempts = {h.type: h.max_attempts for h in registry}
         self.log = log.bind(relay=self.relay)
 
@@ -122,6 +134,11 @@ class Worker:
         self._start("rescuer", self.rescuer.run)
         self._start("listener", self.listener.run)
         self._start("heartbeat", self._heartbeat)
+        if self.http is not None:
+            self._start("http", self.http.run)
+            self.log.info(
+                "metrics served", address=f"{self.http.address[0]}:{self.http.address[1]}"
+            )
         try:
             self._produce()
         finally:
@@ -428,6 +445,10 @@ class Worker:
         self.completer.stop()
         for service in (self.rescuer, self.listener):
             service.stop()
+        if self.http is not None:
+            self.http.stop()
+            prometheus_client.REGISTRY.unregister(self.gauges)
+            self.gauges.close()
         self._stopped.set()
         for thread in self._threads:
             thread.join(timeout=max(1.0, grace - time.monotonic()))

@@ -31,7 +31,7 @@ def dsn(server: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def engine(dsn: str) -> Iterator[sa.Engine]:
-    made = create_engine(dsn, pool_size=12, max_overflow=4)
+    made = create_engine(dsn, pool_size=12, max_overflow=4, pool_pre_ping=True)
     yield made
     made.dispose()
 

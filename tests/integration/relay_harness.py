@@ -23,8 +23,16 @@ FAST = {
 
 
 @contextlib.contextmanager
-def running_relay(registry: outbox.Registry, dsn: str, **settings: Any) -> Iterator[Worker]:
-    worker = Worker(registry, dsn, outbox.Settings(dsn=dsn, **{**FAST, **settings}))
+def running_relay(
+    registry: outbox.Registry,
+    dsn: str,
+    *,
+    metrics_addr: tuple[str, int] | None = None,
+    **settings: Any,
+) -> Iterator[Worker]:
+    worker = Worker(
+        registry, dsn, outbox.Settings(dsn=dsn, **{**FAST, **settings}), metrics_addr=metrics_addr
+    )
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
