@@ -35,7 +35,7 @@ def drain(dsn: str, args: argparse.Namespace) -> tuple[float, int]:
     relay = subprocess.Popen(
         [sys.executable, "-m", "outbox", "--dsn", dsn, "relay", "--app", "bench.noop:registry",
          "--processes", str(args.processes), "--concurrency", str(args.concurrency),
-         "--log-level", "warning"],
+         "--log-level", "warning", "--metrics-addr", "off"],
         cwd=ROOT, env=env,
     )  # fmt: skip
     engine = create_engine(dsn, poolclass=sa.NullPool)

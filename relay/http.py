@@ -98,7 +98,13 @@ class HttpServer:
             def log_message(self, format: str, *args: object) -> None:
                 """Scrapes every few seconds are not news."""
 
-        self._server = ThreadingHTTPServer(addr, Handler)
+        try:
+            self._server = ThreadingHTTPServer(addr, Handler)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve metrics on {addr[0]}:{addr[1]}: {exc.strerror}; another relay on "
+                "this host may have it: pass another --metrics-addr, or 'off'"
+            ) from None
         self._server.daemon_threads = True
         host, port = self._server.server_address[:2]
         self.address: tuple[str, int] = (str(host), int(port))

@@ -55,7 +55,8 @@ def run_relay(dsn: str, engine: sa.Engine, console: Console, timeout: float = 12
     """Run a relay process until the queues are empty; True if they emptied in time."""
     relay = subprocess.Popen(
         [sys.executable, "-m", "outbox", "--dsn", dsn, "relay",
-         "--app", "outbox.demo.handlers:registry", "--log-level", "warning"],
+         "--app", "outbox.demo.handlers:registry", "--log-level", "warning",
+         "--metrics-addr", "off"],
     )  # fmt: skip
     deadline = time.monotonic() + timeout
     try:

@@ -40,7 +40,8 @@ class Relays:
         log = (self.logs / f"relay-{len(self.procs)}.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "outbox", "--dsn", self.dsn, "relay",
-             "--app", "tests.chaos.app:registry", "--log-format", "json", *args],
+             "--app", "tests.chaos.app:registry", "--log-format", "json",
+             *(() if "--metrics-addr" in args else ("--metrics-addr", "off")), *args],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, **FAST_ENV, **(env or {})},
             start_new_session=True,  # a group of its own: teardown kills its children too

@@ -190,3 +190,18 @@ def test_logs_are_json_lines_bound_to_the_job_without_payload_values(
         "error",
     )
     assert secret not in log_path.read_text()
+
+
+def test_metrics_address_in_use_is_a_clear_startup_error(dsn: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "outbox", "--dsn", dsn, "relay", "--app",
+             "tests.chaos.app:registry", "--metrics-addr", f"127.0.0.1:{port}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+    assert "--metrics-addr" in result.stderr
