@@ -11,6 +11,8 @@ from outbox.sql import queries
 
 DEPTH = sa.text(queries["status_depth"])
 BLOCKED = sa.text(queries["status_blocked_keys"])
+RELAYS = sa.text(queries["status_relays"])
+THROUGHPUT = sa.text(queries["status_throughput"])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -33,9 +35,23 @@ class BlockedKey:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class LiveRelay:
+    relay: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    version: str
+    heartbeat_age_seconds: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Status:
     queues: list[QueueDepth]
     blocked_keys: list[BlockedKey]
+    relays: list[LiveRelay] = dataclasses.field(default_factory=list)
+    #: Ends of attempts over the last minute: {queue: {succeeded|retried|dead: count}}.
+    last_minute: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -59,4 +75,14 @@ def snapshot(connection: sa.Connection, *, blocked_limit: int = 100) -> Status:
         BlockedKey(row.queue, row.key, str(row.uuid), row.type, row.waiting)
         for row in connection.execute(BLOCKED, {"limit": blocked_limit})
     ]
-    return Status(depth, blocked)
+    relays = [
+        LiveRelay(
+            row.relay, row.host, row.pid, list(row.queues), row.concurrency, row.version,
+            float(row.heartbeat_age_seconds),
+        )
+        for row in connection.execute(RELAYS)
+    ]  # fmt: skip
+    last_minute: dict[str, dict[str, int]] = {}
+    for row in connection.execute(THROUGHPUT):
+        last_minute.setdefault(row.queue, {})[row.event] = row.jobs
+    return Status(depth, blocked, relays, last_minute)

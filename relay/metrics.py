@@ -135,6 +135,11 @@ class QueueGauges(Collector):
         blocked = GaugeMetricFamily(
             "outbox_blocked_keys", "Keys whose head job is dead (G4).", labels=["queue"]
         )
+        live = GaugeMetricFamily(
+            "outbox_relays_live",
+            "Relays whose heartbeat has not expired.",
+            value=len(current.relays),
+        )
         per_queue: dict[str, int] = {}
         for key in current.blocked_keys:
             per_queue[key.queue] = per_queue.get(key.queue, 0) + 1
@@ -147,4 +152,4 @@ class QueueGauges(Collector):
             oldest.add_metric([q.queue], q.oldest_ready_seconds or 0.0)
             dead.add_metric([q.queue], q.dead)
             blocked.add_metric([q.queue], per_queue.get(q.queue, 0))
-        return [depth, oldest, dead, blocked]
+        return [depth, oldest, dead, blocked, live]

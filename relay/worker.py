@@ -8,7 +8,9 @@ wakes it. Services run in threads of their own and all stop the same way.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import importlib.metadata
 import os
 import secrets
 import socket
@@ -38,6 +40,9 @@ from relay.rescue import Rescuer
 from relay.sql import queries
 
 EXTEND = sa.text(queries["extend_leases"])
+ANNOUNCE = sa.text(queries["relay_heartbeat"])
+LEAVE = sa.text(queries["relay_gone"])
+VERSION = importlib.metadata.version("outbox")
 SESSION_GROUP = 8  # session-handler jobs completed per transaction, at most
 
 log = structlog.get_logger("outbox.relay")
@@ -130,6 +135,7 @@ class Worker:
 
     def run(self) -> None:
         self.log.info("relay started", queues=self.queues, concurrency=self.concurrency)
+        self._announce()
         self._start("completer", self.completer.run)
         self._start("rescuer", self.rescuer.run)
         self._start("listener", self.listener.run)
@@ -373,6 +379,7 @@ class Worker:
             if time.monotonic() >= next_extend:
                 next_extend = time.monotonic() + every
                 self._extend()
+                self._announce()
 
     def _expire_timeouts(self) -> None:
         now = time.monotonic()
@@ -407,6 +414,24 @@ class Worker:
             ]  # fmt: skip
         for running in waiting:
             running.future = self._submit(self._run_chunk, [running], [running])
+
+    def _announce(self) -> None:
+        """Tell status and metrics this relay is alive, for one more lease."""
+        params = {
+            "relay": self.relay,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": self.queues,
+            "concurrency": self.concurrency,
+            "version": VERSION,
+            "ttl": self.settings.lease,
+        }
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(ANNOUNCE, params)
+        except sa.exc.DBAPIError as exc:
+            metrics.DATABASE_ERRORS.labels("heartbeat").inc()
+            self.log.warning("relay heartbeat failed", error=_first_line(exc))
 
     def _extend(self) -> None:
         now = time.monotonic()
@@ -449,6 +474,8 @@ class Worker:
             self.http.stop()
             prometheus_client.REGISTRY.unregister(self.gauges)
             self.gauges.close()
+        with contextlib.suppress(sa.exc.DBAPIError), self.engine.begin() as connection:
+            connection.execute(LEAVE, {"relay": self.relay})
         self._stopped.set()
         for thread in self._threads:
             thread.join(timeout=max(1.0, grace - time.monotonic()))

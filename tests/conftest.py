@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from outbox.database import create_engine, create_engine_async
 from outbox.testing import server_dsn, temporary_database
 
-OUTBOX_TABLES = "outbox_jobs, outbox_history, outbox_seals, outbox_idempotency"
+OUTBOX_TABLES = "outbox_jobs, outbox_history, outbox_seals, outbox_idempotency, outbox_relays"
 
 
 @pytest.fixture(scope="session")

@@ -23,3 +23,19 @@ WHERE j.state = 'dead'
   AND NOT EXISTS (SELECT 1 FROM outbox_jobs AS p WHERE p.key = j.key AND p.id < j.id)
 ORDER BY j.queue, j.key
 LIMIT :limit;
+
+-- name: status_relays
+-- Relays that announced themselves and whose heartbeat has not expired.
+SELECT relay, host, pid, queues, concurrency, version, started_at,
+       extract(epoch FROM now() - heartbeat_at) AS heartbeat_age_seconds
+FROM outbox_relays
+WHERE expires_at > now()
+ORDER BY relay;
+
+-- name: status_throughput
+-- What happened over the last minute, from history: ends of attempts by queue and outcome.
+SELECT queue, event, count(*) AS jobs
+FROM outbox_history
+WHERE at > now() - interval '1 minute' AND event IN ('succeeded', 'retried', 'dead')
+GROUP BY queue, event
+ORDER BY queue, event;

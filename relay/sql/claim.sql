@@ -56,3 +56,4 @@ ORDER BY id;
 SELECT min(run_at)
 FROM outbox_jobs
 WHERE state = 'pending' AND queue = ANY(CAST(:queues AS text[])) AND run_at > now();
+

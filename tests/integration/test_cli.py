@@ -36,7 +36,7 @@ def test_status_json_matches_what_was_enqueued(db: sa.Engine, dsn: str) -> None:
 
 
 def test_status_table_renders(db: sa.Engine, dsn: str) -> None:
-    result = CliRunner().invoke(cli, ["--dsn", dsn, "status"])
+    result = CliRunner(env={"COLUMNS": "160"}).invoke(cli, ["--dsn", dsn, "status"])
     assert result.exit_code == 0, result.output
     assert "no live jobs" in result.output
 
@@ -54,3 +54,25 @@ def test_demo_refuses_nonsense_options(server: str) -> None:
     result = CliRunner().invoke(cli, ["--dsn", server, "demo", "--transfers", "0"])
     assert result.exit_code == 2
     assert "--transfers" in result.output
+
+
+def test_status_lists_live_relays_and_the_last_minute(db: sa.Engine, dsn: str) -> None:
+    from tests.integration.relay_harness import live_jobs, running_relay, wait_for
+
+    registry = outbox.Registry()
+    registry.register("st.ok", lambda job: None, queue="mail")
+    with Session(db) as session:
+        outbox.enqueue_many(session, [outbox.NewJob("st.ok", {}, queue="mail")] * 4)
+        session.commit()
+    with running_relay(registry, dsn) as worker:
+        wait_for(lambda: live_jobs(db) == 0, what="the jobs")
+        result = CliRunner().invoke(cli, ["--dsn", dsn, "status", "--json"])
+        assert result.exit_code == 0, result.output
+        status = json.loads(result.output)
+        [relay] = status["relays"]
+        assert (relay["relay"], relay["queues"]) == (worker.relay, ["mail"])
+        assert status["last_minute"] == {"mail": {"succeeded": 4}}
+        table = CliRunner(env={"COLUMNS": "200"}).invoke(cli, ["--dsn", dsn, "status"])
+        assert worker.relay in table.output
+    after = json.loads(CliRunner().invoke(cli, ["--dsn", dsn, "status", "--json"]).output)
+    assert after["relays"] == []  # a relay that stops cleanly leaves
