@@ -35,6 +35,14 @@ def restart(server: Any) -> None:
     )
 
 
+def count(engine: sa.Engine, table: str) -> int:
+    """The test's own reads may meet the restart too: that is not what is under test."""
+    try:
+        return int(scalar(engine, f"SELECT count(*) FROM {table}"))
+    except sa.exc.OperationalError:
+        return -1
+
+
 def test_relays_resume_by_themselves_after_postgresql_restarts(
     own_server: Any, tmp_path: Path
 ) -> None:
@@ -52,10 +60,10 @@ def test_relays_resume_by_themselves_after_postgresql_restarts(
         try:
             relays.start("--concurrency", "4")
             relays.start("--concurrency", "4")
-            wait_for(lambda: scalar(engine, "SELECT count(*) FROM chaos_effects") >= 50, 60,
+            wait_for(lambda: count(engine, "chaos_effects") >= 50, 60,
                      "progress before the restart", relays)  # fmt: skip
             restart(own_server)
-            wait_for(lambda: scalar(engine, "SELECT count(*) FROM outbox_jobs") == 0, 120,
+            wait_for(lambda: count(engine, "outbox_jobs") == 0, 120,
                      "every job to complete after the restart", relays)  # fmt: skip
             assert effects_per_job(engine) == {h.uuid: 1 for h in handles}
             assert all(p.poll() is None for p in relays.procs), "relays must survive the restart"
