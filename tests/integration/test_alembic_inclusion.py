@@ -43,19 +43,25 @@ def downgrade():
 """
 
 
+def app_alembic(folder: Path, *, with_app_revision: bool) -> Config:
+    """An application's Alembic environment whose version_locations include outbox's."""
+    (folder / "versions").mkdir()
+    (folder / "env.py").write_text(textwrap.dedent(APP_ENV))
+    locations = [str(migrate.migrations_dir() / "versions")]
+    if with_app_revision:
+        (folder / "versions" / "app_0001.py").write_text(textwrap.dedent(APP_REVISION))
+        locations.insert(0, str(folder / "versions"))
+    config = Config()
+    config.set_main_option("script_location", str(folder))
+    config.set_main_option("path_separator", "space")
+    config.set_main_option("version_locations", " ".join(locations))
+    return config
+
+
 def test_app_history_with_outbox_versions_upgrades_both_branches(
     server: str, tmp_path: Path
 ) -> None:
-    (tmp_path / "versions").mkdir()
-    (tmp_path / "env.py").write_text(textwrap.dedent(APP_ENV))
-    (tmp_path / "versions" / "app_0001.py").write_text(textwrap.dedent(APP_REVISION))
-    config = Config()
-    config.set_main_option("script_location", str(tmp_path))
-    config.set_main_option("path_separator", "space")
-    config.set_main_option(
-        "version_locations",
-        f"{tmp_path / 'versions'} {migrate.migrations_dir() / 'versions'}",
-    )
+    config = app_alembic(tmp_path, with_app_revision=True)
     with temporary_database(server, prefix="outbox_app", migrated=False) as dsn:
         engine = create_engine(dsn, poolclass=sa.NullPool)
         with engine.connect() as conn:
@@ -78,12 +84,7 @@ def test_outbox_commands_see_a_schema_migrated_through_the_app_history(
 
     from outbox.cli import cli
 
-    (tmp_path / "versions").mkdir()
-    (tmp_path / "env.py").write_text(textwrap.dedent(APP_ENV))
-    config = Config()
-    config.set_main_option("script_location", str(tmp_path))
-    config.set_main_option("path_separator", "space")
-    config.set_main_option("version_locations", str(migrate.migrations_dir() / "versions"))
+    config = app_alembic(tmp_path, with_app_revision=False)
     with temporary_database(server, prefix="outbox_app", migrated=False) as dsn:
         engine = create_engine(dsn, poolclass=sa.NullPool)
         with engine.connect() as conn:
