@@ -90,11 +90,15 @@ def run(
         with Session(engine) as session:
             people = [open_account(session, f"customer-{n}") for n in range(accounts)]
             session.commit()
-            handles = []
-            for n in range(transfers):
-                source, target = rng.sample(people, 2)
-                handles.append(transfer(session, f"T{n}", source, target, rng.randint(1, 50_000)))
-                session.commit()
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task(
+                    "transfers, each with its entries and jobs", total=transfers
+                )
+                for n in range(transfers):
+                    source, target = rng.sample(people, 2)
+                    transfer(session, f"T{n}", source, target, rng.randint(1, 50_000))
+                    session.commit()
+                    progress.advance(task)
             console.print(f"{transfers} transfers committed, each with its entries and jobs")
 
             retried = [transfer(session, f"T{n}", people[0], people[1], 1) for n in range(5)]
