@@ -61,6 +61,10 @@ DATABASE_ERRORS = Counter(
     "Database errors met by a relay, by the part that met them; each is retried.",
     ["component"],
 )
+RECONNECTS = Counter(
+    "outbox_database_reconnects_total",
+    "Connections a relay made again after losing them (its LISTEN connection).",
+)
 WAKEUPS = Counter(
     "outbox_wakeups_total",
     "Why an idle relay looked for work: a notification, or its poll interval.",

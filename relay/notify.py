@@ -34,6 +34,7 @@ class Listener:
         self._queues = set(queues)
         self._wake = wake
         self._stopping = threading.Event()
+        self._connected_before = False
         self.connected = threading.Event()
 
     def run(self) -> None:
@@ -67,6 +68,9 @@ class Listener:
             application_name=self._application_name,
         ) as connection:
             connection.execute(f"LISTEN {CHANNEL}")
+            if self._connected_before:
+                metrics.RECONNECTS.inc()
+            self._connected_before = True
             self.connected.set()
             self._wake.set()
             while not self._stopping.is_set():
