@@ -19,6 +19,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg.copy import AsyncQueuedLibpqWriter, QueuedLibpqWriter
+from psycopg.types.string import BytesBinaryDumper
 
 from outbox import validate
 from outbox.errors import InvalidJob
@@ -136,6 +137,7 @@ def run(
     connection: psycopg.Connection[Any], batch: Columns, params: dict[str, Any], limit: int
 ) -> dict[int, UUID]:
     with connection.cursor() as cursor, _savepoint(cursor):
+        _plain_bytes(cursor)
         cursor.execute(PREPARE, _without_private(params))
         now, skip = duplicates(params, cursor.fetchall())
         history: list[tuple[Any, ...]] = []
@@ -157,6 +159,7 @@ async def run_async(
     connection: psycopg.AsyncConnection[Any], batch: Columns, params: dict[str, Any], limit: int
 ) -> dict[int, UUID]:
     async with connection.cursor() as cursor, _savepoint_async(cursor):
+        _plain_bytes(cursor)
         await cursor.execute(PREPARE, _without_private(params))
         now, skip = duplicates(params, await cursor.fetchall())
         history: list[tuple[Any, ...]] = []
@@ -170,6 +173,12 @@ async def run_async(
                 for row in history:
                     await copy.write_row(row)
     return skip
+
+
+def _plain_bytes(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> None:
+    """Dump bytea columns with psycopg's own (C) bytes dumper: looked up by oid, bytea
+    otherwise finds the DB-API ``Binary`` wrapper's, written in Python."""
+    cursor.adapters.register_dumper(bytes, BytesBinaryDumper)
 
 
 def _without_private(params: dict[str, Any]) -> dict[str, Any]:

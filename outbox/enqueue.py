@@ -170,6 +170,7 @@ def _bind(batch: Sequence[NewJob], registry: Registry | None, settings: Settings
     columns = Columns([], [], [], [], [], [], [], [], [], [])
     # Per (type, queue, max_attempts) as given: as resolved. Batches hold few distinct ones.
     resolved: dict[tuple[str, str | None, int | None], tuple[str, str, int | None]] = {}
+    keys_seen: set[str] = set()
     for i, job in enumerate(batch):
         try:
             if type(job) is not NewJob:
@@ -181,7 +182,10 @@ def _bind(batch: Sequence[NewJob], registry: Registry | None, settings: Settings
                 job_type, queue, max_attempts = resolved[spec]
             else:  # odd types: check them, which refuses them, without hashing or caching
                 job_type, queue, max_attempts = _resolve(job, registry, settings)
-            key = None if job.key is None else validate.key(job.key)
+            key = job.key
+            if key is not None and (type(key) is not str or key not in keys_seen):
+                validate.key(key)  # a batch repeats its keys: check each one once
+                keys_seen.add(key)
             idempotency_key = (
                 None
                 if job.idempotency_key is None
