@@ -29,7 +29,10 @@ def upgrade() -> None:
         sa.Column("concurrency", sa.Integer, nullable=False),
         sa.Column("version", sa.Text, nullable=False),
         sa.Column(
-            "started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+            "started_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
         ),
         sa.Column(
             "heartbeat_at",
