@@ -48,13 +48,18 @@ def upgrade() -> None:
     op.execute(
         f"""
         DO $$
+        DECLARE
+            name text;
         BEGIN
-            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{WRITER}') THEN
-                CREATE ROLE {WRITER} NOLOGIN;
-            END IF;
-            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{AUDITOR}') THEN
-                CREATE ROLE {AUDITOR} NOLOGIN;
-            END IF;
+            FOREACH name IN ARRAY ARRAY['{WRITER}', '{AUDITOR}'] LOOP
+                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name) THEN
+                    BEGIN
+                        EXECUTE format('CREATE ROLE %I NOLOGIN', name);
+                    EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                        NULL;  -- roles are cluster-wide: a migration of another database won
+                    END;
+                END IF;
+            END LOOP;
         EXCEPTION WHEN insufficient_privilege THEN
             RAISE NOTICE 'outbox: no CREATEROLE: create roles {WRITER} and {AUDITOR} by hand';
         END
