@@ -124,16 +124,3 @@ relays = sa.Table(
     ),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
-
-JOB_STATES = ("pending", "running", "dead")
-HISTORY_EVENTS = (
-    "enqueued",
-    "claimed",
-    "succeeded",
-    "failed",
-    "retried",
-    "dead",
-    "cancelled",
-    "rescued",
-    "revived",
-)
