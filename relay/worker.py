@@ -171,9 +171,9 @@ class Worker:
         while not self._stopping.is_set():
             # Claims run ahead of the handler threads by up to one batch, so that threads
             # never wait for a claim round trip; the queued jobs' leases are renewed too.
+            self._space.clear()  # before counting: a job finishing after the count sets it
             capacity = self.concurrency + self.settings.claim_batch - self._busy()
             if capacity <= 0:
-                self._space.clear()
                 self._space.wait(0.5)
                 continue
             self._wake.clear()
@@ -463,8 +463,10 @@ class Worker:
                     complete.release(connection, self.relay, unstarted)
             except sa.exc.DBAPIError as exc:
                 self.log.warning("could not release unstarted jobs", error=_first_line(exc))
-        while self._busy_running() and time.monotonic() < grace:
+        while time.monotonic() < grace:
             self._space.clear()
+            if not self._busy_running():
+                break
             self._space.wait(0.1)
         left = self._busy_running()
         self.completer.stop()
