@@ -237,7 +237,7 @@ class Worker:
             metrics.IN_FLIGHT.set(len(self._running))
             for running in [self._running[job.uuid] for job in jobs]:
                 if running.handler is None:
-                    self.completer.submit(execute.unknown_type(job))
+                    self.completer.submit(execute.unknown_type(running.job))
                 elif running.handler.takes_session:
                     group.append(running)
                 else:

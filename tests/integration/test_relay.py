@@ -385,3 +385,21 @@ def test_lost_listen_connection_is_made_again(db: sa.Engine, dsn: str) -> None:
         enqueue(db, [outbox.NewJob("a.now", {})])
         assert ran.wait(15), "the new LISTEN connection should wake the relay, not its 60s poll"
     assert reconnections() == reconnects + 1
+
+
+def test_unknown_types_in_a_mixed_batch_end_dead_and_the_rest_succeed(
+    db: sa.Engine, dsn: str
+) -> None:
+    registry = outbox.Registry()
+    registry.register("a.known", lambda job: None)
+    jobs = [outbox.NewJob("a.unknown", {"n": n}) for n in range(2)]
+    jobs += [outbox.NewJob("a.known", {"n": n}) for n in range(5)]
+    handles = enqueue(db, jobs)
+    with running_relay(registry, dsn, claim_batch=10):
+        wait_for(lambda: live_jobs(db) == 2 and scalar(
+            db, "SELECT count(*) FROM outbox_jobs WHERE state = 'dead'") == 2,
+            what="two dead, five done")  # fmt: skip
+    with db.connect() as conn:
+        dead = set(conn.execute(sa.text("SELECT uuid FROM outbox_jobs")).scalars())
+    assert dead == {h.uuid for h in handles[:2]}
+    assert scalar(db, "SELECT count(*) FROM outbox_history WHERE event = 'succeeded'") == 5
