@@ -49,6 +49,7 @@ _DURATION_VARS = {
     "rescue_interval": "OUTBOX_RESCUE_INTERVAL",
     "shutdown_grace": "OUTBOX_SHUTDOWN_GRACE",
     "handler_timeout": "OUTBOX_HANDLER_TIMEOUT",
+    "seal_interval": "OUTBOX_SEAL_INTERVAL",
 }
 
 
@@ -87,6 +88,9 @@ class Settings:
     shutdown_grace: timedelta = timedelta(seconds=30)
     #: Timeout of a handler that sets none.
     handler_timeout: timedelta = timedelta(minutes=5)
+    #: How often the sealing relay (one at a time) extends the digest chain; 0 turns sealing
+    #: off for these relays (another relay, or `outbox audit seal`, must then seal).
+    seal_interval: timedelta = timedelta(seconds=1)
 
     def __post_init__(self) -> None:
         try:
@@ -109,8 +113,9 @@ class Settings:
         for name in ("lease", "poll_interval", "rescue_interval", "handler_timeout"):
             if getattr(self, name) <= timedelta(0):
                 raise ConfigurationError(f"{name} must be longer than zero")
-        if self.shutdown_grace < timedelta(0):
-            raise ConfigurationError("shutdown_grace must be zero or longer")
+        for name in ("shutdown_grace", "seal_interval"):
+            if getattr(self, name) < timedelta(0):
+                raise ConfigurationError(f"{name} must be zero or longer")
         if self.lease < timedelta(seconds=2):
             raise ConfigurationError("lease must be at least 2 seconds (heartbeats renew it)")
 

@@ -18,6 +18,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from outbox import seal
 from outbox.status import snapshot
 
 JOBS_COMPLETED = Counter(
@@ -71,6 +72,11 @@ WAKEUPS = Counter(
     ["source"],
 )
 
+SEALED_ROWS = Counter(
+    "outbox_history_sealed_rows_total",
+    "History rows this relay sealed into the digest chain (only the sealing relay counts).",
+)
+
 #: Session-level advisory lock whose holder exports the queue gauges: (class, id).
 GAUGE_LOCK = (0x0B0D, 2)
 GAUGE_TTL = 5.0  # seconds a reading of the queues is served before the next one
@@ -120,6 +126,7 @@ class QueueGauges(Collector):
                 return []
             assert self._leader is not None
             current = snapshot(self._leader)
+            current_lag = seal.lag_seconds(self._leader)
             self._leader.commit()
         except sa.exc.DBAPIError:
             DATABASE_ERRORS.labels("gauges").inc()
@@ -139,6 +146,11 @@ class QueueGauges(Collector):
         blocked = GaugeMetricFamily(
             "outbox_blocked_keys", "Keys whose head job is dead (G4).", labels=["queue"]
         )
+        lag = GaugeMetricFamily(
+            "outbox_seal_lag_seconds",
+            "Age of the oldest history row not yet sealed into the digest chain (0: all sealed).",
+            value=current_lag,
+        )
         live = GaugeMetricFamily(
             "outbox_relays_live",
             "Relays whose heartbeat has not expired.",
@@ -156,4 +168,4 @@ class QueueGauges(Collector):
             oldest.add_metric([q.queue], q.oldest_ready_seconds or 0.0)
             dead.add_metric([q.queue], q.dead)
             blocked.add_metric([q.queue], per_queue.get(q.queue, 0))
-        return [depth, oldest, dead, blocked, live]
+        return [depth, oldest, dead, blocked, live, lag]

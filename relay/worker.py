@@ -37,6 +37,7 @@ from relay.execute import Outcome
 from relay.http import HttpServer, Readiness
 from relay.notify import Listener
 from relay.rescue import Rescuer
+from relay.sealer import Sealer
 from relay.sql import queries
 
 EXTEND = sa.text(queries["extend_leases"])
@@ -113,6 +114,7 @@ class Worker:
         self.rescuer = Rescuer(
             self.engine, registry, settings.default_max_attempts, settings.rescue_interval
         )
+        self.sealer = Sealer(self.engine, settings.seal_interval, self.relay)
         self.listener = Listener(
             libpq_dsn(dsn),
             self.queues,
@@ -138,6 +140,8 @@ class Worker:
         self._announce()
         self._start("completer", self.completer.run)
         self._start("rescuer", self.rescuer.run)
+        if self.settings.seal_interval:
+            self._start("sealer", self.sealer.run)
         self._start("listener", self.listener.run)
         self._start("heartbeat", self._heartbeat)
         if self.http is not None:
@@ -470,7 +474,7 @@ class Worker:
             self._space.wait(0.1)
         left = self._busy_running()
         self.completer.stop()
-        for service in (self.rescuer, self.listener):
+        for service in (self.rescuer, self.listener, self.sealer):
             service.stop()
         if self.http is not None:
             self.http.stop()

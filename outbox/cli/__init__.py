@@ -7,7 +7,7 @@ from importlib.metadata import entry_points
 
 import click
 
-from outbox.cli import demo, jobs, migrate, status
+from outbox.cli import audit, demo, jobs, migrate, status
 from outbox.cli.context import Context, fail_clearly
 
 
@@ -34,6 +34,8 @@ cli.add_command(migrate.command)
 cli.add_command(status.command)
 cli.add_command(demo.command)
 cli.add_command(jobs.group)
+cli.add_command(audit.group)
+cli.add_command(audit.prune_command)
 # Commands of other packages (the relay's), found by entry point so outbox never imports them.
 for entry in entry_points(group="outbox.commands"):
     cli.add_command(entry.load(), entry.name)

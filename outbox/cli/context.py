@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 import sqlalchemy as sa
 
+from outbox import migrate
 from outbox.database import create_engine, resolve_dsn, sqlalchemy_url
 from outbox.errors import OutboxError
 from outbox.settings import Settings
@@ -64,3 +65,16 @@ def clear_errors(func: F) -> F:
             return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def migrated_connection(ctx: Context) -> Iterator[sa.Connection]:
+    """A connection to a database at the schema this code needs."""
+    engine = ctx.engine(poolclass=sa.NullPool)
+    try:
+        with engine.connect() as connection:
+            migrate.check_at_head(connection)
+            connection.rollback()
+            yield connection
+    finally:
+        engine.dispose()

@@ -9,12 +9,11 @@ from typing import Any
 from uuid import UUID
 
 import click
-import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from outbox import migrate, operator
-from outbox.cli.context import Context, clear_errors
+from outbox import operator
+from outbox.cli.context import Context, clear_errors, migrated_connection
 
 
 @click.group("jobs")
@@ -29,7 +28,7 @@ def group() -> None:
 @clear_errors
 def show(ctx: Context, uuid: UUID, as_json: bool) -> None:
     """The job (while it is live) and every transition in its history."""
-    with _connection(ctx) as connection:
+    with migrated_connection(ctx) as connection:
         job, trail = operator.show(connection, uuid)
     if job is None and not trail:
         raise click.ClickException(f"no job {uuid}: it was never enqueued here")
@@ -87,7 +86,7 @@ def retry(
 
     Exits 1 if any named job could not be revived (it is not dead, or not live).
     """
-    with _connection(ctx) as connection:
+    with migrated_connection(ctx) as connection:
         done = operator.revive(connection, uuids, key=key, actor=actor, reason=reason)
         connection.commit()
     _report(done, "revived", as_json)
@@ -103,7 +102,7 @@ def cancel(
 
     Exits 1 if any named job could not be cancelled.
     """
-    with _connection(ctx) as connection:
+    with migrated_connection(ctx) as connection:
         done = operator.cancel(connection, uuids, key=key, actor=actor, reason=reason)
         connection.commit()
     _report(done, "cancelled", as_json)
@@ -121,20 +120,3 @@ def _report(done: operator.Action, verb: str, as_json: bool) -> None:
             click.echo(f"not {verb}: {uuid} {why}", err=True)
     if done.skipped or not done.changed:
         raise SystemExit(1)
-
-
-class _connection:
-    """A connection to a database at the schema this code needs."""
-
-    def __init__(self, ctx: Context) -> None:
-        self._engine = ctx.engine(poolclass=sa.NullPool)
-
-    def __enter__(self) -> sa.Connection:
-        self._connection = self._engine.connect()
-        migrate.check_at_head(self._connection)
-        self._connection.rollback()
-        return self._connection
-
-    def __exit__(self, *exc: object) -> None:
-        self._connection.close()
-        self._engine.dispose()

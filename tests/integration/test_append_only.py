@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import outbox
+from outbox import seal
 from outbox.database import create_engine, sqlalchemy_url
 from tests.integration.relay_harness import live_jobs, running_relay, scalar, wait_for
 
@@ -53,11 +54,8 @@ def seed(db: sa.Engine) -> None:
     with Session(db) as session:
         outbox.enqueue(session, "a.b", {"n": 1})
         session.commit()
-    with db.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO outbox_seals (first_history_id, last_history_id, row_count, digest) "
-            "VALUES (1, 1, 1, '\\x00')"
-        ))  # fmt: skip
+    with db.connect() as conn:  # other sessions' transactions may hold sealing back a moment
+        wait_for(lambda: seal.seal_all(conn), what="the enqueue to be sealed")
 
 
 @pytest.mark.parametrize("change", CHANGES)
@@ -105,6 +103,24 @@ def test_a_relay_with_only_the_writer_role_does_its_whole_job(
         wait_for(lambda: live_jobs(db) == 1, what="every job to end")
     assert scalar(db, "SELECT state FROM outbox_jobs") == "dead"
     assert scalar(db, "SELECT count(*) FROM outbox_history WHERE event = 'succeeded'") == 603
+    # ... and sealed what settled, with the writer's rights alone
+    assert scalar(db, "SELECT count(*) FROM outbox_seals") >= 1
+
+
+@pytest.mark.parametrize("column", ["xid", "at"])
+def test_the_writer_cannot_choose_when_or_in_which_transaction_history_was_written(
+    db: sa.Engine, dsn: str, writer: str, column: str
+) -> None:
+    engine = create_engine(as_role(dsn, writer), poolclass=sa.NullPool)
+    value = "1" if column == "xid" else "'2001-01-01Z'"
+    try:
+        with engine.connect() as conn, pytest.raises(sa.exc.ProgrammingError, match="permission"):
+            conn.execute(sa.text(
+                f"INSERT INTO outbox_history (job_uuid, event, type, queue, {column}) "
+                f"VALUES (gen_random_uuid(), 'enqueued', 'x', 'y', {value})"
+            ))  # fmt: skip
+    finally:
+        engine.dispose()
 
 
 def test_the_auditor_reads_everything_and_writes_nothing(

@@ -1,0 +1,282 @@
+"""``outbox audit`` and ``outbox prune``: seal, verify, keep digests, query, export, prune."""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import click
+import sqlalchemy as sa
+from rich.console import Console
+from rich.table import Table
+
+from outbox import retention, seal, trail, verify
+from outbox.cli.context import Context, clear_errors, migrated_connection
+from outbox.settings import parse_duration
+from outbox.sql import queries
+
+MOMENTS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M%z"]
+
+
+@click.group("audit")
+def group() -> None:
+    """Tamper evidence and audit queries over the append-only history (G7).
+
+    Relays seal history into a digest chain as it settles; these commands check the
+    chain, print its latest digest for safe keeping elsewhere, query the history and
+    export it before `outbox prune`.
+    """
+
+
+@group.command("verify")
+@click.option(
+    "--against",
+    "against_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A file of digests kept elsewhere (lines '<seal id> <digest>' as `audit digest` "
+    "prints): the chain recomputed from history must reach each of them.",
+)
+@click.option("--from-seal", type=click.IntRange(min=1), default=1, help="First seal to recompute.")
+@click.option("--to-seal", type=click.IntRange(min=1), help="Last seal to recompute.")
+@click.option(
+    "--export",
+    "export_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Check an export file instead of the database (needs no database).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+@clear_errors
+def verify_command(
+    ctx: Context, against_path: Path | None, from_seal: int, to_seal: int | None,
+    export_path: Path | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Recompute every seal from the history rows it covers.
+
+    Exits 0 when the chain holds, 1 naming the first seal and history row that do not
+    match (or an exported digest the recomputed chain does not reach).
+    """
+    started = time.perf_counter()
+    if export_path is not None:
+        checked = retention.verify_export(export_path)
+        result: dict[str, Any] = {
+            "ok": True, "export": str(export_path), "seals": len(checked.seals),
+            "rows": checked.rows, "last_digest": checked.seals[-1].digest.hex(),
+        }  # fmt: skip
+    else:
+        against = verify.read_digests(against_path) if against_path else None
+        if to_seal is not None and to_seal < from_seal:
+            raise click.UsageError("--to-seal must not be before --from-seal")
+        with migrated_connection(ctx) as connection:
+            report = verify.verify(
+                connection, from_seal=from_seal, to_seal=to_seal, against=against
+            )
+        result = {
+            "ok": True, "seals": report.seals, "rows": report.rows,
+            "pruned_seals": report.pruned_seals, "last_seal": report.last_seal,
+            "last_digest": report.last_digest.hex() if report.last_digest else None,
+            "checked_against": report.checked_against,
+        }  # fmt: skip
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    if as_json:
+        click.echo(json.dumps(result))
+    elif export_path is not None:
+        click.echo(
+            f"export verified: {result['seals']} seals, {result['rows']} rows "
+            f"in {result['seconds']}s; last digest {result['last_digest']}"
+        )
+    elif not result["seals"]:
+        click.echo("no seals yet: nothing to verify (relays seal history as it settles)")
+    else:
+        against_note = (
+            f"; {result['checked_against']} exported digest(s) matched" if against_path else ""
+        )
+        click.echo(
+            f"chain verified: {result['seals']} seals, {result['rows']} rows recomputed "
+            f"({result['pruned_seals']} pruned seals chained by digest) in "
+            f"{result['seconds']}s{against_note}; last seal {result['last_seal']} digest "
+            f"{result['last_digest']}"
+        )
+
+
+@group.command("digest")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@clear_errors
+def digest_command(ctx: Context, as_json: bool) -> None:
+    """Print the latest seal's id and digest, to keep somewhere this database cannot reach.
+
+    Append the line to a file kept elsewhere (a ticket, an object store with a retention
+    lock); `outbox audit verify --against FILE` then catches even a superuser who rewrites
+    history and recomputes every seal after it.
+    """
+    with migrated_connection(ctx) as connection:
+        last = verify.latest_seal(connection)
+    if last is None:
+        raise click.ClickException("no seals yet: start a relay (it seals) or run `audit seal`")
+    if as_json:
+        click.echo(json.dumps({"seal": last.id, "digest": last.digest.hex(),
+                               "sealed_at": last.sealed_at.isoformat()}))  # fmt: skip
+    else:
+        click.echo(f"{last.id} {last.digest.hex()} {last.sealed_at.isoformat()}")
+
+
+@group.command("seal")
+@click.pass_obj
+@clear_errors
+def seal_command(ctx: Context) -> None:
+    """Seal what history has settled now (relays do this by themselves)."""
+    with migrated_connection(ctx) as connection:
+        sealed = seal.seal_all(connection)
+    rows = sum(s.row_count for s in sealed)
+    click.echo(f"sealed {rows} rows in {len(sealed)} seal(s)")
+
+
+@group.command("trail")
+@click.option("--job", type=click.UUID, help="One job's uuid.")
+@click.option("--key", help="Every job of a key.")
+@click.option("--type", "job_type", help="Every job of a type.")
+@click.option("--actor", help="Operator actions by this actor.")
+@click.option("--since", type=click.DateTime(MOMENTS), help="From (UTC unless an offset is given).")
+@click.option(
+    "--until", type=click.DateTime(MOMENTS), help="Before (UTC unless an offset is given)."
+)
+@click.option("--limit", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+    show_default=True,
+)  # fmt: skip
+@click.pass_obj
+@clear_errors
+def trail_command(
+    ctx: Context, job: UUID | None, key: str | None, job_type: str | None, actor: str | None,
+    since: datetime | None, until: datetime | None, limit: int, fmt: str,
+) -> None:  # fmt: skip
+    """What happened to jobs: every history row matching all the filters, oldest first."""
+    since, until = (_utc(m) for m in (since, until))
+    with migrated_connection(ctx) as connection:
+        rows = trail.trail(
+            connection, job=job, key=key, type=job_type, actor=actor, since=since, until=until,
+            limit=limit,
+        )  # fmt: skip
+    if fmt == "json":
+        click.echo(json.dumps(rows, default=str, indent=2))
+    elif fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(trail.COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        table = Table(title=f"{len(rows)} history row(s)", title_justify="left")
+        shown = ("at", "job_uuid", "event", "type", "key", "attempt", "relay", "actor",
+                 "error_message", "duration_ms")  # fmt: skip
+        for name in shown:
+            table.add_column(name)
+        for row in rows:
+            table.add_row(*("" if row[n] is None else str(row[n]) for n in shown))
+        Console().print(table)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+@group.command("export")
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    required=True, help="The JSON Lines file to write (refused if it exists).",
+)  # fmt: skip
+@click.option("--through-seal", type=click.IntRange(min=1), help="Last seal to export.")
+@click.pass_obj
+@clear_errors
+def export_command(ctx: Context, out_path: Path, through_seal: int | None) -> None:
+    """Write sealed history not yet pruned, with its seals, as JSON Lines.
+
+    Each row is written as exactly the text that was hashed, so the file can be checked
+    with `outbox audit verify --export FILE`, or with any SHA-256 tool, years later.
+    """
+    try:
+        handle = out_path.open("x", encoding="utf-8")
+    except FileExistsError:
+        raise click.UsageError(f"{out_path} exists: exports are never overwritten") from None
+    except OSError as exc:
+        raise click.UsageError(f"cannot write {out_path}: {exc}") from None
+    try:
+        with handle, migrated_connection(ctx) as connection:
+            written = retention.export(connection, handle, through_seal=through_seal)
+    except BaseException:
+        out_path.unlink(missing_ok=True)  # never leave half an export behind
+        raise
+    click.echo(
+        f"exported {len(written.seals)} seal(s), {written.rows} rows to {out_path}; last seal "
+        f"{written.seals[-1].id} digest {written.seals[-1].digest.hex()}"
+    )
+
+
+@group.command("redaction")
+@click.argument("state", type=click.Choice(["on", "off", "show"]), default="show")
+@click.pass_obj
+@clear_errors
+def redaction_command(ctx: Context, state: str) -> None:
+    """Keep payloads in history (off, the default) or only their SHA-256 (on).
+
+    Applies to every enqueue from then on, whichever application makes it; rows already
+    written stay as they are (history is append-only). Needs the table's owner.
+    """
+    with migrated_connection(ctx) as connection:
+        if state != "show":
+            verb = "ENABLE" if state == "on" else "DISABLE"
+            connection.execute(
+                sa.text(f"ALTER TABLE outbox_history {verb} TRIGGER outbox_history_redact_payload")
+            )
+            connection.commit()
+        on = connection.execute(sa.text(queries["redaction_state"])).scalar()
+    click.echo(f"payload redaction is {'on' if on else 'off'}")
+
+
+@click.command("prune")
+@click.option(
+    "--export", "export_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The export (from `outbox audit export`) that holds what may be removed; without "
+    "it only expired idempotency keys are removed.",
+)  # fmt: skip
+@click.option(
+    "--older-than", default="365d", show_default=True, metavar="DURATION",
+    help="Keep seals younger than this (e.g. 90d).",
+)  # fmt: skip
+@click.option(
+    "--actor", default=getpass.getuser, show_default="your OS user",
+    help="Who prunes, recorded in the prune's seal.",
+)  # fmt: skip
+@click.pass_obj
+@clear_errors
+def prune_command(ctx: Context, export_path: Path | None, older_than: str, actor: str) -> None:
+    """Remove whole sealed ranges of history that an export holds, and expired idempotency keys.
+
+    The export is verified first and must agree with the database's seals. The prune is
+    recorded as a link of the digest chain, so `audit verify` still holds across the gap.
+    """
+    try:
+        keep = parse_duration(older_than, name="--older-than")
+    except Exception as exc:
+        raise click.UsageError(str(exc)) from None
+    with migrated_connection(ctx) as connection:
+        done = retention.prune(connection, export_path=export_path, older_than=keep, actor=actor)
+    if export_path is None:
+        click.echo("history kept: no --export given")
+    elif done.prune_seal is None:
+        click.echo(f"history kept: no seal in {export_path} is older than {older_than}")
+    else:
+        click.echo(
+            f"pruned {done.rows} history rows of {done.seals} seal(s); recorded as seal "
+            f"{done.prune_seal}"
+        )
+    click.echo(f"removed {done.idempotency_keys} expired idempotency key(s)")

@@ -1,0 +1,145 @@
+"""The digest chain (G7): seals over history that can no longer change.
+
+A seal covers the history rows of a range of transaction ids ``[xid_from, xid_to)``, where
+``xid_to`` is the xmin of the sealer's snapshot: every transaction below it has ended, so no
+row of the range can still appear, however late its transaction commits. Each seal stores the
+SHA-256 over its rows in canonical order and links to the previous seal::
+
+    digest = SHA-256("outbox seal v1" | kind | previous digest | xid_from | xid_to |
+                     row_count | rows digest)
+
+so changing, adding or removing any sealed row, or any seal, changes every digest after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import struct
+
+import sqlalchemy as sa
+
+from outbox.sql import queries
+
+GENESIS = bytes(32)
+#: Rows one seal holds at most (a backlog is sealed in several); one transaction's rows are
+#: never split, so a seal of a single huge transaction holds more.
+SEAL_ROWS = 100_000
+#: Session-level advisory lock of the one relay that seals: (class, id).
+SEALER_LOCK = (0x0B0D, 3)
+
+_LOCK = sa.text(queries["chain_lock"])
+_END = sa.text(queries["chain_end"])
+_XMIN = sa.text(queries["snapshot_xmin"])
+_DIGEST = sa.text(queries["digest_range"])
+_SPLIT = sa.text(queries["range_split"])
+_INSERT = sa.text(queries["insert_seal"])
+_LAG = sa.text(queries["seal_lag"])
+
+
+def chain_digest(
+    kind: str,
+    previous: bytes | None,
+    xid_from: int,
+    xid_to: int,
+    row_count: int,
+    rows_digest: bytes,
+) -> bytes:
+    """The digest of one link of the chain (see the module's docstring)."""
+    h = hashlib.sha256(b"outbox seal v1\n")
+    h.update(kind.encode("ascii") + b"\n")
+    h.update(previous or GENESIS)
+    h.update(struct.pack(">qqq", xid_from, xid_to, row_count))
+    h.update(rows_digest)
+    return h.digest()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RangeDigest:
+    """What the rows of a transaction-id range hash to."""
+
+    row_count: int
+    first_history_id: int | None
+    last_history_id: int | None
+    rows_digest: bytes
+    row_hashes: bytes
+
+    def prefixes(self) -> list[bytes]:
+        return [self.row_hashes[i : i + 8] for i in range(0, len(self.row_hashes), 8)]
+
+
+def digest_range(connection: sa.Connection, xid_from: int, xid_to: int) -> RangeDigest:
+    row = connection.execute(_DIGEST, {"xid_from": xid_from, "xid_to": xid_to}).one()
+    return RangeDigest(
+        row.row_count,
+        row.first_history_id,
+        row.last_history_id,
+        bytes(row.rows_digest),
+        bytes(row.row_hashes or b""),
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sealed:
+    id: int
+    xid_from: int
+    xid_to: int
+    row_count: int
+
+
+def seal_once(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> Sealed | None:
+    """Seal what can no longer change, up to ``max_rows`` rows, in a transaction of its own.
+
+    Returns the seal written, or ``None`` when nothing new has ended. Safe to call from
+    many processes: appends to the chain take turns under a transaction-level lock.
+    """
+    with connection.begin():
+        connection.execute(_LOCK)
+        end = connection.execute(_END).one()
+        xid_from = int(end.sealed_to)
+        xid_to = int(connection.execute(_XMIN).scalar_one())
+        if xid_to <= xid_from:
+            return None
+        found = digest_range(connection, xid_from, xid_to)
+        if found.row_count == 0:
+            return None  # nothing to seal yet; the next seal starts from the same place
+        if found.row_count > max_rows:
+            split = connection.execute(
+                _SPLIT, {"xid_from": xid_from, "xid_to": xid_to, "rows": max_rows}
+            ).scalar()
+            xid_to = max(int(split), xid_from + 1) if split is not None else xid_to
+            found = digest_range(connection, xid_from, xid_to)
+        previous = None if end.digest is None else bytes(end.digest)
+        digest = chain_digest(
+            "seal", previous, xid_from, xid_to, found.row_count, found.rows_digest
+        )
+        seal_id = connection.execute(
+            _INSERT,
+            {
+                "kind": "seal",
+                "xid_from": xid_from,
+                "xid_to": xid_to,
+                "row_count": found.row_count,
+                "first_history_id": found.first_history_id,
+                "last_history_id": found.last_history_id,
+                "rows_digest": found.rows_digest,
+                "row_hashes": found.row_hashes,
+                "previous_digest": previous,
+                "digest": digest,
+                "actor": None,
+            },
+        ).scalar_one()
+    return Sealed(seal_id, xid_from, xid_to, found.row_count)
+
+
+def seal_all(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> list[Sealed]:
+    """Seal until caught up with the oldest open transaction."""
+    sealed: list[Sealed] = []
+    while (seal := seal_once(connection, max_rows=max_rows)) is not None:
+        sealed.append(seal)
+    return sealed
+
+
+def lag_seconds(connection: sa.Connection) -> float:
+    """How long the oldest history row not yet sealed has waited (0 when all are sealed)."""
+    return float(connection.execute(_LAG).scalar_one())

@@ -1,0 +1,220 @@
+"""Verifying the digest chain: every seal recomputed from the rows it covers (G7).
+
+The chain is recomputed from the rows, not read from the stored digests: a superuser who
+rewrites a row and then every seal after it gets a chain that agrees with itself, but not
+with a digest exported before the rewrite (``verify --against``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from outbox.errors import OutboxError
+from outbox.seal import RangeDigest, chain_digest, digest_range
+from outbox.sql import queries
+
+_SEALS = sa.text(queries["seals"])
+_ROW_HASHES = sa.text(queries["row_hashes"])
+_PRUNES = sa.text(queries["prune_seals"])
+_LATEST = sa.text(queries["latest_seal"])
+PAGE = 500
+_DIGEST_LINE = re.compile(r"^\s*(\d+)\s+([0-9a-fA-F]{64})\b")
+
+
+class VerificationError(OutboxError):
+    """History or its seals do not match: something was changed after it was sealed."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Seal:
+    id: int
+    kind: str
+    xid_from: int
+    xid_to: int
+    row_count: int
+    first_history_id: int | None
+    last_history_id: int | None
+    rows_digest: bytes
+    row_hashes: bytes | None
+    previous_digest: bytes | None
+    digest: bytes
+    actor: str | None
+    sealed_at: Any
+
+    @classmethod
+    def of(cls, row: Any) -> Seal:
+        values = dict(row._mapping)
+        for name in ("rows_digest", "row_hashes", "previous_digest", "digest"):
+            if values[name] is not None:
+                values[name] = bytes(values[name])
+        return cls(**values)
+
+    def as_json(self) -> dict[str, Any]:
+        """The seal as `outbox audit export` writes it (bytes in hex)."""
+        out = dataclasses.asdict(self)
+        del out["row_hashes"]  # the rows themselves follow the seal
+        for name in ("rows_digest", "previous_digest", "digest"):
+            out[name] = None if out[name] is None else out[name].hex()
+        out["sealed_at"] = self.sealed_at.isoformat()
+        return out
+
+
+@dataclasses.dataclass(slots=True)
+class Report:
+    seals: int = 0
+    rows: int = 0
+    pruned_seals: int = 0
+    last_seal: int | None = None
+    last_digest: bytes | None = None
+    checked_against: int = 0
+
+
+def iter_seals(connection: sa.Connection, after_id: int = 0) -> Iterator[Seal]:
+    while True:
+        rows = connection.execute(_SEALS, {"after_id": after_id, "limit": PAGE}).all()
+        for row in rows:
+            yield Seal.of(row)
+        if len(rows) < PAGE:
+            return
+        after_id = rows[-1].id
+
+
+def latest_seal(connection: sa.Connection) -> Seal | None:
+    row = connection.execute(_LATEST).first()
+    return None if row is None else Seal.of(row)
+
+
+def verify(
+    connection: sa.Connection,
+    *,
+    from_seal: int = 1,
+    to_seal: int | None = None,
+    against: Mapping[int, bytes] | None = None,
+) -> Report:
+    """Recompute the chain; raise :class:`VerificationError` at the first mismatch.
+
+    Rows are recomputed for the seals from ``from_seal`` to ``to_seal``; seals before
+    ``from_seal`` are chained by their stored digests only. ``against`` maps seal ids to
+    digests exported earlier, which the recomputed chain must reach.
+    """
+    against = dict(against or {})
+    pruned = [Seal.of(row) for row in connection.execute(_PRUNES)]
+    report = Report()
+    chain: bytes | None = None
+    sealed_to = 0
+    for seal in iter_seals(connection):
+        if to_seal is not None and seal.id > to_seal:
+            break
+        where = f"seal {seal.id}"
+        if seal.previous_digest != chain and seal.id >= from_seal:
+            raise VerificationError(f"{where}: does not link to the seal before it")
+        stored = chain_digest(
+            seal.kind, seal.previous_digest, seal.xid_from, seal.xid_to, seal.row_count,
+            seal.rows_digest,
+        )  # fmt: skip
+        if stored != seal.digest:
+            raise VerificationError(f"{where}: its digest does not match its own fields")
+        rows_digest = seal.rows_digest
+        if seal.kind == "seal":
+            if seal.xid_from != sealed_to and seal.id >= from_seal:
+                raise VerificationError(
+                    f"{where}: starts at transaction {seal.xid_from}, but the chain had sealed "
+                    f"up to {sealed_to}: a range is missing"
+                )
+            sealed_to = seal.xid_to
+            if is_pruned(seal, pruned):
+                report.pruned_seals += 1
+            elif seal.id >= from_seal:
+                found = digest_range(connection, seal.xid_from, seal.xid_to)
+                _compare_rows(connection, seal, found)
+                rows_digest = found.rows_digest
+                report.rows += found.row_count
+        if seal.id < from_seal:
+            chain = seal.digest
+        else:
+            chain = chain_digest(
+                seal.kind, chain, seal.xid_from, seal.xid_to, seal.row_count, rows_digest
+            )
+        expected = against.pop(seal.id, None)
+        if expected is not None:
+            if expected != chain:
+                raise VerificationError(
+                    f"{where}: the chain recomputed from history gives {chain.hex()}, but the "
+                    f"digest exported for this seal is {expected.hex()}: sealed history or "
+                    "seals were rewritten after that digest was taken"
+                )
+            report.checked_against += 1
+        report.seals += 1
+        report.last_seal, report.last_digest = seal.id, chain
+    if against:
+        missing = ", ".join(str(i) for i in sorted(against)[:5])
+        raise VerificationError(f"exported digests name seals this database lacks: {missing}")
+    return report
+
+
+def pruned_ranges(seals: Iterable[Seal]) -> list[Seal]:
+    return [s for s in seals if s.kind == "prune"]
+
+
+def is_pruned(seal: Seal, prunes: Iterable[Seal]) -> bool:
+    """Whether a later prune removed the rows of ``seal`` (it stays in the chain)."""
+    return seal.kind == "seal" and any(
+        p.id > seal.id and p.xid_from <= seal.xid_from and seal.xid_to <= p.xid_to for p in prunes
+    )
+
+
+def _compare_rows(connection: sa.Connection, seal: Seal, found: RangeDigest) -> None:
+    if found.rows_digest == seal.rows_digest and found.row_count == seal.row_count:
+        return
+    where = f"seal {seal.id} (transactions {seal.xid_from} to {seal.xid_to - 1})"
+    stored = [(seal.row_hashes or b"")[i : i + 8] for i in range(0, len(seal.row_hashes or b""), 8)]
+    actual = connection.execute(
+        _ROW_HASHES, {"xid_from": seal.xid_from, "xid_to": seal.xid_to}
+    ).all()
+    for index, (history_id, prefix) in enumerate(actual):
+        if index >= len(stored):
+            raise VerificationError(
+                f"{where}: history row {history_id} was added after sealing "
+                f"(the seal holds {seal.row_count} rows, history now {len(actual)})"
+            )
+        if bytes(prefix) != stored[index]:
+            raise VerificationError(
+                f"{where}: history row {history_id} does not match: it was changed, or a row "
+                "before it was removed or added, after sealing"
+            )
+    if len(actual) < len(stored):
+        after = actual[-1][0] if actual else None
+        place = f"after row {after}" if after is not None else "all of them"
+        raise VerificationError(
+            f"{where}: {len(stored) - len(actual)} sealed row(s) are missing ({place}; the seal "
+            f"holds rows {seal.first_history_id} to {seal.last_history_id})"
+        )
+    raise VerificationError(f"{where}: its rows do not match its digest")
+
+
+def read_digests(path: Path) -> dict[int, bytes]:
+    """Digests kept elsewhere: lines ``<seal id> <hex digest> ...`` as `audit digest` prints;
+    blank lines and lines starting with ``#`` are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OutboxError(f"cannot read digests from {path}: {exc}") from None
+    found: dict[int, bytes] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _DIGEST_LINE.match(line)
+        if match is None:
+            raise OutboxError(
+                f"{path}:{number}: expected '<seal id> <64 hex digits>', got {line[:80]!r}"
+            )
+        found[int(match[1])] = bytes.fromhex(match[2])
+    if not found:
+        raise OutboxError(f"{path} holds no digests")
+    return found
