@@ -1,10 +1,12 @@
 """Relay throughput: N no-op jobs drained by ``outbox relay`` processes, history on.
 
     python -m bench.relay [--jobs 50000] [--processes 1] [--concurrency 16] [--claim-batch 100]
-                          [--type bench.noop|bench.noop_session]
+                          [--type bench.noop|bench.noop_session] [--seal on|off|both]
 
 Enqueues first (not timed), then starts the relay and times from its start until the
-queue is empty. Uses OUTBOX_DSN, else 127.0.0.1:5432, else the embedded server, in a
+queue is empty; with sealing on, also until every history row is sealed. ``--seal both``
+runs the same workload with sealing off then on, each in a fresh database.
+Uses OUTBOX_DSN, else 127.0.0.1:5432, else the embedded server, in a
 database of its own.
 """
 
@@ -29,9 +31,19 @@ from outbox.testing import server_dsn, temporary_database
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def drain(dsn: str, args: argparse.Namespace) -> tuple[float, int]:
-    """Seconds to drain, and the relay's exit code after SIGTERM."""
-    env = {**os.environ, "OUTBOX_CLAIM_BATCH": str(args.claim_batch)}
+UNSEALED = """
+    SELECT EXISTS (SELECT FROM outbox_history WHERE xid >=
+                   (SELECT coalesce(max(xid_to), 0) FROM outbox_seals))
+"""
+
+
+def drain(dsn: str, args: argparse.Namespace, seal: bool) -> tuple[float, float | None, int]:
+    """Seconds to drain, seconds until all is sealed, and the relay's exit code."""
+    env = {
+        **os.environ,
+        "OUTBOX_CLAIM_BATCH": str(args.claim_batch),
+        "OUTBOX_SEAL_INTERVAL": "1s" if seal else "0",
+    }
     relay = subprocess.Popen(
         [sys.executable, "-m", "outbox", "--dsn", dsn, "relay", "--app", "bench.noop:registry",
          "--processes", str(args.processes), "--concurrency", str(args.concurrency),
@@ -50,11 +62,18 @@ def drain(dsn: str, args: argparse.Namespace) -> tuple[float, int]:
         else:
             raise SystemExit(f"the relay did not drain {args.jobs} jobs in {args.timeout}s")
         elapsed = time.perf_counter() - started
+        sealed = None
+        while seal and time.perf_counter() < deadline:
+            with engine.connect() as conn:
+                if not conn.execute(sa.text(UNSEALED)).scalar():
+                    sealed = time.perf_counter() - started
+                    break
+            time.sleep(0.05)
     finally:
         relay.send_signal(signal.SIGTERM)
         code = relay.wait(60)
         engine.dispose()
-    return elapsed, code
+    return elapsed, sealed, code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,9 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--type", default="bench.noop", choices=["bench.noop", "bench.noop_session"]
     )
+    parser.add_argument("--seal", choices=["on", "off", "both"], default="on")
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
     command = "python -m bench.relay " + shlex.join(sys.argv[1:] if argv is None else argv)
+    print(f"$ {command}")
+    codes = [
+        run_once(args, seal)
+        for seal in {"on": [True], "off": [False], "both": [False, True]}[args.seal]
+    ]
+    return max(codes)
+
+
+def run_once(args: argparse.Namespace, seal: bool) -> int:
     with temporary_database(server_dsn(), prefix="outbox_bench") as dsn:
         engine = create_engine(dsn)
         with Session(engine) as session:
@@ -79,13 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         with engine.begin() as conn:
             conn.execute(sa.text("ANALYZE outbox_jobs"))
         engine.dispose()
-        elapsed, code = drain(dsn, args)
-    print(f"$ {command}")
+        elapsed, sealed, code = drain(dsn, args, seal)
+    sealing = f"sealing on, all sealed after {sealed:.2f}s" if sealed else "sealing off"
     print(
         f"{args.jobs:,} {args.type} jobs, {args.processes} process(es) x {args.concurrency} "
-        f"threads, claim batch {args.claim_batch}: {elapsed:.2f}s = "
-        f"{args.jobs / elapsed:,.0f} jobs/s"
-        f" (relay exit code {code})"
+        f"threads, claim batch {args.claim_batch}, {sealing}: {elapsed:.2f}s = "
+        f"{args.jobs / elapsed:,.0f} jobs/s (relay exit code {code})"
     )
     return 0 if code == 0 else 1
 

@@ -74,23 +74,38 @@ history = sa.Table(
         nullable=False,
         server_default=sa.text("(pg_current_xact_id())::text::bigint"),
     ),
+    #: The payload's SHA-256 instead of the payload, where the operator redacts payloads.
+    sa.Column("payload_sha256", BYTEA),
 )
 sa.Index("outbox_history_job_idx", history.c.job_uuid, history.c.id)
 sa.Index("outbox_history_at_idx", history.c.at, postgresql_using="brin")
+sa.Index("outbox_history_xid_idx", history.c.xid, postgresql_using="brin")
 
-#: The digest chain over sealed ranges of history.
+#: The digest chain: seals over transaction-id ranges of history, and prunes (G7).
 seals = sa.Table(
     "outbox_seals",
     metadata,
     sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
-    sa.Column("first_history_id", sa.BigInteger, nullable=False),
-    sa.Column("last_history_id", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False, server_default="seal"),
+    sa.Column("xid_from", sa.BigInteger, nullable=False),
+    sa.Column("xid_to", sa.BigInteger, nullable=False),
     sa.Column("row_count", sa.BigInteger, nullable=False),
-    sa.Column("digest", BYTEA, nullable=False),
+    sa.Column("first_history_id", sa.BigInteger),
+    sa.Column("last_history_id", sa.BigInteger),
+    sa.Column("rows_digest", BYTEA, nullable=False),
+    sa.Column("row_hashes", BYTEA),
     sa.Column("previous_digest", BYTEA),
+    sa.Column("digest", BYTEA, nullable=False),
+    sa.Column("actor", sa.Text),
     sa.Column(
         "sealed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
+)
+sa.Index(
+    "outbox_seals_from_idx",
+    seals.c.xid_from,
+    unique=True,
+    postgresql_where=sa.text("kind = 'seal'"),
 )
 
 #: Idempotency keys remembered for their retention window (G5), whatever became of the job.

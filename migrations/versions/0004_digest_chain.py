@@ -68,14 +68,7 @@ def upgrade() -> None:
         unique=True,
         postgresql_where=sa.text("kind = 'seal'"),
     )
-    op.execute(
-        "CREATE TRIGGER outbox_seals_append_only BEFORE UPDATE OR DELETE ON outbox_seals "
-        "FOR EACH ROW EXECUTE FUNCTION outbox_refuse_change()"
-    )
-    op.execute(
-        "CREATE TRIGGER outbox_seals_no_truncate BEFORE TRUNCATE ON outbox_seals "
-        "FOR EACH STATEMENT EXECUTE FUNCTION outbox_refuse_change()"
-    )
+    _seal_triggers()
 
     op.add_column("outbox_history", sa.Column("payload_sha256", BYTEA))
     # The sealer reads history by transaction id; rows arrive in nearly xid order.
@@ -219,5 +212,20 @@ def downgrade() -> None:
         sa.Column("row_count", sa.BigInteger, nullable=False),
         sa.Column("digest", BYTEA, nullable=False),
         sa.Column("previous_digest", BYTEA),
-        sa.Column("sealed_at", sa.DateTime(timezone=True), server_default=sa.text("now()")),
+        sa.Column(
+            "sealed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
+        ),
+        sa.CheckConstraint("first_history_id <= last_history_id", name="outbox_seals_range"),
+    )
+    _seal_triggers()
+
+
+def _seal_triggers() -> None:
+    op.execute(
+        "CREATE TRIGGER outbox_seals_append_only BEFORE UPDATE OR DELETE ON outbox_seals "
+        "FOR EACH ROW EXECUTE FUNCTION outbox_refuse_change()"
+    )
+    op.execute(
+        "CREATE TRIGGER outbox_seals_no_truncate BEFORE TRUNCATE ON outbox_seals "
+        "FOR EACH STATEMENT EXECUTE FUNCTION outbox_refuse_change()"
     )

@@ -9,6 +9,8 @@ import time
 import sqlalchemy as sa
 
 import outbox
+from outbox import verify
+from outbox.seal import SEALER_LOCK
 from tests.chaos.conftest import Relays, effects_per_job, enqueue, scalar, wait_for
 
 
@@ -197,3 +199,42 @@ def test_second_signal_exits_at_once_and_loses_nothing(chaos_db: sa.Engine, rela
     relays.start("--concurrency", "4")
     wait_for(lambda: live(chaos_db) == 0, 90, "every job to complete", relays)
     assert effects_per_job(chaos_db) == {h.uuid: 1 for h in handles}
+
+
+def sealing_relay_pid(engine: sa.Engine) -> int | None:
+    """The OS pid of the relay holding the sealer's lock, from its connection's name."""
+    name = scalar(engine, """
+        SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.classid = :c AND l.objid = :i AND l.granted
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    """, c=SEALER_LOCK[0], i=SEALER_LOCK[1])  # fmt: skip
+    return None if name is None else int(name.split()[2].split(":")[1])
+
+
+def test_sealer_failover_when_the_sealing_relay_is_killed(
+    chaos_db: sa.Engine, relays: Relays
+) -> None:
+    enqueue(chaos_db, [outbox.NewJob("chaos.effect", {}) for _ in range(200)])
+    fast = {"OUTBOX_SEAL_INTERVAL": "0.2s"}
+    procs = {p.pid: p for p in (relays.start(env=fast), relays.start(env=fast))}
+    leader = wait_for(lambda: sealing_relay_pid(chaos_db), 30, "a relay to seal", relays)
+    assert leader in procs
+    wait_for(lambda: scalar(chaos_db, "SELECT count(*) FROM outbox_seals") > 0, 30, "a seal")
+    os.kill(leader, signal.SIGKILL)
+    procs[leader].wait(10)
+    sealed_before = scalar(chaos_db, "SELECT max(id) FROM outbox_seals")
+    enqueue(chaos_db, [outbox.NewJob("chaos.effect", {}) for _ in range(200)])
+    survivor = wait_for(lambda: sealing_relay_pid(chaos_db), 30, "another relay to seal", relays)
+    assert survivor != leader
+    wait_for(lambda: live(chaos_db) == 0, 60, "every job to complete", relays)
+
+    def all_sealed() -> bool:
+        unsealed = scalar(chaos_db, "SELECT count(*) FROM outbox_history WHERE xid >= "
+                                    "(SELECT max(xid_to) FROM outbox_seals)")  # fmt: skip
+        return unsealed == 0
+
+    wait_for(all_sealed, 60, "the survivor to seal the rest", relays)
+    assert scalar(chaos_db, "SELECT max(id) FROM outbox_seals") > sealed_before
+    with chaos_db.connect() as conn:
+        report = verify.verify(conn)
+    assert report.rows == scalar(chaos_db, "SELECT count(*) FROM outbox_history")
