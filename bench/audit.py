@@ -35,7 +35,7 @@ FILL = sa.text("""
            CASE WHEN n % 4 = 3 THEN '{"type": "builtins.RuntimeError", "message": "x"}'::jsonb
            END,
            CASE WHEN n % 4 >= 2 THEN n % 97 * 0.731 END
-    FROM generate_series(:start, :start + :rows - 1) AS n
+    FROM generate_series(CAST(:start AS bigint), CAST(:start AS bigint) + :rows - 1) AS n
 """)
 
 

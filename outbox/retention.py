@@ -68,19 +68,19 @@ def export(connection: sa.Connection, out: TextIO, *, through_seal: int | None =
 
     Reads in one transaction of ``connection`` (which must not be in one already), so the
     export is consistent even while relays seal and prune runs."""
-    connection.execution_options(isolation_level="REPEATABLE READ")
+    connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     chosen = [s for s in unpruned_seals(connection) if through_seal is None or s.id <= through_seal]
     if not chosen:
         raise OutboxError("nothing to export: no sealed history (is a relay sealing?)")
     header = {"format": FORMAT, "version": VERSION, "exported_at": datetime.now(UTC).isoformat()}
     out.write(json.dumps(header) + "\n")
     rows = 0
-    streaming = connection.execution_options(stream_results=True, max_row_buffer=5000)
+    rows_of = _CANONICAL.execution_options(stream_results=True, max_row_buffer=5000)
     for seal in chosen:
         out.write(json.dumps({"seal": seal.as_json()}, sort_keys=True) + "\n")
         if seal.kind != "seal":
             continue
-        result = streaming.execute(_CANONICAL, {"xid_from": seal.xid_from, "xid_to": seal.xid_to})
+        result = connection.execute(rows_of, {"xid_from": seal.xid_from, "xid_to": seal.xid_to})
         for (text,) in result:
             out.write(text + "\n")
             rows += 1

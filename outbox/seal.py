@@ -31,6 +31,7 @@ SEALER_LOCK = (0x0B0D, 3)
 _LOCK = sa.text(queries["chain_lock"])
 _END = sa.text(queries["chain_end"])
 _XMIN = sa.text(queries["snapshot_xmin"])
+_COUNT = sa.text(queries["count_range"])
 _DIGEST = sa.text(queries["digest_range"])
 _SPLIT = sa.text(queries["range_split"])
 _INSERT = sa.text(queries["insert_seal"])
@@ -70,12 +71,14 @@ class RangeDigest:
 
 def digest_range(connection: sa.Connection, xid_from: int, xid_to: int) -> RangeDigest:
     row = connection.execute(_DIGEST, {"xid_from": xid_from, "xid_to": xid_to}).one()
+    hashes = bytes(row.hashes or b"")
+    prefixes = b"".join(hashes[i : i + 8] for i in range(0, len(hashes), 32))
     return RangeDigest(
         row.row_count,
         row.first_history_id,
         row.last_history_id,
-        bytes(row.rows_digest),
-        bytes(row.row_hashes or b""),
+        hashlib.sha256(hashes).digest(),
+        prefixes,
     )
 
 
@@ -100,15 +103,14 @@ def seal_once(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> Sealed
         xid_to = int(connection.execute(_XMIN).scalar_one())
         if xid_to <= xid_from:
             return None
-        found = digest_range(connection, xid_from, xid_to)
-        if found.row_count == 0:
+        bounds = {"xid_from": xid_from, "xid_to": xid_to}
+        count = connection.execute(_COUNT, bounds).scalar_one()
+        if count == 0:
             return None  # nothing to seal yet; the next seal starts from the same place
-        if found.row_count > max_rows:
-            split = connection.execute(
-                _SPLIT, {"xid_from": xid_from, "xid_to": xid_to, "rows": max_rows}
-            ).scalar()
+        if count > max_rows:
+            split = connection.execute(_SPLIT, {**bounds, "rows": max_rows}).scalar()
             xid_to = max(int(split), xid_from + 1) if split is not None else xid_to
-            found = digest_range(connection, xid_from, xid_to)
+        found = digest_range(connection, xid_from, xid_to)
         previous = None if end.digest is None else bytes(end.digest)
         digest = chain_digest(
             "seal", previous, xid_from, xid_to, found.row_count, found.rows_digest

@@ -22,6 +22,7 @@ from outbox.sql import queries
 _SEALS = sa.text(queries["seals"])
 _ROW_HASHES = sa.text(queries["row_hashes"])
 _PRUNES = sa.text(queries["prune_seals"])
+_COUNT = sa.text(queries["count_range"])
 _LATEST = sa.text(queries["latest_seal"])
 PAGE = 500
 _DIGEST_LINE = re.compile(r"^\s*(\d+)\s+([0-9a-fA-F]{64})\b")
@@ -128,8 +129,8 @@ def verify(
                     f"up to {sealed_to}: a range is missing"
                 )
             sealed_to = seal.xid_to
-            if is_pruned(seal, pruned):
-                report.pruned_seals += 1
+            if is_pruned(seal, pruned) and not _holds_rows(connection, seal):
+                report.pruned_seals += 1  # a prune link alone never excuses rows still there
             elif seal.id >= from_seal:
                 found = digest_range(connection, seal.xid_from, seal.xid_to)
                 _compare_rows(connection, seal, found)
@@ -167,6 +168,11 @@ def is_pruned(seal: Seal, prunes: Iterable[Seal]) -> bool:
     return seal.kind == "seal" and any(
         p.id > seal.id and p.xid_from <= seal.xid_from and seal.xid_to <= p.xid_to for p in prunes
     )
+
+
+def _holds_rows(connection: sa.Connection, seal: Seal) -> bool:
+    bounds = {"xid_from": seal.xid_from, "xid_to": seal.xid_to}
+    return bool(connection.execute(_COUNT, bounds).scalar())
 
 
 def _compare_rows(connection: sa.Connection, seal: Seal, found: RangeDigest) -> None:

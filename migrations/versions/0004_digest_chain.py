@@ -25,8 +25,8 @@ depends_on: Sequence[str] | None = None
 
 WRITER, AUDITOR = "outbox_writer", "outbox_auditor"
 HISTORY_COLUMNS = (
-    "job_uuid, event, type, queue, key, attempt, payload, payload_sha256, run_at, relay, actor, "
-    "reason, error, duration_ms"
+    "job_uuid, event, type, queue, key, attempt, payload, run_at, relay, actor, reason, error, "
+    "duration_ms"
 )
 SEAL_COLUMNS = (
     "kind, xid_from, xid_to, row_count, first_history_id, last_history_id, rows_digest, "
@@ -72,6 +72,12 @@ def upgrade() -> None:
 
     op.add_column("outbox_history", sa.Column("payload_sha256", BYTEA))
     # The sealer reads history by transaction id; rows arrive in nearly xid order.
+    # Only the table's owner (`outbox prune`) appends prune links; everyone else only seals.
+    op.execute("ALTER TABLE outbox_seals ENABLE ROW LEVEL SECURITY")
+    op.execute("CREATE POLICY outbox_seals_read ON outbox_seals FOR SELECT USING (true)")
+    op.execute(
+        "CREATE POLICY outbox_seals_seal_only ON outbox_seals FOR INSERT WITH CHECK (kind = 'seal')"
+    )
     op.create_index("outbox_history_xid_idx", "outbox_history", ["xid"], postgresql_using="brin")
 
     # DELETE is refused, except for `outbox prune`, which names the sealed, exported range it
@@ -113,15 +119,15 @@ def upgrade() -> None:
     )
     op.execute("ALTER TABLE outbox_history DISABLE TRIGGER outbox_history_redact_payload")
 
-    # The canonical form of a history row: the text of one JSON object with sorted keys
-    # (jsonb's own order), timestamps in UTC with microseconds, durations as numerics with
-    # three decimals. It does not depend on the session's time zone, date style or float
-    # settings. `outbox audit export` writes exactly this text, one row a line.
+    # The canonical form of a history row: the text of one JSON object, keys in this fixed
+    # order, timestamps in UTC with microseconds, durations as numerics with three decimals,
+    # payload and error as jsonb prints them. It does not depend on the session's time zone,
+    # date style or float settings. `outbox audit export` writes exactly this text.
     op.execute(
         f"""
         CREATE FUNCTION outbox_history_canonical(h outbox_history) RETURNS text
-        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-            SELECT jsonb_build_object(
+        LANGUAGE sql STABLE PARALLEL SAFE AS $$
+            SELECT json_build_object(
                 'id', h.id, 'xid', h.xid, 'job', h.job_uuid, 'event', h.event,
                 'type', h.type, 'queue', h.queue, 'key', h.key, 'attempt', h.attempt,
                 'payload', h.payload, 'payload_sha256', encode(h.payload_sha256, 'hex'),
@@ -142,9 +148,9 @@ def upgrade() -> None:
                min(queue) AS queue,
                min(key) AS key,
                min(at) FILTER (WHERE event = 'enqueued') AS enqueued_at,
-               coalesce(
-                   (array_agg(event ORDER BY id DESC) FILTER (
-                       WHERE event IN ('succeeded', 'dead', 'cancelled')))[1],
+               -- the last ending event; a revival makes the job live again
+               coalesce(nullif((array_agg(event ORDER BY id DESC) FILTER (
+                   WHERE event IN ('succeeded', 'dead', 'cancelled', 'revived')))[1], 'revived'),
                    'live') AS outcome,
                count(*) FILTER (WHERE event = 'claimed') AS attempts,
                count(*) FILTER (WHERE event = 'failed') AS failures,
@@ -188,6 +194,10 @@ def upgrade() -> None:
             IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{AUDITOR}') THEN
                 GRANT SELECT ON outbox_seals, outbox_audit_jobs, outbox_audit_daily
                     TO {AUDITOR};
+                -- `outbox audit` checks the schema version before it reads
+                IF to_regclass('outbox_alembic_version') IS NOT NULL THEN
+                    GRANT SELECT ON outbox_alembic_version TO {AUDITOR};
+                END IF;
             END IF;
         END
         $$

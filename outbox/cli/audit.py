@@ -234,9 +234,15 @@ def redaction_command(ctx: Context, state: str) -> None:
     with migrated_connection(ctx) as connection:
         if state != "show":
             verb = "ENABLE" if state == "on" else "DISABLE"
-            connection.execute(
-                sa.text(f"ALTER TABLE outbox_history {verb} TRIGGER outbox_history_redact_payload")
-            )
+            try:
+                connection.execute(sa.text(
+                    f"ALTER TABLE outbox_history {verb} TRIGGER outbox_history_redact_payload"
+                ))  # fmt: skip
+            except sa.exc.ProgrammingError as exc:
+                raise click.ClickException(
+                    "only the owner of outbox_history can turn redaction on or off: "
+                    + str(exc.orig).splitlines()[0]
+                ) from None
             connection.commit()
         on = connection.execute(sa.text(queries["redaction_state"])).scalar()
     click.echo(f"payload redaction is {'on' if on else 'off'}")

@@ -14,20 +14,20 @@ SELECT (SELECT digest FROM outbox_seals ORDER BY id DESC LIMIT 1) AS digest,
 -- The sealer asks before it writes, so its own transaction has no id yet.
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
 
+-- name: count_range
+-- How many rows [:xid_from, :xid_to) holds (cheap: no hashing), to size a seal first.
+SELECT count(*) FROM outbox_history WHERE xid >= :xid_from AND xid < :xid_to;
+
 -- name: digest_range
--- The rows of [:xid_from, :xid_to) in canonical order (transaction id, then id): how many,
--- the SHA-256 over their SHA-256es, and each row's first 8 bytes, to name a changed row later.
-WITH hashed AS (
-    SELECT h.id, h.xid, sha256(convert_to(outbox_history_canonical(h), 'UTF8')) AS hash
-    FROM outbox_history AS h
-    WHERE h.xid >= :xid_from AND h.xid < :xid_to
-)
+-- The rows of [:xid_from, :xid_to) in canonical order (transaction id, then id): how many, the
+-- first and last ids, and each row's SHA-256 concatenated (the caller hashes them once more).
 SELECT count(*) AS row_count,
-       min(id) AS first_history_id,
-       max(id) AS last_history_id,
-       sha256(coalesce(string_agg(hash, ''::bytea ORDER BY xid, id), ''::bytea)) AS rows_digest,
-       string_agg(substring(hash FROM 1 FOR 8), ''::bytea ORDER BY xid, id) AS row_hashes
-FROM hashed;
+       min(h.id) AS first_history_id,
+       max(h.id) AS last_history_id,
+       string_agg(sha256(convert_to(outbox_history_canonical(h), 'UTF8')), ''::bytea
+                  ORDER BY h.xid, h.id) AS hashes
+FROM outbox_history AS h
+WHERE h.xid >= :xid_from AND h.xid < :xid_to;
 
 -- name: range_split
 -- Where to end a seal so that it holds about :rows rows (a backlog is sealed in pieces).

@@ -14,8 +14,10 @@ from click.testing import CliRunner
 from sqlalchemy.orm import Session
 
 import outbox
+import outbox.operator
 from outbox import retention, seal, trail, verify
 from outbox.cli import cli
+from outbox.database import create_engine
 from outbox.errors import OutboxError
 from outbox.verify import VerificationError
 from relay import complete, execute
@@ -504,3 +506,68 @@ def test_trail_refuses_naive_times(db: sa.Engine) -> None:
 
     with db.connect() as conn, pytest.raises(OutboxError, match="time zone"):
         trail.trail(conn, since=datetime(2026, 1, 1))
+
+
+# -- roles and forged links ------------------------------------------------------------
+
+
+def test_a_forged_prune_link_does_not_excuse_a_changed_row(db: sa.Engine) -> None:
+    enqueue(db, 10)
+    seal_everything(db)
+    victim = scalar(db, "SELECT max(id) FROM outbox_history")
+    tamper(db, f"UPDATE outbox_history SET key = 'forged' WHERE id = {victim}")
+    with db.connect() as conn:  # a prune link that chains correctly over the changed range
+        last = verify.latest_seal(conn)
+        assert last is not None
+        digest = seal.chain_digest("prune", last.digest, 0, last.xid_to, 10, last.digest)
+        conn.execute(sa.text(
+            "INSERT INTO outbox_seals (kind, xid_from, xid_to, row_count, rows_digest, "
+            "previous_digest, digest) VALUES ('prune', 0, :to, 10, :d0, :d0, :d)"
+        ), {"to": last.xid_to, "d0": last.digest, "d": digest})  # fmt: skip
+        conn.commit()
+    with pytest.raises(VerificationError, match=f"history row {victim}"):
+        check(db)
+
+
+def test_the_writer_may_seal_but_never_append_a_prune(db: sa.Engine, dsn: str) -> None:
+    from tests.integration.test_append_only import as_role, login_role
+
+    for writer in login_role(db, "outbox_writer"):
+        engine = create_engine(as_role(dsn, writer), poolclass=sa.NullPool)
+        try:
+            with engine.connect() as conn, pytest.raises(sa.exc.ProgrammingError, match="policy"):
+                conn.execute(sa.text(
+                    "INSERT INTO outbox_seals (kind, xid_from, xid_to, row_count, rows_digest, "
+                    "digest) VALUES ('prune', 0, 10, 0, '\\x00', '\\x00')"
+                ))  # fmt: skip
+            result = run(as_role(dsn, writer), "audit", "redaction", "on")
+            assert result.exit_code == 1
+            assert "only the owner" in result.output
+        finally:
+            engine.dispose()
+
+
+def test_the_auditor_runs_the_audit_commands(sealed_history: sa.Engine, dsn: str) -> None:
+    from tests.integration.test_append_only import as_role, login_role
+
+    for auditor in login_role(sealed_history, "outbox_auditor"):
+        result = run(as_role(dsn, auditor), "audit", "verify", "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["rows"] == 100
+        trail_out = run(as_role(dsn, auditor), "audit", "trail", "--format", "json")
+        assert len(json.loads(trail_out.output)) == 100
+
+
+def test_a_revived_job_is_live_again_in_the_audit_view(db: sa.Engine) -> None:
+    [handle] = enqueue(db, 1)
+    with db.begin() as conn:
+        conn.execute(sa.text("UPDATE outbox_jobs SET state = 'dead'"))
+        conn.execute(sa.text(
+            "INSERT INTO outbox_history (job_uuid, event, type, queue) "
+            "VALUES (:u, 'dead', 'a.b', 'default')"
+        ), {"u": handle.uuid})  # fmt: skip
+    outcome = "SELECT outcome FROM outbox_audit_jobs WHERE uuid = :u"
+    assert scalar(db, outcome, u=handle.uuid) == "dead"
+    with db.begin() as conn:
+        outbox.operator.revive(conn, [handle.uuid], actor="ops", reason="fixed the account")
+    assert scalar(db, outcome, u=handle.uuid) == "live"
