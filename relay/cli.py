@@ -77,7 +77,8 @@ def command(
     finally:
         engine.dispose()
     if processes > 1:
-        child = ["-m", "outbox", "--dsn", dsn, "relay", "--app", app, "--processes", "1"]
+        # The DSN goes to the children in their environment, never on a command line.
+        child = ["-m", "outbox", "relay", "--app", app, "--processes", "1"]
         child += ["--metrics-addr", "off"]  # the supervisor serves them for all
         child += ["--log-format", log_format, "--log-level", log_level]
         if queues:

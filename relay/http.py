@@ -6,6 +6,9 @@ types, which are nobody else's business.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,15 +27,42 @@ READY_TTL = 2.0  # seconds a readiness answer is reused
 
 def parse_addr(text: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or ``:port`` (which means 127.0.0.1)."""
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        number = int(port)
-    except ValueError:
-        raise ConfigurationError(f"--metrics-addr {text!r} should be host:port") from None
+    usage = f"--metrics-addr {text!r} should be host:port, or [IPv6 address]:port"
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]:")
+        if not bracket:
+            raise ConfigurationError(usage)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigurationError(
+                f"--metrics-addr {text!r}: {host!r} is not an IPv6 address"
+            ) from None
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon:
+            raise ConfigurationError(usage)
+        if ":" in host:
+            raise ConfigurationError(
+                f"--metrics-addr {text!r}: write an IPv6 address in brackets, as in [::1]:9464"
+            )
+        host = host or "127.0.0.1"
+    if not (port.isascii() and port.isdigit()):
+        raise ConfigurationError(usage)
+    number = int(port)
     if not 0 <= number <= 65535:
         raise ConfigurationError(f"--metrics-addr {text!r}: port out of range")
     return host, number
+
+
+def format_addr(addr: tuple[str, int]) -> str:
+    """An address as ``--metrics-addr`` takes it: IPv6 hosts in brackets."""
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _IPv6HTTPServer(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class Readiness:
@@ -98,12 +128,17 @@ class HttpServer:
             def log_message(self, format: str, *args: object) -> None:
                 """Scrapes every few seconds are not news."""
 
+        server_class = _IPv6HTTPServer if ":" in addr[0] else ThreadingHTTPServer
         try:
-            self._server = ThreadingHTTPServer(addr, Handler)
+            self._server = server_class(addr, Handler)
         except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                hint = "another relay on this host may have it: pass another --metrics-addr"
+            else:
+                hint = "pass another --metrics-addr"
             raise ConfigurationError(
-                f"cannot serve metrics on {addr[0]}:{addr[1]}: {exc.strerror}; another relay on "
-                "this host may have it: pass another --metrics-addr, or 'off'"
+                f"cannot serve metrics on {format_addr(addr)}: {reason}; {hint}, or 'off'"
             ) from None
         self._server.daemon_threads = True
         host, port = self._server.server_address[:2]

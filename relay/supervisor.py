@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from outbox.database import create_engine
-from relay.http import HttpServer, Readiness
+from relay.http import HttpServer, Readiness, format_addr
 from relay.metrics import QueueGauges
 from relay.worker import Worker
 
@@ -35,6 +35,9 @@ RESTART_BACKOFF_MAX = 10.0
 HEALTHY_AFTER = 30.0  # seconds up after which a process's crash count starts again
 #: Set in the children's environment: the pid a child watches, to stop when it is gone.
 SUPERVISOR_ENV = "OUTBOX_SUPERVISOR_PID"
+#: The children's DSN travels in their environment: a command line is there for every
+#: local user to read (``ps``), and a DSN may hold a password.
+DSN_ENV = "OUTBOX_DSN"
 
 
 def run_worker(worker: Worker) -> int:
@@ -84,13 +87,15 @@ def run_processes(
 ) -> int:
     """Run ``processes`` copies of ``child_argv``; restart crashed ones until signalled.
 
+    ``child_argv`` must not hold the DSN: each child is given ``dsn`` in its environment.
+
     The children write their metrics to files of prometheus-client's multiprocess mode;
     the supervisor serves their sums, and the queue gauges, on one endpoint.
     """
     with tempfile.TemporaryDirectory(prefix="outbox-metrics-") as metrics_dir:
         server = _serve_metrics(metrics_dir, dsn, metrics_addr)
         try:
-            return _supervise(child_argv, processes, grace, metrics_dir)
+            return _supervise(child_argv, processes, grace, dsn, metrics_dir)
         finally:
             if server is not None:
                 server.stop()
@@ -105,11 +110,13 @@ def _serve_metrics(metrics_dir: str, dsn: str, addr: tuple[str, int] | None) -> 
     registry.register(QueueGauges(engine))
     server = HttpServer(addr, registry, Readiness(engine), lambda: True)
     threading.Thread(target=server.run, name="outbox-http", daemon=True).start()
-    log.info("metrics served", address=f"{server.address[0]}:{server.address[1]}")
+    log.info("metrics served", address=format_addr(server.address))
     return server
 
 
-def _supervise(child_argv: Sequence[str], processes: int, grace: float, metrics_dir: str) -> int:
+def _supervise(
+    child_argv: Sequence[str], processes: int, grace: float, dsn: str, metrics_dir: str
+) -> int:
     children: dict[int, subprocess.Popen[bytes]] = {}
     failures = [0] * processes
     stopping = False
@@ -121,6 +128,7 @@ def _supervise(child_argv: Sequence[str], processes: int, grace: float, metrics_
         env = {
             **os.environ,
             SUPERVISOR_ENV: str(os.getpid()),
+            DSN_ENV: dsn,
             "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
         }
         children[slot] = subprocess.Popen([sys.executable, *child_argv], env=env)
