@@ -19,6 +19,7 @@ import struct
 
 import sqlalchemy as sa
 
+from outbox.errors import OutboxError
 from outbox.sql import queries
 
 GENESIS = bytes(32)
@@ -95,7 +96,10 @@ def seal_once(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> Sealed
 
     Returns the seal written, or ``None`` when nothing new has ended. Safe to call from
     many processes: appends to the chain take turns under a transaction-level lock.
+    ``connection`` must not be in a transaction.
     """
+    if connection.in_transaction():
+        raise OutboxError("sealing needs a connection outside a transaction: commit or roll back")
     with connection.begin():
         connection.execute(_LOCK)
         end = connection.execute(_END).one()

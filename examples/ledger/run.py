@@ -4,6 +4,7 @@ then a relay process posts them, and the balances are checked against the entrie
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 
 import outbox
 import outbox.schema
-from outbox import migrate
+from outbox import migrate, seal, verify
 from outbox.cli.status import render
 from outbox.database import create_engine, libpq_dsn, sqlalchemy_url
 from outbox.demo.models import Base, Entry
@@ -32,6 +33,7 @@ from outbox.demo.transfers import (
 from outbox.status import snapshot
 
 DATABASE = "outbox_demo"
+LIVE_JOBS = sa.text("SELECT count(*) FROM outbox_jobs")
 
 
 @contextlib.contextmanager
@@ -53,19 +55,21 @@ def demo_database(server: str) -> Iterator[str]:
 
 def run_relay(dsn: str, engine: sa.Engine, console: Console, timeout: float = 120) -> bool:
     """Run a relay process until the queues are empty; True if they emptied in time."""
+    with engine.connect() as connection:
+        total = left = connection.execute(LIVE_JOBS).scalar_one()
     relay = subprocess.Popen(
-        [sys.executable, "-m", "outbox", "--dsn", dsn, "relay",
-         "--app", "outbox.demo.handlers:registry", "--log-level", "warning",
-         "--metrics-addr", "off"],
+        [sys.executable, "-m", "outbox", "relay", "--app", "outbox.demo.handlers:registry",
+         "--log-level", "warning", "--metrics-addr", "off"],
+        env={**os.environ, "OUTBOX_DSN": dsn},  # never on a command line: it may hold a password
     )  # fmt: skip
     deadline = time.monotonic() + timeout
     try:
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("relay draining the queues", total=None)
+            task = progress.add_task("relay running the jobs", total=total)
             while time.monotonic() < deadline and relay.poll() is None:
                 with engine.connect() as connection:
-                    left = connection.execute(sa.text("SELECT count(*) FROM outbox_jobs")).scalar()
-                progress.update(task, description=f"relay draining the queues: {left} jobs left")
+                    left = connection.execute(LIVE_JOBS).scalar_one()
+                progress.update(task, completed=total - left)
                 if left == 0:
                     break
                 time.sleep(0.1)
@@ -74,6 +78,32 @@ def run_relay(dsn: str, engine: sa.Engine, console: Console, timeout: float = 12
         code = relay.wait(60)
     console.print(f"relay stopped on SIGTERM with exit code {code}")
     return left == 0 and code == 0
+
+
+def audit(connection: sa.Connection, console: Console) -> bool:
+    """Seal what the relay left unsealed, then verify the whole chain (G7)."""
+    connection.rollback()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        seal.seal_all(connection)  # other sessions' open transactions may hold it back a moment
+        lag = seal.lag_seconds(connection)
+        connection.rollback()
+        if not lag:
+            break
+        time.sleep(0.1)
+    try:
+        report = verify.verify(connection)
+    except verify.VerificationError as exc:
+        console.print(f"[red]audit: {exc}[/]")
+        return False
+    finally:
+        connection.rollback()
+    history = connection.execute(sa.text("SELECT count(*) FROM outbox_history")).scalar_one()
+    console.print(
+        f"audit: digest chain verified: {report.seals} seal(s) over {report.rows} history rows "
+        f"(of {history}); latest digest {report.last_digest.hex() if report.last_digest else '-'}"
+    )
+    return report.rows == history
 
 
 def run(
@@ -125,6 +155,7 @@ def run(
         drained = run_relay(dsn, engine, console)
         with engine.connect() as connection:
             render(snapshot(connection), console)
+            audited = audit(connection, console)
         with Session(engine) as session:
             mismatched = projection_mismatches(session)
             unposted = session.scalar(
@@ -133,7 +164,7 @@ def run(
         engine.dispose()
 
     ok = duplicates == 5 and left == 0 and not unbalanced and total == 0
-    ok = ok and drained and not mismatched and unposted == 0
+    ok = ok and drained and not mismatched and unposted == 0 and audited
     verdict = "[green]balanced[/]" if not unbalanced and total == 0 else "[red]UNBALANCED[/]"
     console.print(f"ledger: {verdict} (sum of all entries: {total})")
     console.print(

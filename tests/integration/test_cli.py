@@ -48,6 +48,8 @@ def test_demo_runs_the_ledger_and_reports_it_balanced(server: str) -> None:
     assert "5 recognised as duplicates" in result.output
     assert "0 jobs left behind" in result.output
     assert "balanced" in result.output
+    assert "audit: digest chain verified" in result.output
+    assert "over 72 history rows (of 72)" in result.output  # 24 jobs: enqueued, claimed, done
 
 
 def test_demo_refuses_nonsense_options(server: str) -> None:
