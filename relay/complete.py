@@ -28,6 +28,7 @@ from relay.sql import queries
 FENCE = sa.text(queries["fence"])
 SUCCEEDED = sa.text(queries["complete_succeeded"])
 FAILED = sa.text(queries["complete_failed"])
+BATCH = sa.text(queries["complete_batch"])
 RELEASE = sa.text(queries["release"])
 FLUSH_AT = 500  # outcomes per completion transaction, at most
 
@@ -83,10 +84,31 @@ def _backoff(handler: Handler | None, attempt: int) -> float:
 def complete(
     connection: sa.Connection, relay: str, outcomes: Sequence[Outcome], registry: Registry
 ) -> list[Outcome]:
-    """Fence and record ``outcomes`` in one transaction; return those whose lease was lost."""
-    with connection.begin():
-        owned = fence(connection, relay, [o.job for o in outcomes])
-        record(connection, relay, [o for o in outcomes if o.job.uuid in owned], registry)
+    """Fence and record ``outcomes`` in one statement and commit; return those whose lease
+    was lost. On an autocommit connection this is a single round trip."""
+    done = [o for o in outcomes if o.succeeded]
+    failed = [o for o in outcomes if not o.succeeded]
+    dead = [o.permanent or o.job.attempt >= o.job.max_attempts for o in failed]
+    rows = connection.execute(
+        BATCH,
+        {
+            "done_uuid": [o.job.uuid for o in done],
+            "done_attempt": [o.job.attempt for o in done],
+            "done_ms": [o.duration_ms for o in done],
+            "failed_uuid": [o.job.uuid for o in failed],
+            "failed_attempt": [o.job.attempt for o in failed],
+            "error": [json.dumps(o.error) for o in failed],
+            "retry_in": [
+                0.0 if is_dead else _backoff(registry.get(o.job.type), o.job.attempt)
+                for o, is_dead in zip(failed, dead, strict=True)
+            ],
+            "dead": dead,
+            "failed_ms": [o.duration_ms for o in failed],
+            "relay": relay,
+        },
+    ).scalars()
+    owned = {uuid for uuid in rows if uuid is not None}
+    connection.commit()
     return [o for o in outcomes if o.job.uuid not in owned]
 
 

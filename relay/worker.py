@@ -86,19 +86,31 @@ class Worker:
         self.relay = identity or relay_identity()
         self.concurrency = settings.concurrency
         lease_ms = int(settings.lease.total_seconds() * 1000)
+        connect_args = {
+            "application_name": f"outbox relay {self.relay}"[:63],
+            "connect_timeout": 5,
+            # A relay stopped mid-transaction (SIGSTOP, a hung handler) must not hold
+            # its fence forever: PostgreSQL ends the session, and the rescuer can act.
+            "options": f"-c idle_in_transaction_session_timeout={lease_ms}",
+        }
         self.engine = create_engine(
             dsn,
             pool_size=self.concurrency + 4,
             max_overflow=4,
             pool_pre_ping=True,
             pool_timeout=10,
-            connect_args={
-                "application_name": f"outbox relay {self.relay}"[:63],
-                "connect_timeout": 5,
-                # A relay stopped mid-transaction (SIGSTOP, a hung handler) must not hold
-                # its fence forever: PostgreSQL ends the session, and the rescuer can act.
-                "options": f"-c idle_in_transaction_session_timeout={lease_ms}",
-            },
+            connect_args=connect_args,
+        )
+        # The hot path, claims and batch completions, is one statement each: autocommit makes
+        # each a single round trip (no BEGIN, no COMMIT, no ping); a lost connection fails the
+        # statement, which is retried on a fresh one.
+        self.fast = create_engine(
+            dsn,
+            isolation_level="AUTOCOMMIT",
+            pool_size=4,
+            max_overflow=4,
+            pool_timeout=10,
+            connect_args=connect_args,
         )
         self._running: dict[UUID, Running] = {}
         self._guard = threading.Lock()
@@ -110,7 +122,7 @@ class Worker:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             self.concurrency, thread_name_prefix="outbox-handler"
         )
-        self.completer = Completer(self.engine, self.relay, registry, self._finished)
+        self.completer = Completer(self.fast, self.relay, registry, self._finished)
         self.rescuer = Rescuer(
             self.engine, registry, settings.default_max_attempts, settings.rescue_interval
         )
@@ -200,7 +212,7 @@ class Worker:
                 metrics.WAKEUPS.labels("notify" if woken else "poll").inc()
 
     def _claim(self, limit: int) -> list[Job]:
-        with metrics.CLAIM_DURATION.time(), self.engine.connect() as connection:
+        with metrics.CLAIM_DURATION.time(), self.fast.connect() as connection:
             jobs = claim_batch(
                 connection,
                 queues=self.queues,
@@ -487,6 +499,7 @@ class Worker:
             thread.join(timeout=max(1.0, grace - time.monotonic()))
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
+        self.fast.dispose()
         if left:
             self.log.warning(
                 "stopped with handlers still running; their leases will expire", jobs=left

@@ -6,12 +6,14 @@
 -- one key runs one job at a time in commit order (G4).
 -- Each queue is read through outbox_jobs_ready_idx in claim order (a LATERAL per queue keeps
 -- the scan ordered and index-driven whatever the statistics say), then the best :limit win.
+-- The chosen rows, locked by this statement, are updated by their physical address (ctid): a
+-- TID scan, never a join over the live table, whatever the planner thinks of its size.
 -- Every claim appends a `claimed` history row (G7).
 WITH candidates AS (
-    SELECT c.uuid, c.priority, c.run_at, c.id
+    SELECT c.tid, c.priority, c.run_at, c.id
     FROM unnest(CAST(:queues AS text[])) AS q (queue)
     CROSS JOIN LATERAL (
-        SELECT j.uuid, j.priority, j.run_at, j.id
+        SELECT j.ctid AS tid, j.priority, j.run_at, j.id
         FROM outbox_jobs AS j
         WHERE j.state = 'pending'
           AND j.queue = q.queue
@@ -28,7 +30,7 @@ WITH candidates AS (
     ) AS c
 ),
 chosen AS (
-    SELECT uuid FROM candidates ORDER BY priority, run_at, id LIMIT :limit
+    SELECT tid FROM candidates ORDER BY priority, run_at, id LIMIT :limit
 ),
 claimed AS (
     UPDATE outbox_jobs AS j
@@ -37,8 +39,7 @@ claimed AS (
         relay = :relay,
         claimed_at = now(),
         lease_expires_at = now() + CAST(:lease AS interval)
-    FROM chosen
-    WHERE j.uuid = chosen.uuid
+    WHERE j.ctid = ANY(ARRAY(SELECT tid FROM chosen))
     RETURNING j.uuid, j.type, j.queue, j.key, j.idempotency_key, j.payload, j.attempt,
               j.max_attempts, j.enqueued_at, j.id
 ),

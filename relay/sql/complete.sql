@@ -3,10 +3,20 @@
 -- at the attempt it ran. Jobs missing from the result were rescued and may be running
 -- elsewhere: this relay must not complete them, and their handlers' writes must not commit.
 -- The row locks hold the fence until commit: the rescuer skips locked rows.
+-- Each job is found by its primary key (see complete_batch) and locked by address.
 SELECT j.uuid
-FROM unnest(CAST(:uuid AS uuid[]), CAST(:attempt AS integer[])) AS f (uuid, attempt)
-JOIN outbox_jobs AS j ON j.uuid = f.uuid
-WHERE j.state = 'running' AND j.relay = :relay AND j.attempt = f.attempt
+FROM outbox_jobs AS j
+WHERE j.ctid = ANY(ARRAY(
+    SELECT l.tid
+    FROM unnest(CAST(:uuid AS uuid[]), CAST(:attempt AS integer[])) AS f (uuid, attempt)
+    CROSS JOIN LATERAL (
+        SELECT x.ctid AS tid, x.state, x.relay, x.attempt
+        FROM outbox_jobs AS x
+        WHERE x.uuid = f.uuid
+        LIMIT 1
+    ) AS l
+    WHERE l.state = 'running' AND l.relay = :relay AND l.attempt = f.attempt
+))
 FOR UPDATE OF j;
 
 -- name: complete_succeeded
@@ -91,3 +101,88 @@ WHERE j.uuid IN (
     WHERE uuid = ANY(CAST(:uuid AS uuid[])) AND state = 'running' AND relay = :relay
     FOR UPDATE SKIP LOCKED
 );
+
+-- name: complete_batch
+-- A whole batch of outcomes of handlers without a session, fenced and recorded in ONE
+-- statement (one round trip, its own transaction): each DELETE or UPDATE matches a job only
+-- while it is still leased to :relay at the attempt that ran (G3); a job rescued meanwhile
+-- matches nothing and is reported lost by its absence. Succeeded jobs leave the live table;
+-- failed ones go back to pending after :retry_in seconds or to dead (G6); every outcome
+-- appends its history rows (G7). A keyed job's successor becomes its key's head: wake the
+-- relays of its queue (G4).
+WITH done AS (
+    SELECT * FROM unnest(
+        CAST(:done_uuid AS uuid[]), CAST(:done_attempt AS integer[]),
+        CAST(:done_ms AS double precision[])
+    ) AS d (uuid, attempt, duration_ms)
+),
+failed AS (
+    SELECT * FROM unnest(
+        CAST(:failed_uuid AS uuid[]), CAST(:failed_attempt AS integer[]),
+        CAST(:error AS jsonb[]), CAST(:retry_in AS double precision[]),
+        CAST(:dead AS boolean[]), CAST(:failed_ms AS double precision[])
+    ) AS f (uuid, attempt, error, retry_in, dead, duration_ms)
+),
+located AS (
+    -- Each job by its primary key (LIMIT 1 keeps the lookup a nested probe of the primary
+    -- key, never a scan of whatever index stale statistics favour), checked
+    -- to be leased to this relay at the attempt that ran. Its row is then changed by address:
+    -- a row that another transaction changed since has a new address and matches no more.
+    SELECT l.tid, o.ok
+    FROM (
+        SELECT uuid, attempt, true AS ok FROM done
+        UNION ALL
+        SELECT uuid, attempt, false FROM failed
+    ) AS o
+    CROSS JOIN LATERAL (
+        SELECT x.ctid AS tid, x.state, x.relay, x.attempt
+        FROM outbox_jobs AS x
+        WHERE x.uuid = o.uuid
+        LIMIT 1
+    ) AS l
+    WHERE l.state = 'running' AND l.relay = :relay AND l.attempt = o.attempt
+),
+deleted AS (
+    DELETE FROM outbox_jobs AS j
+    USING done
+    WHERE j.ctid = ANY(ARRAY(SELECT tid FROM located WHERE ok)) AND j.uuid = done.uuid
+    RETURNING j.uuid, j.type, j.queue, j.key, j.attempt, done.duration_ms
+),
+updated AS (
+    UPDATE outbox_jobs AS j
+    SET state = CASE WHEN failed.dead THEN 'dead' ELSE 'pending' END,
+        run_at = CASE
+            WHEN failed.dead THEN j.run_at
+            ELSE now() + make_interval(secs => failed.retry_in)
+        END,
+        lease_expires_at = NULL,
+        last_error = left(failed.error ->> 'message', 2000)
+    FROM failed
+    WHERE j.ctid = ANY(ARRAY(SELECT tid FROM located WHERE NOT ok)) AND j.uuid = failed.uuid
+    RETURNING j.uuid, j.type, j.queue, j.key, j.attempt, j.run_at, failed.error,
+              failed.dead, failed.duration_ms
+),
+recorded AS (
+    INSERT INTO outbox_history (
+        job_uuid, event, type, queue, key, attempt, relay, error, duration_ms, run_at
+    )
+    SELECT uuid, 'succeeded', type, queue, key, attempt, :relay, NULL, duration_ms, NULL
+    FROM deleted
+    UNION ALL
+    SELECT uuid, e.event, type, queue, key, attempt, :relay,
+           CASE WHEN e.event = 'failed' THEN error END,
+           CASE WHEN e.event = 'failed' THEN duration_ms END,
+           CASE WHEN e.event = 'retried' THEN run_at END
+    FROM updated
+    CROSS JOIN LATERAL (
+        VALUES ('failed'), (CASE WHEN updated.dead THEN 'dead' ELSE 'retried' END)
+    ) AS e (event)
+),
+woken AS (
+    SELECT count(pg_notify('outbox_jobs', q.queue)) AS sent
+    FROM (SELECT DISTINCT queue FROM deleted WHERE key IS NOT NULL) AS q
+)
+-- `woken` is the preserved side, so its notifications are sent even when nothing is owned.
+SELECT owned.uuid
+FROM woken
+LEFT JOIN (SELECT uuid FROM deleted UNION ALL SELECT uuid FROM updated) AS owned ON true;

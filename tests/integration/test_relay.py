@@ -321,17 +321,49 @@ def test_claim_plan_is_index_driven_right_after_a_burst(db: sa.Engine) -> None:
                  for n in range(100_000)])  # fmt: skip
     from relay.claim import CLAIM
 
+    for analysed in (False, True):  # before autovacuum, and after it (a large claim)
+        if analysed:
+            with db.begin() as conn:
+                conn.execute(sa.text("ANALYZE outbox_jobs"))
+        with db.connect() as conn:
+            plan = "\n".join(
+                row[0]
+                for row in conn.execute(
+                    sa.text("EXPLAIN " + CLAIM.text),
+                    {"queues": ["default"], "limit": 500, "lease": timedelta(seconds=30),
+                     "relay": "r"},
+                )
+            )  # fmt: skip
+            conn.rollback()
+        assert "outbox_jobs_ready_idx" in plan
+        assert "Seq Scan on outbox_jobs" not in plan
+        assert "Tid Scan on outbox_jobs" in plan
+
+
+def test_completion_plan_probes_each_job_whatever_the_statistics(db: sa.Engine) -> None:
+    """Statistics taken while every job was pending say none runs: the completion must still
+    find each job by its key, not scan the running ones (or the table)."""
+    enqueue(db, [outbox.NewJob("a.b", {"n": n}) for n in range(20_000)])
+    with db.begin() as conn:
+        conn.execute(sa.text("ANALYZE outbox_jobs"))
     with db.connect() as conn:
+        jobs = [job for _ in range(10) for job in claim_batch(
+            conn, queues=["default"], limit=500, lease=timedelta(seconds=30), relay="r",
+            default_max_attempts=5, max_attempts={})]  # fmt: skip
+        params = {
+            "done_uuid": [j.uuid for j in jobs[:500]], "done_attempt": [1] * 500,
+            "done_ms": [0.1] * 500, "failed_uuid": [j.uuid for j in jobs[500:600]],
+            "failed_attempt": [1] * 100, "error": ["{}"] * 100, "retry_in": [1.0] * 100,
+            "dead": [False] * 100, "failed_ms": [0.1] * 100, "relay": "r",
+        }  # fmt: skip
         plan = "\n".join(
-            row[0]
-            for row in conn.execute(
-                sa.text("EXPLAIN " + CLAIM.text),
-                {"queues": ["default"], "limit": 100, "lease": timedelta(seconds=30), "relay": "r"},
-            )
+            row[0] for row in conn.execute(sa.text("EXPLAIN " + complete.BATCH.text), params)
         )
         conn.rollback()
-    assert "outbox_jobs_ready_idx" in plan
     assert "Seq Scan on outbox_jobs" not in plan
+    assert "outbox_jobs_lease_idx" not in plan
+    assert plan.count("Tid Scan on outbox_jobs") == 2
+    assert "Index Scan using outbox_jobs_pkey" in plan
 
 
 def test_jobs_queued_behind_a_stuck_handler_run_on_other_threads(db: sa.Engine, dsn: str) -> None:
