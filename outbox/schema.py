@@ -79,7 +79,7 @@ history = sa.Table(
 )
 sa.Index("outbox_history_job_idx", history.c.job_uuid, history.c.id)
 sa.Index("outbox_history_at_idx", history.c.at, postgresql_using="brin")
-sa.Index("outbox_history_xid_idx", history.c.xid, postgresql_using="brin")
+sa.Index("outbox_history_xid_idx", history.c.xid)
 
 #: The digest chain: seals over transaction-id ranges of history, and prunes (G7).
 seals = sa.Table(

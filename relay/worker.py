@@ -65,6 +65,8 @@ class Running:
     deadline: float | None = None
     #: Past its timeout: failed and completed already; its thread may still be running.
     abandoned: bool = False
+    #: Ran; its outcome waits for the completer's next batch.
+    completing: bool = False
 
 
 class Worker:
@@ -115,6 +117,7 @@ class Worker:
         self._running: dict[UUID, Running] = {}
         self._guard = threading.Lock()
         self._stuck = 0  # handler threads still busy with abandoned jobs
+        self._completing = 0  # jobs whose outcome waits for the completer
         self._space = threading.Event()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -238,8 +241,21 @@ class Worker:
         return wait
 
     def _busy(self) -> int:
+        """Jobs that hold a place: claimed and not yet run (or running), plus stuck threads.
+        Outcomes waiting for their completion batch hold none, up to two claim batches of
+        them, so claiming goes on while a completion is written (the pipeline never drains)."""
         with self._guard:
-            return len(self._running) + self._stuck
+            completing = self._completing
+            allowance = 2 * self.settings.claim_batch
+            return len(self._running) - completing + self._stuck + max(0, completing - allowance)
+
+    def _complete_later(self, running: Running, outcome: Outcome) -> None:
+        with self._guard:
+            if running.job.uuid in self._running and not running.completing:
+                running.completing = True
+                self._completing += 1
+        self._space.set()
+        self.completer.submit(outcome)
 
     # -- executing --------------------------------------------------------------------
 
@@ -253,6 +269,8 @@ class Worker:
             metrics.IN_FLIGHT.set(len(self._running))
             for running in [self._running[job.uuid] for job in jobs]:
                 if running.handler is None:
+                    running.completing = True
+                    self._completing += 1
                     self.completer.submit(execute.unknown_type(running.job))
                 elif running.handler.takes_session:
                     group.append(running)
@@ -314,7 +332,7 @@ class Worker:
                 self._stuck -= 1
                 self._space.set()
                 return
-        self.completer.submit(outcome)
+        self._complete_later(running, outcome)
 
     def _run_group(self, group: list[Running]) -> None:
         started = [r for r in group if self._begin(r)]
@@ -351,7 +369,9 @@ class Worker:
     def _finished(self, done: Sequence[Outcome], lost: Sequence[Outcome]) -> None:
         with self._guard:
             for outcome in (*done, *lost):
-                self._running.pop(outcome.job.uuid, None)
+                running = self._running.pop(outcome.job.uuid, None)
+                if running is not None and running.completing:
+                    self._completing -= 1
             metrics.IN_FLIGHT.set(len(self._running))
         self._space.set()
         for outcome in done:
