@@ -43,9 +43,10 @@ def drain(dsn: str, args: argparse.Namespace, seal: bool) -> tuple[float, float 
         **os.environ,
         "OUTBOX_CLAIM_BATCH": str(args.claim_batch),
         "OUTBOX_SEAL_INTERVAL": "1s" if seal else "0",
+        "OUTBOX_DSN": dsn,  # never on a command line: it may hold a password
     }
     relay = subprocess.Popen(
-        [sys.executable, "-m", "outbox", "--dsn", dsn, "relay", "--app", "bench.noop:registry",
+        [sys.executable, "-m", "outbox", "relay", "--app", "bench.noop:registry",
          "--processes", str(args.processes), "--concurrency", str(args.concurrency),
          "--log-level", "warning", "--metrics-addr", "off"],
         cwd=ROOT, env=env,
