@@ -11,8 +11,8 @@ server), each with a timeout. Prints the table, and writes it as Markdown to
 
 Workloads (full / --quick): enqueue one job per commit from 4 clients (20,000 / 5,000
 jobs); enqueue_bulk in one transaction (20,000 / 5,000); drain no-op jobs with 1 and with
-2 processes (30,000 / 10,000), peak RSS of the workers during it; latency from commit to
-handler start at 200 jobs/s for 20 s / 10 s.
+2 processes (100,000 / 10,000; procrastinate at most 30,000), peak RSS of the workers
+during it; latency from commit to handler start at 200 jobs/s for 20 s / 10 s.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ class Outcome:
 def plan(quick: bool) -> tuple[dict[str, list[str]], list[Row], dict[str, int]]:
     sizes = {
         "enqueue": 5_000 if quick else 20_000,
-        "drain": 10_000 if quick else 30_000,
+        # long enough that start-up (imports, connections) is a small part of the time
+        "drain": 10_000 if quick else 100_000,
         "rate": 200,
         "seconds": 10 if quick else 20,
     }
@@ -95,7 +96,14 @@ def plan(quick: bool) -> tuple[dict[str, list[str]], list[Row], dict[str, int]]:
     return runs, rows, sizes
 
 
+#: A system this much slower drains fewer jobs: its rate does not depend on how many.
+DRAIN_CAP = {"procrastinate": 30_000}
+
+
 def driver_args(system: str, run: str, base: list[str]) -> list[str]:
+    if run.startswith("drain") and system in DRAIN_CAP:
+        at = base.index("--jobs") + 1
+        base = [*base[:at], str(min(int(base[at]), DRAIN_CAP[system])), *base[at + 1 :]]
     if run.startswith("drain") or run == "latency":
         return [*base, *RELAY_OPTIONS[system]]
     return base
@@ -296,9 +304,10 @@ LEGEND = [
     "jobs/s: higher is better; ms and MiB: lower is better. The ratio is outbox over the best "
     "peer in that row: above 1 means outbox is ahead for jobs/s, below 1 means outbox is ahead "
     "for ms and MiB.",
-    "drain: jobs enqueued first (not timed), timed from starting the workers until the queue "
-    "is empty (outbox: and every history row sealed). Latency: from the producer's commit to "
-    "the handler's start. Peak RSS: workers and their children, sampled every 0.1 s.",
+    "drain: jobs enqueued first (not timed; procrastinate drains at most 30,000), timed from "
+    "starting the workers until the queue is empty (outbox: and every history row sealed). "
+    "Latency: from the producer's commit to the handler's start. Peak RSS: workers and their "
+    "children, sampled every 0.1 s.",
     "Configs: outbox 16 threads per process, claim batch 200, sealing on; procrastinate "
     "--concurrency 10 per process; pgqueuer --batch-size 50 per process. Latency runs use 1 "
     "process of each.",
