@@ -3,20 +3,13 @@
 -- at the attempt it ran. Jobs missing from the result were rescued and may be running
 -- elsewhere: this relay must not complete them, and their handlers' writes must not commit.
 -- The row locks hold the fence until commit: the rescuer skips locked rows.
--- Each job is found by its primary key (see complete_batch) and locked by address.
+-- Each job is found by its primary key; "running" is "holds a lease" (see complete_batch).
 SELECT j.uuid
 FROM outbox_jobs AS j
-WHERE j.ctid = ANY(ARRAY(
-    SELECT l.tid
-    FROM unnest(CAST(:uuid AS uuid[]), CAST(:attempt AS integer[])) AS f (uuid, attempt)
-    CROSS JOIN LATERAL (
-        SELECT x.ctid AS tid, x.state, x.relay, x.attempt
-        FROM outbox_jobs AS x
-        WHERE x.uuid = f.uuid
-        LIMIT 1
-    ) AS l
-    WHERE l.state = 'running' AND l.relay = :relay AND l.attempt = f.attempt
-))
+JOIN unnest(CAST(:uuid AS uuid[]), CAST(:attempt AS integer[])) AS f (uuid, attempt)
+    ON f.uuid = j.uuid
+WHERE j.uuid = ANY(CAST(:uuid AS uuid[]))
+  AND j.relay = :relay AND j.attempt = f.attempt AND j.lease_expires_at IS NOT NULL
 FOR UPDATE OF j;
 
 -- name: complete_succeeded
@@ -106,61 +99,48 @@ WHERE j.uuid IN (
 -- A whole batch of outcomes of handlers without a session, fenced and recorded in ONE
 -- statement (one round trip, its own transaction): each DELETE or UPDATE matches a job only
 -- while it is still leased to :relay at the attempt that ran (G3); a job rescued meanwhile
--- matches nothing and is reported lost by its absence. Succeeded jobs leave the live table;
--- failed ones go back to pending after :retry_in seconds or to dead (G6); every outcome
--- appends its history rows (G7). A keyed job's successor becomes its key's head: wake the
--- relays of its queue (G4).
-WITH done AS (
-    SELECT * FROM unnest(
-        CAST(:done_uuid AS uuid[]), CAST(:done_attempt AS integer[]),
-        CAST(:done_ms AS double precision[])
-    ) AS d (uuid, attempt, duration_ms)
-),
-failed AS (
-    SELECT * FROM unnest(
-        CAST(:failed_uuid AS uuid[]), CAST(:failed_attempt AS integer[]),
-        CAST(:error AS jsonb[]), CAST(:retry_in AS double precision[]),
-        CAST(:dead AS boolean[]), CAST(:failed_ms AS double precision[])
-    ) AS f (uuid, attempt, error, retry_in, dead, duration_ms)
-),
-located AS (
-    -- Each job by its primary key (LIMIT 1 keeps the lookup a nested probe of the primary
-    -- key, never a scan of whatever index stale statistics favour), checked
-    -- to be leased to this relay at the attempt that ran. Its row is then changed by address:
-    -- a row that another transaction changed since has a new address and matches no more.
-    SELECT l.tid, o.ok
-    FROM (
-        SELECT uuid, attempt, true AS ok FROM done
-        UNION ALL
-        SELECT uuid, attempt, false FROM failed
-    ) AS o
-    CROSS JOIN LATERAL (
-        SELECT x.ctid AS tid, x.state, x.relay, x.attempt
-        FROM outbox_jobs AS x
-        WHERE x.uuid = o.uuid
-        LIMIT 1
-    ) AS l
-    WHERE l.state = 'running' AND l.relay = :relay AND l.attempt = o.attempt
-),
-deleted AS (
+-- matches nothing and is reported lost by its absence. Jobs are found by primary key
+-- (`= ANY`), and "running" is written as "holds a lease" (the table's CHECK makes the two the
+-- same), so no plan can scan the running jobs through outbox_jobs_lease_idx. A row changed
+-- concurrently (a heartbeat) is re-read and its lease re-checked before it is changed.
+-- Succeeded jobs leave the live table; failed ones go back to pending after :retry_in seconds
+-- or to dead (G6); every outcome appends its history rows (G7). A keyed job's successor becomes
+-- its key's head: wake the relays of its queue (G4).
+WITH deleted AS (
+    -- No join with `done`: estimates from stale statistics turned one into a nested loop
+    -- over the whole batch for each job. Each job's attempt and duration are looked up in
+    -- the arrays by position instead.
     DELETE FROM outbox_jobs AS j
-    USING done
-    WHERE j.ctid = ANY(ARRAY(SELECT tid FROM located WHERE ok)) AND j.uuid = done.uuid
-    RETURNING j.uuid, j.type, j.queue, j.key, j.attempt, done.duration_ms
+    WHERE j.uuid = ANY(CAST(:done_uuid AS uuid[]))
+      AND j.relay = :relay AND j.lease_expires_at IS NOT NULL
+      AND j.attempt = (CAST(:done_attempt AS integer[]))[
+          array_position(CAST(:done_uuid AS uuid[]), j.uuid)]
+    RETURNING j.uuid, j.type, j.queue, j.key, j.attempt,
+              (CAST(:done_ms AS double precision[]))[
+                  array_position(CAST(:done_uuid AS uuid[]), j.uuid)] AS duration_ms
 ),
 updated AS (
+    -- The same for failures: found by primary key, paired with their outcome by position
+    -- (an UPDATE cannot join a LATERAL on its own target, hence the repetition).
     UPDATE outbox_jobs AS j
-    SET state = CASE WHEN failed.dead THEN 'dead' ELSE 'pending' END,
+    SET state = CASE
+            WHEN (CAST(:dead AS boolean[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)]
+            THEN 'dead' ELSE 'pending'
+        END,
         run_at = CASE
-            WHEN failed.dead THEN j.run_at
-            ELSE now() + make_interval(secs => failed.retry_in)
+            WHEN (CAST(:dead AS boolean[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)] THEN j.run_at
+            ELSE now() + make_interval(
+                secs => (CAST(:retry_in AS double precision[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)])
         END,
         lease_expires_at = NULL,
-        last_error = left(failed.error ->> 'message', 2000)
-    FROM failed
-    WHERE j.ctid = ANY(ARRAY(SELECT tid FROM located WHERE NOT ok)) AND j.uuid = failed.uuid
-    RETURNING j.uuid, j.type, j.queue, j.key, j.attempt, j.run_at, failed.error,
-              failed.dead, failed.duration_ms
+        last_error = left((CAST(:error AS jsonb[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)] ->> 'message', 2000)
+    WHERE j.uuid = ANY(CAST(:failed_uuid AS uuid[]))
+      AND j.relay = :relay AND j.lease_expires_at IS NOT NULL
+      AND j.attempt = (CAST(:failed_attempt AS integer[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)]
+    RETURNING j.uuid, j.type, j.queue, j.key, j.attempt, j.run_at,
+              (CAST(:error AS jsonb[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)] AS error,
+              (CAST(:dead AS boolean[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)] AS dead,
+              (CAST(:failed_ms AS double precision[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)] AS duration_ms
 ),
 recorded AS (
     INSERT INTO outbox_history (
