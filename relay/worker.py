@@ -39,6 +39,7 @@ from relay.notify import Listener
 from relay.rescue import Rescuer
 from relay.sealer import Sealer
 from relay.sql import queries
+from relay.upkeep import Upkeep
 
 EXTEND = sa.text(queries["extend_leases"])
 ANNOUNCE = sa.text(queries["relay_heartbeat"])
@@ -130,6 +131,7 @@ class Worker:
             self.engine, registry, settings.default_max_attempts, settings.rescue_interval
         )
         self.sealer = Sealer(self.engine, settings.seal_interval, self.relay)
+        self.upkeep = Upkeep(self.engine)
         self.listener = Listener(
             libpq_dsn(dsn),
             self.queues,
@@ -157,6 +159,7 @@ class Worker:
         self._start("rescuer", self.rescuer.run)
         if self.settings.seal_interval:
             self._start("sealer", self.sealer.run)
+        self._start("upkeep", self.upkeep.run)
         self._start("listener", self.listener.run)
         self._start("heartbeat", self._heartbeat)
         if self.http is not None:
@@ -506,7 +509,7 @@ class Worker:
             self._space.wait(0.1)
         left = self._busy_running()
         self.completer.stop()
-        for service in (self.rescuer, self.listener, self.sealer):
+        for service in (self.rescuer, self.listener, self.sealer, self.upkeep):
             service.stop()
         if self.http is not None:
             self.http.stop()
