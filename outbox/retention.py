@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 
 from outbox.errors import OutboxError
-from outbox.seal import chain_digest
+from outbox.seal import chain_digest, own_digest
 from outbox.sql import queries
 from outbox.verify import Seal, VerificationError, is_pruned, iter_seals, pruned_ranges
 
@@ -158,11 +158,7 @@ def _close(seal: ExportedSeal | None, digests: Any, count: int, path: Path) -> N
             f"{path}: seal {seal.id}: its {count} exported rows do not hash to the seal "
             f"({seal.row_count} rows): the export was changed"
         )
-    expected = chain_digest(
-        seal.kind, seal.previous_digest, seal.xid_from, seal.xid_to, seal.row_count,
-        seal.rows_digest,
-    )  # fmt: skip
-    if expected != seal.digest:
+    if own_digest(seal) != seal.digest:
         raise VerificationError(f"{path}: seal {seal.id}: its digest does not match its fields")
 
 

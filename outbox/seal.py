@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import struct
+from typing import Protocol
 
 import sqlalchemy as sa
 
@@ -54,6 +55,31 @@ def chain_digest(
     h.update(struct.pack(">qqq", xid_from, xid_to, row_count))
     h.update(rows_digest)
     return h.digest()
+
+
+class Link(Protocol):
+    """What a seal's own digest is made of, wherever the seal comes from."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def previous_digest(self) -> bytes | None: ...
+    @property
+    def xid_from(self) -> int: ...
+    @property
+    def xid_to(self) -> int: ...
+    @property
+    def row_count(self) -> int: ...
+    @property
+    def rows_digest(self) -> bytes: ...
+
+
+def own_digest(link: Link) -> bytes:
+    """The digest a seal's own fields give (compare with the digest stored beside them)."""
+    return chain_digest(
+        link.kind, link.previous_digest, link.xid_from, link.xid_to, link.row_count,
+        link.rows_digest,
+    )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from outbox.errors import OutboxError
-from outbox.seal import RangeDigest, chain_digest, digest_range
+from outbox.seal import RangeDigest, chain_digest, digest_range, own_digest
 from outbox.sql import queries
 
 _SEALS = sa.text(queries["seals"])
@@ -115,11 +115,7 @@ def verify(
         where = f"seal {seal.id}"
         if seal.previous_digest != chain and seal.id >= from_seal:
             raise VerificationError(f"{where}: does not link to the seal before it")
-        stored = chain_digest(
-            seal.kind, seal.previous_digest, seal.xid_from, seal.xid_to, seal.row_count,
-            seal.rows_digest,
-        )  # fmt: skip
-        if stored != seal.digest:
+        if own_digest(seal) != seal.digest:
             raise VerificationError(f"{where}: its digest does not match its own fields")
         rows_digest = seal.rows_digest
         if seal.kind == "seal":

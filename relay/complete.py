@@ -60,21 +60,28 @@ def record(
             },
         )
     if failed:
-        dead = [o.permanent or o.job.attempt >= o.job.max_attempts for o in failed]
         connection.execute(
             FAILED,
             {
                 "uuid": [o.job.uuid for o in failed],
-                "error": [json.dumps(o.error) for o in failed],
-                "retry_in": [
-                    0.0 if is_dead else _backoff(registry.get(o.job.type), o.job.attempt)
-                    for o, is_dead in zip(failed, dead, strict=True)
-                ],
-                "dead": dead,
                 "duration_ms": [o.duration_ms for o in failed],
                 "relay": relay,
+                **_failures(failed, registry),
             },
         )
+
+
+def _failures(failed: Sequence[Outcome], registry: Registry) -> dict[str, list[Any]]:
+    """Error, retry delay and whether each failed job is dead now (G6)."""
+    dead = [o.permanent or o.job.attempt >= o.job.max_attempts for o in failed]
+    return {
+        "error": [json.dumps(o.error) for o in failed],
+        "retry_in": [
+            0.0 if is_dead else _backoff(registry.get(o.job.type), o.job.attempt)
+            for o, is_dead in zip(failed, dead, strict=True)
+        ],
+        "dead": dead,
+    }
 
 
 def _backoff(handler: Handler | None, attempt: int) -> float:
@@ -88,7 +95,6 @@ def complete(
     was lost. On an autocommit connection this is a single round trip."""
     done = [o for o in outcomes if o.succeeded]
     failed = [o for o in outcomes if not o.succeeded]
-    dead = [o.permanent or o.job.attempt >= o.job.max_attempts for o in failed]
     rows = connection.execute(
         BATCH,
         {
@@ -97,14 +103,9 @@ def complete(
             "done_ms": [o.duration_ms for o in done],
             "failed_uuid": [o.job.uuid for o in failed],
             "failed_attempt": [o.job.attempt for o in failed],
-            "error": [json.dumps(o.error) for o in failed],
-            "retry_in": [
-                0.0 if is_dead else _backoff(registry.get(o.job.type), o.job.attempt)
-                for o, is_dead in zip(failed, dead, strict=True)
-            ],
-            "dead": dead,
             "failed_ms": [o.duration_ms for o in failed],
             "relay": relay,
+            **_failures(failed, registry),
         },
     ).scalars()
     owned = {uuid for uuid in rows if uuid is not None}
