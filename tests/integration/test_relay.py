@@ -365,6 +365,13 @@ def test_completion_plan_probes_each_job_whatever_the_statistics(db: sa.Engine) 
     assert plan.count("outbox_jobs_pkey") == 2
 
 
+WAITING = """
+    SELECT count(*) FROM pg_locks
+    WHERE NOT granted AND pid IN (
+        SELECT pid FROM pg_stat_activity WHERE datname = current_database())
+"""
+
+
 def test_a_heartbeat_meeting_a_completion_loses_no_job(db: sa.Engine) -> None:
     """A lease renewed while the completion runs changes the row under it: the completion
     must re-read it, find it still leased to this relay, and complete it."""
@@ -386,8 +393,7 @@ def test_a_heartbeat_meeting_a_completion_loses_no_job(db: sa.Engine) -> None:
 
         completing = threading.Thread(target=finish)
         completing.start()
-        wait_for(lambda: scalar(db, "SELECT count(*) FROM pg_locks WHERE NOT granted") > 0,
-                 what="the completion to wait for the heartbeat")  # fmt: skip
+        wait_for(lambda: scalar(db, WAITING) > 0, what="the completion to wait for the heartbeat")
         heartbeat.commit()
         completing.join(timeout=30)
     assert lost == []
