@@ -34,7 +34,7 @@ from relay import complete, execute, metrics
 from relay.claim import claim_batch, next_run_at
 from relay.complete import Completer
 from relay.execute import Outcome
-from relay.http import HttpServer, Readiness
+from relay.http import HttpServer, Readiness, format_addr
 from relay.notify import Listener
 from relay.rescue import Rescuer
 from relay.sealer import Sealer
@@ -164,9 +164,7 @@ class Worker:
         self._start("heartbeat", self._heartbeat)
         if self.http is not None:
             self._start("http", self.http.run)
-            self.log.info(
-                "metrics served", address=f"{self.http.address[0]}:{self.http.address[1]}"
-            )
+            self.log.info("metrics served", address=format_addr(self.http.address))
         try:
             self._produce()
         finally:
