@@ -26,8 +26,6 @@ from relay.execute import Outcome
 from relay.sql import queries
 
 FENCE = sa.text(queries["fence"])
-SUCCEEDED = sa.text(queries["complete_succeeded"])
-FAILED = sa.text(queries["complete_failed"])
 BATCH = sa.text(queries["complete_batch"])
 RELEASE = sa.text(queries["release"])
 FLUSH_AT = 500  # outcomes per completion transaction, at most
@@ -46,29 +44,28 @@ def fence(connection: sa.Connection, relay: str, jobs: Sequence[Job]) -> set[Any
 
 def record(
     connection: sa.Connection, relay: str, outcomes: Sequence[Outcome], registry: Registry
-) -> None:
-    """Write outcomes of fenced jobs: delete the succeeded, retry or bury the failed."""
+) -> set[Any]:
+    """Write outcomes in one statement (sql/complete.sql, `complete_batch`): delete the
+    succeeded jobs, retry or bury the failed, each only while still leased to ``relay`` at the
+    attempt that ran. Returns the uuids written; the others' leases were lost (G3)."""
+    if not outcomes:
+        return set()
     done = [o for o in outcomes if o.succeeded]
     failed = [o for o in outcomes if not o.succeeded]
-    if done:
-        connection.execute(
-            SUCCEEDED,
-            {
-                "uuid": [o.job.uuid for o in done],
-                "duration_ms": [o.duration_ms for o in done],
-                "relay": relay,
-            },
-        )
-    if failed:
-        connection.execute(
-            FAILED,
-            {
-                "uuid": [o.job.uuid for o in failed],
-                "duration_ms": [o.duration_ms for o in failed],
-                "relay": relay,
-                **_failures(failed, registry),
-            },
-        )
+    rows = connection.execute(
+        BATCH,
+        {
+            "done_uuid": [o.job.uuid for o in done],
+            "done_attempt": [o.job.attempt for o in done],
+            "done_ms": [o.duration_ms for o in done],
+            "failed_uuid": [o.job.uuid for o in failed],
+            "failed_attempt": [o.job.attempt for o in failed],
+            "failed_ms": [o.duration_ms for o in failed],
+            "relay": relay,
+            **_failures(failed, registry),
+        },
+    ).scalars()
+    return {uuid for uuid in rows if uuid is not None}
 
 
 def _failures(failed: Sequence[Outcome], registry: Registry) -> dict[str, list[Any]]:
@@ -93,22 +90,7 @@ def complete(
 ) -> list[Outcome]:
     """Fence and record ``outcomes`` in one statement and commit; return those whose lease
     was lost. On an autocommit connection this is a single round trip."""
-    done = [o for o in outcomes if o.succeeded]
-    failed = [o for o in outcomes if not o.succeeded]
-    rows = connection.execute(
-        BATCH,
-        {
-            "done_uuid": [o.job.uuid for o in done],
-            "done_attempt": [o.job.attempt for o in done],
-            "done_ms": [o.duration_ms for o in done],
-            "failed_uuid": [o.job.uuid for o in failed],
-            "failed_attempt": [o.job.attempt for o in failed],
-            "failed_ms": [o.duration_ms for o in failed],
-            "relay": relay,
-            **_failures(failed, registry),
-        },
-    ).scalars()
-    owned = {uuid for uuid in rows if uuid is not None}
+    owned = record(connection, relay, outcomes, registry)
     connection.commit()
     return [o for o in outcomes if o.job.uuid not in owned]
 

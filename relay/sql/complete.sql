@@ -12,65 +12,6 @@ WHERE j.uuid = ANY(CAST(:uuid AS uuid[]))
   AND j.relay = :relay AND j.attempt = f.attempt AND j.lease_expires_at IS NOT NULL
 FOR UPDATE OF j;
 
--- name: complete_succeeded
--- Succeeded jobs leave the live table, and their `succeeded` history rows are appended, in the
--- same transaction (G7), which keeps outbox_jobs small however long the system runs.
--- A keyed job's successor becomes its key's head: wake the relays of its queue (G4).
-WITH done AS (
-    SELECT * FROM unnest(CAST(:uuid AS uuid[]), CAST(:duration_ms AS double precision[]))
-        AS d (uuid, duration_ms)
-),
-deleted AS (
-    DELETE FROM outbox_jobs AS j
-    USING done
-    WHERE j.uuid = done.uuid
-    RETURNING j.uuid, j.type, j.queue, j.key, j.attempt, done.duration_ms
-),
-recorded AS (
-    INSERT INTO outbox_history (job_uuid, event, type, queue, key, attempt, relay, duration_ms)
-    SELECT uuid, 'succeeded', type, queue, key, attempt, :relay, duration_ms
-    FROM deleted
-)
-SELECT count(pg_notify('outbox_jobs', q.queue))
-FROM (SELECT DISTINCT queue FROM deleted WHERE key IS NOT NULL) AS q;
-
--- name: complete_failed
--- Failed attempts (G6): back to pending :retry_in seconds from now (the database's clock), or
--- to dead when :dead says the attempts are spent or the failure is permanent. History keeps the error (`failed`) and the outcome
--- (`retried` with the next run time, or `dead`).
-WITH failed AS (
-    SELECT *
-    FROM unnest(
-        CAST(:uuid AS uuid[]), CAST(:error AS jsonb[]), CAST(:retry_in AS double precision[]),
-        CAST(:dead AS boolean[]), CAST(:duration_ms AS double precision[])
-    ) AS f (uuid, error, retry_in, dead, duration_ms)
-),
-updated AS (
-    UPDATE outbox_jobs AS j
-    SET state = CASE WHEN failed.dead THEN 'dead' ELSE 'pending' END,
-        run_at = CASE
-            WHEN failed.dead THEN j.run_at
-            ELSE now() + make_interval(secs => failed.retry_in)
-        END,
-        lease_expires_at = NULL,
-        last_error = left(failed.error ->> 'message', 2000)
-    FROM failed
-    WHERE j.uuid = failed.uuid
-    RETURNING j.uuid, j.type, j.queue, j.key, j.attempt, j.run_at, failed.error,
-              failed.dead, failed.duration_ms
-)
-INSERT INTO outbox_history (
-    job_uuid, event, type, queue, key, attempt, relay, error, duration_ms, run_at
-)
-SELECT uuid, e.event, type, queue, key, attempt, :relay,
-       CASE WHEN e.event = 'failed' THEN error END,
-       CASE WHEN e.event = 'failed' THEN duration_ms END,
-       CASE WHEN e.event = 'retried' THEN run_at END
-FROM updated
-CROSS JOIN LATERAL (
-    VALUES ('failed'), (CASE WHEN updated.dead THEN 'dead' ELSE 'retried' END)
-) AS e (event);
-
 -- name: release
 -- On shutdown, jobs claimed but not started go back to pending as they were, their attempt
 -- given back: they never ran (G2). History records the release as a rescue by this relay.
@@ -96,8 +37,10 @@ WHERE j.uuid IN (
 );
 
 -- name: complete_batch
--- A whole batch of outcomes of handlers without a session, fenced and recorded in ONE
--- statement (one round trip, its own transaction): each DELETE or UPDATE matches a job only
+-- A whole batch of outcomes, fenced and recorded in ONE statement: for handlers without a
+-- session it is the whole completion (one round trip, its own transaction); handlers with a
+-- session have their jobs locked by `fence` first and this ends their transaction. Each
+-- DELETE or UPDATE matches a job only
 -- while it is still leased to :relay at the attempt that ran (G3); a job rescued meanwhile
 -- matches nothing and is reported lost by its absence. Jobs are found by primary key
 -- (`= ANY`), and "running" is written as "holds a lease" (the table's CHECK makes the two the
