@@ -27,3 +27,9 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, for a log field (its type when it has no message)."""
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from outbox import seal
 from outbox.status import snapshot
+from relay.leader import Leadership
 
 JOBS_COMPLETED = Counter(
     "outbox_jobs_completed_total",
@@ -86,9 +87,8 @@ class QueueGauges(Collector):
     """Depth, oldest ready age, dead jobs and blocked keys, from one relay at a time."""
 
     def __init__(self, engine: sa.Engine) -> None:
-        self._engine = engine
         self._lock = threading.Lock()
-        self._leader: sa.Connection | None = None
+        self._leadership = Leadership(engine, GAUGE_LOCK)
         self._read_at = 0.0
         self._families: list[GaugeMetricFamily] = []
 
@@ -102,37 +102,19 @@ class QueueGauges(Collector):
 
     def close(self) -> None:
         with self._lock:
-            if self._leader is not None:
-                self._leader.close()
-                self._leader = None
-
-    def _lead(self) -> bool:
-        if self._leader is not None:
-            return True
-        connection = self._engine.connect()
-        got = connection.execute(
-            sa.text("SELECT pg_try_advisory_lock(:c, :i)"), {"c": GAUGE_LOCK[0], "i": GAUGE_LOCK[1]}
-        ).scalar()
-        connection.commit()
-        if got:
-            self._leader = connection
-        else:
-            connection.close()
-        return bool(got)
+            self._leadership.resign()
 
     def _read(self) -> list[GaugeMetricFamily]:
         try:
-            if not self._lead():
+            leader = self._leadership.take()
+            if leader is None:
                 return []
-            assert self._leader is not None
-            current = snapshot(self._leader)
-            current_lag = seal.lag_seconds(self._leader)
-            self._leader.commit()
+            current = snapshot(leader)
+            current_lag = seal.lag_seconds(leader)
+            leader.commit()
         except sa.exc.DBAPIError:
             DATABASE_ERRORS.labels("gauges").inc()
-            if self._leader is not None:
-                self._leader.invalidate()
-                self._leader = None  # leadership ends with the connection
+            self._leadership.resign()
             return []
         depth = GaugeMetricFamily(
             "outbox_queue_depth", "Live jobs by queue and state.", labels=["queue", "state"]

@@ -14,6 +14,7 @@ import psycopg
 import structlog
 
 from relay import metrics
+from relay.log import first_line
 
 CHANNEL = "outbox_jobs"
 
@@ -49,7 +50,7 @@ class Listener:
                 delay = min(5.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0)
                 log.warning(
                     "LISTEN connection lost; reconnecting",
-                    error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    error=first_line(exc),
                     retry_in=round(delay, 2),
                 )
                 self._wake.set()  # notifications may have been missed: look now

@@ -10,6 +10,7 @@ import structlog
 
 from outbox.registry import Registry
 from relay import metrics
+from relay.log import first_line
 from relay.sql import queries
 
 RESCUE = sa.text(queries["rescue_expired"])
@@ -54,7 +55,7 @@ class Rescuer:
                 self.rescue_all()
             except sa.exc.DBAPIError as exc:
                 metrics.DATABASE_ERRORS.labels("rescue").inc()
-                log.warning("rescue pass failed; will try again", error=str(exc).splitlines()[0])
+                log.warning("rescue pass failed; will try again", error=first_line(exc))
 
     def rescue_all(self) -> int:
         rescued = 0

@@ -18,6 +18,8 @@ import sqlalchemy as sa
 import structlog
 
 from relay import metrics
+from relay.leader import Leadership
+from relay.log import first_line
 
 #: Session-level advisory lock of the one relay that looks after the table: (class, id).
 UPKEEP_LOCK = (0x0B0D, 4)
@@ -41,35 +43,36 @@ log = structlog.get_logger("outbox.relay")
 class Upkeep:
     def __init__(self, engine: sa.Engine) -> None:
         # VACUUM cannot run inside a transaction: a connection in autocommit of its own.
-        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._leadership = Leadership(autocommit, UPKEEP_LOCK)
         self._stopping = threading.Event()
-        self._leader: sa.Connection | None = None
         self._allowed = True
 
     def run(self) -> None:
         while self._allowed and not self._stopping.wait(EVERY):
             try:
-                if self._lead():
+                if self._leadership.take() is not None:
                     self.look()
             except sa.exc.DBAPIError as exc:
                 metrics.DATABASE_ERRORS.labels("upkeep").inc()
-                log.warning("table upkeep failed; will try again", error=_first_line(exc))
-                self._resign()
-        self._resign()
+                log.warning("table upkeep failed; will try again", error=first_line(exc))
+                self._leadership.resign()
+        self._leadership.resign()
 
     def stop(self) -> None:
         self._stopping.set()
 
     def look(self) -> bool:
         """Vacuum `outbox_jobs` if its dead rows call for it; True if it did."""
-        assert self._leader is not None
-        row = self._leader.execute(DEAD).first()
+        leader = self._leadership.connection
+        assert leader is not None, "look() is for the leader"
+        row = leader.execute(DEAD).first()
         if row is None:
             return False
         dead, live = int(row.n_dead_tup), int(row.n_live_tup)
         if dead < DEAD_ROWS and dead < DEAD_RATIO * max(live, 1):
             return False
-        if not self._leader.execute(MAY_VACUUM).scalar():
+        if not leader.execute(MAY_VACUUM).scalar():
             # PostgreSQL only warns and skips a table the role may not vacuum.
             self._allowed = False
             log.warning(
@@ -79,32 +82,8 @@ class Upkeep:
             )
             return False
         started = time.monotonic()
-        self._leader.exec_driver_sql("VACUUM (ANALYZE) outbox_jobs")
+        leader.exec_driver_sql("VACUUM (ANALYZE) outbox_jobs")
         log.info(
             "vacuumed outbox_jobs", dead_rows=dead, seconds=round(time.monotonic() - started, 2)
         )
         return True
-
-    def _lead(self) -> bool:
-        if self._leader is not None:
-            return True
-        connection = self._engine.connect()
-        got = connection.execute(
-            sa.text("SELECT pg_try_advisory_lock(:c, :i)"),
-            {"c": UPKEEP_LOCK[0], "i": UPKEEP_LOCK[1]},
-        ).scalar()
-        if not got:
-            connection.close()
-            return False
-        self._leader = connection
-        return True
-
-    def _resign(self) -> None:
-        if self._leader is not None:
-            self._leader.invalidate()  # the lock ends with the session
-            self._leader.close()
-            self._leader = None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -35,6 +35,7 @@ from relay.claim import claim_batch, next_run_at
 from relay.complete import Completer
 from relay.execute import Outcome
 from relay.http import HttpServer, Readiness, format_addr
+from relay.log import first_line
 from relay.notify import Listener
 from relay.rescue import Rescuer
 from relay.sealer import Sealer
@@ -204,7 +205,7 @@ class Worker:
                 failures += 1
                 delay = min(5.0, 0.1 * 2**failures)
                 self.log.warning(
-                    "claim failed; retrying", error=_first_line(exc), retry_in=round(delay, 2)
+                    "claim failed; retrying", error=first_line(exc), retry_in=round(delay, 2)
                 )
                 self._stopping.wait(delay)
                 continue
@@ -302,7 +303,7 @@ class Worker:
         them instead, so their leases expire and the rescuer gives them back (G2)."""
         if future.cancelled() or future.exception() is None:
             return
-        self.log.error("handler task failed", error=_first_line(future.exception()))  # type: ignore[arg-type]
+        self.log.error("handler task failed", error=first_line(future.exception()))  # type: ignore[arg-type]
         self._finished([], [Outcome(r.job, 0.0) for r in members])
 
     def _begin(self, running: Running) -> bool:
@@ -358,7 +359,7 @@ class Worker:
         except Exception as exc:  # the connection died, or the transaction could not end
             metrics.DATABASE_ERRORS.labels("complete").inc()
             # Nothing was committed; the leases expire and the jobs run again (G2).
-            self.log.error("session jobs not completed", jobs=len(work), error=_first_line(exc))
+            self.log.error("session jobs not completed", jobs=len(work), error=first_line(exc))
             self._finished([], [Outcome(job, 0.0) for _, job in work])
             return []
         for job in lost:
@@ -468,7 +469,7 @@ class Worker:
                 connection.execute(ANNOUNCE, params)
         except sa.exc.DBAPIError as exc:
             metrics.DATABASE_ERRORS.labels("heartbeat").inc()
-            self.log.warning("relay heartbeat failed", error=_first_line(exc))
+            self.log.warning("relay heartbeat failed", error=first_line(exc))
 
     def _extend(self) -> None:
         now = time.monotonic()
@@ -487,7 +488,7 @@ class Worker:
                 )
         except sa.exc.DBAPIError as exc:
             metrics.DATABASE_ERRORS.labels("heartbeat").inc()
-            self.log.warning("lease heartbeat failed", error=_first_line(exc))
+            self.log.warning("lease heartbeat failed", error=first_line(exc))
 
     # -- shutdown ---------------------------------------------------------------------
 
@@ -499,7 +500,7 @@ class Worker:
                 with self.engine.connect() as connection:
                     complete.release(connection, self.relay, unstarted)
             except sa.exc.DBAPIError as exc:
-                self.log.warning("could not release unstarted jobs", error=_first_line(exc))
+                self.log.warning("could not release unstarted jobs", error=first_line(exc))
         while time.monotonic() < grace:
             self._space.clear()
             if not self._busy_running():
@@ -550,8 +551,3 @@ def _outcome(outcome: Outcome) -> str:
     if outcome.permanent or outcome.job.attempt >= outcome.job.max_attempts:
         return "dead"
     return "retried"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -38,11 +38,11 @@ def test_dead_rows_past_the_threshold_are_vacuumed(
     pile_up_dead_rows(db, 1000)
     before = vacuums(db)
     keeper = upkeep.Upkeep(db)
-    assert keeper._lead()
+    assert keeper._leadership.take() is not None
     try:
         assert keeper.look()
     finally:
-        keeper._resign()
+        keeper._leadership.resign()
     assert vacuums(db) == before + 1
     assert scalar(db, "SELECT count(*) FROM outbox_jobs") == 0
 
@@ -54,11 +54,11 @@ def test_few_dead_rows_are_left_to_autovacuum(
     monkeypatch.setattr(upkeep, "DEAD_RATIO", 1_000_000)
     pile_up_dead_rows(db, 100)
     keeper = upkeep.Upkeep(db)
-    assert keeper._lead()
+    assert keeper._leadership.take() is not None
     try:
         assert not keeper.look()
     finally:
-        keeper._resign()
+        keeper._leadership.resign()
 
 
 def test_a_relay_that_may_not_vacuum_says_so_and_stops_trying(
@@ -70,20 +70,20 @@ def test_a_relay_that_may_not_vacuum_says_so_and_stops_trying(
         engine = create_engine(as_role(dsn, writer), poolclass=sa.NullPool)
         keeper = upkeep.Upkeep(engine)
         try:
-            assert keeper._lead()
+            assert keeper._leadership.take() is not None
             assert not keeper.look()
             assert not keeper._allowed
         finally:
-            keeper._resign()
+            keeper._leadership.resign()
             engine.dispose()
 
 
 def test_one_relay_at_a_time_looks_after_the_table(db: sa.Engine) -> None:
     first, second = upkeep.Upkeep(db), upkeep.Upkeep(db)
     try:
-        assert first._lead()
-        assert not second._lead()
+        assert first._leadership.take() is not None
+        assert second._leadership.take() is None
     finally:
-        first._resign()
-    assert second._lead()
-    second._resign()
+        first._leadership.resign()
+    assert second._leadership.take() is not None
+    second._leadership.resign()
