@@ -18,16 +18,13 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 
 from outbox.errors import OutboxError
-from outbox.seal import chain_digest, own_digest
+from outbox.seal import append_link, lock_chain, own_digest
 from outbox.sql import queries
 from outbox.verify import Seal, VerificationError, is_pruned, iter_seals, pruned_ranges
 
 FORMAT = "outbox-history-export"
 VERSION = 1
 _CANONICAL = sa.text(queries["canonical_rows"])
-_LOCK = sa.text(queries["chain_lock"])
-_END = sa.text(queries["chain_end"])
-_INSERT = sa.text(queries["insert_seal"])
 _ALLOW = sa.text(queries["allow_prune"])
 _DELETE = sa.text(queries["prune_rows"])
 _IDEMPOTENCY = sa.text(queries["prune_idempotency"])
@@ -209,8 +206,7 @@ def _prune_history(
     xid_from, xid_to = chosen[0].xid_from, chosen[-1].xid_to
     expected = sum(s.row_count for s in chosen)
     with connection.begin():
-        connection.execute(_LOCK)
-        previous = connection.execute(_END).one().digest
+        previous, _ = lock_chain(connection)
         connection.execute(_ALLOW, {"xid": xid_to})
         deleted = connection.execute(_DELETE, {"xid_from": xid_from, "xid_to": xid_to}).rowcount
         if deleted != expected:
@@ -218,26 +214,13 @@ def _prune_history(
                 f"history of seals {chosen[0].id} to {chosen[-1].id} holds {deleted} rows, the "
                 f"seals {expected}: prune refused; run `outbox audit verify`"
             )
-        rows_digest = chosen[-1].digest
-        previous = None if previous is None else bytes(previous)
-        digest = chain_digest("prune", previous, xid_from, xid_to, deleted, rows_digest)
-        prune_id = connection.execute(
-            _INSERT,
-            {
-                "kind": "prune",
-                "xid_from": xid_from,
-                "xid_to": xid_to,
-                "row_count": deleted,
-                "first_history_id": chosen[0].first_history_id,
-                "last_history_id": chosen[-1].last_history_id,
-                "rows_digest": rows_digest,
-                "row_hashes": None,
-                "previous_digest": previous,
-                "digest": digest,
-                "actor": actor,
-            },
-        ).scalar_one()
-    return len(chosen), deleted, int(prune_id)
+        # A prune's rows digest is the digest of the last seal it removes.
+        prune_id = append_link(
+            connection, previous, "prune", xid_from, xid_to, deleted, chosen[-1].digest,
+            first_history_id=chosen[0].first_history_id,
+            last_history_id=chosen[-1].last_history_id, actor=actor,
+        )  # fmt: skip
+    return len(chosen), deleted, prune_id
 
 
 def prune_idempotency(connection: sa.Connection, batch: int = 10_000) -> int:

@@ -92,8 +92,10 @@ class RangeDigest:
     rows_digest: bytes
     row_hashes: bytes
 
-    def prefixes(self) -> list[bytes]:
-        return [self.row_hashes[i : i + 8] for i in range(0, len(self.row_hashes), 8)]
+
+def prefixes(row_hashes: bytes) -> list[bytes]:
+    """A seal's ``row_hashes`` cut into each row's 8-byte prefix, in canonical order."""
+    return [row_hashes[i : i + 8] for i in range(0, len(row_hashes), 8)]
 
 
 def digest_range(connection: sa.Connection, xid_from: int, xid_to: int) -> RangeDigest:
@@ -117,6 +119,43 @@ class Sealed:
     row_count: int
 
 
+def lock_chain(connection: sa.Connection) -> tuple[bytes | None, int]:
+    """Take the chain's append lock for this transaction; return the digest at its end and
+    the transaction id up to which history is sealed (prunes do not move it)."""
+    connection.execute(_LOCK)
+    end = connection.execute(_END).one()
+    return (None if end.digest is None else bytes(end.digest)), int(end.sealed_to)
+
+
+def append_link(
+    connection: sa.Connection,
+    previous: bytes | None,
+    kind: str,
+    xid_from: int,
+    xid_to: int,
+    row_count: int,
+    rows_digest: bytes,
+    *,
+    first_history_id: int | None,
+    last_history_id: int | None,
+    row_hashes: bytes | None = None,
+    actor: str | None = None,
+) -> int:
+    """Append a seal or a prune linked to ``previous`` (under :func:`lock_chain`); its id."""
+    digest = chain_digest(kind, previous, xid_from, xid_to, row_count, rows_digest)
+    return int(
+        connection.execute(
+            _INSERT,
+            {
+                "kind": kind, "xid_from": xid_from, "xid_to": xid_to, "row_count": row_count,
+                "first_history_id": first_history_id, "last_history_id": last_history_id,
+                "rows_digest": rows_digest, "row_hashes": row_hashes,
+                "previous_digest": previous, "digest": digest, "actor": actor,
+            },
+        ).scalar_one()
+    )  # fmt: skip
+
+
 def seal_once(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> Sealed | None:
     """Seal what can no longer change, up to ``max_rows`` rows, in a transaction of its own.
 
@@ -127,9 +166,8 @@ def seal_once(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> Sealed
     if connection.in_transaction():
         raise OutboxError("sealing needs a connection outside a transaction: commit or roll back")
     with connection.begin():
-        connection.execute(_LOCK)
-        end = connection.execute(_END).one()
-        xid_from = int(end.sealed_to)
+        previous, sealed_to = lock_chain(connection)
+        xid_from = sealed_to
         xid_to = int(connection.execute(_XMIN).scalar_one())
         if xid_to <= xid_from:
             return None
@@ -141,26 +179,11 @@ def seal_once(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> Sealed
             split = connection.execute(_SPLIT, {**bounds, "rows": max_rows}).scalar()
             xid_to = max(int(split), xid_from + 1) if split is not None else xid_to
         found = digest_range(connection, xid_from, xid_to)
-        previous = None if end.digest is None else bytes(end.digest)
-        digest = chain_digest(
-            "seal", previous, xid_from, xid_to, found.row_count, found.rows_digest
-        )
-        seal_id = connection.execute(
-            _INSERT,
-            {
-                "kind": "seal",
-                "xid_from": xid_from,
-                "xid_to": xid_to,
-                "row_count": found.row_count,
-                "first_history_id": found.first_history_id,
-                "last_history_id": found.last_history_id,
-                "rows_digest": found.rows_digest,
-                "row_hashes": found.row_hashes,
-                "previous_digest": previous,
-                "digest": digest,
-                "actor": None,
-            },
-        ).scalar_one()
+        seal_id = append_link(
+            connection, previous, "seal", xid_from, xid_to, found.row_count,
+            found.rows_digest, first_history_id=found.first_history_id,
+            last_history_id=found.last_history_id, row_hashes=found.row_hashes,
+        )  # fmt: skip
     return Sealed(seal_id, xid_from, xid_to, found.row_count)
 
 

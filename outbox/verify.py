@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from outbox.errors import OutboxError
-from outbox.seal import RangeDigest, chain_digest, digest_range, own_digest
+from outbox.seal import RangeDigest, chain_digest, digest_range, own_digest, prefixes
 from outbox.sql import queries
 
 _SEALS = sa.text(queries["seals"])
@@ -175,7 +175,7 @@ def _compare_rows(connection: sa.Connection, seal: Seal, found: RangeDigest) -> 
     if found.rows_digest == seal.rows_digest and found.row_count == seal.row_count:
         return
     where = f"seal {seal.id} (transactions {seal.xid_from} to {seal.xid_to - 1})"
-    stored = [(seal.row_hashes or b"")[i : i + 8] for i in range(0, len(seal.row_hashes or b""), 8)]
+    stored = prefixes(seal.row_hashes or b"")
     actual = connection.execute(
         _ROW_HASHES, {"xid_from": seal.xid_from, "xid_to": seal.xid_to}
     ).all()
