@@ -42,17 +42,13 @@ from sqlalchemy.orm import Session
 
 import outbox
 from bench import latency
+from bench.relay import UNSEALED
 from outbox.database import create_engine
 from outbox.testing import server_dsn, temporary_database
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ("enqueue_single", "enqueue_bulk", "drain", "latency")
 MIB = 1024 * 1024
-
-UNSEALED = """
-    SELECT EXISTS (SELECT FROM outbox_history WHERE xid >=
-                   (SELECT coalesce(max(xid_to), 0) FROM outbox_seals))
-"""
 
 
 class Timeout(Exception):
