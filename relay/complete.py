@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 import tenacity
+from psycopg.types.numeric import Int4
 from sqlalchemy.orm import Session
 
 from outbox.job import Job
@@ -37,7 +38,11 @@ def fence(connection: sa.Connection, relay: str, jobs: Sequence[Job]) -> set[Any
     """Lock the jobs still leased to ``relay`` at their attempt; return their uuids."""
     rows = connection.execute(
         FENCE,
-        {"uuid": [j.uuid for j in jobs], "attempt": [j.attempt for j in jobs], "relay": relay},
+        {
+            "uuid": [j.uuid for j in jobs],
+            "attempt": [Int4(j.attempt) for j in jobs],
+            "relay": relay,
+        },
     )
     return {row[0] for row in rows}
 
@@ -56,10 +61,12 @@ def record(
         BATCH,
         {
             "done_uuid": [o.job.uuid for o in done],
-            "done_attempt": [o.job.attempt for o in done],
+            # int4, as the column is: a list of small ints would arrive as smallint[] and be
+            # cast again for every row the statement reads.
+            "done_attempt": [Int4(o.job.attempt) for o in done],
             "done_ms": [o.duration_ms for o in done],
             "failed_uuid": [o.job.uuid for o in failed],
-            "failed_attempt": [o.job.attempt for o in failed],
+            "failed_attempt": [Int4(o.job.attempt) for o in failed],
             "failed_ms": [o.duration_ms for o in failed],
             "relay": relay,
             **_failures(failed, registry),
