@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from prometheus_client import Counter, Gauge, Histogram
@@ -21,6 +23,9 @@ from prometheus_client.registry import Collector
 from outbox import seal
 from outbox.status import snapshot
 from relay.leader import Leadership
+
+if TYPE_CHECKING:
+    from relay.execute import Outcome
 
 JOBS_COMPLETED = Counter(
     "outbox_jobs_completed_total",
@@ -53,6 +58,25 @@ IN_FLIGHT = Gauge(
     "Jobs claimed by this relay and not yet completed.",
     multiprocess_mode="livesum",
 )
+
+
+def record_outcomes(done: Sequence[Outcome], outcome_of: Callable[[Outcome], str]) -> None:
+    """Count a completed batch: one labelled counter increment per (queue, type, outcome),
+    one labelled histogram per (queue, type), however many jobs the batch holds."""
+    counts: Tally[tuple[str, str, str]] = Tally()
+    durations: dict[tuple[str, str], list[float]] = {}
+    for outcome in done:
+        job = outcome.job
+        counts[job.queue, job.type, outcome_of(outcome)] += 1
+        durations.setdefault((job.queue, job.type), []).append(outcome.duration_ms / 1000)
+    for labels, count in counts.items():
+        JOBS_COMPLETED.labels(*labels).inc(count)
+    for labels, seconds in durations.items():
+        histogram = HANDLER_DURATION.labels(*labels)
+        for value in seconds:
+            histogram.observe(value)
+
+
 RESCUED = Counter("outbox_jobs_rescued_total", "Jobs whose expired lease this relay rescued.")
 FENCING_REJECTIONS = Counter(
     "outbox_fencing_rejections_total",
