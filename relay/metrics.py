@@ -69,10 +69,10 @@ def record_outcomes(done: Sequence[Outcome], outcome_of: Callable[[Outcome], str
         job = outcome.job
         counts[job.queue, job.type, outcome_of(outcome)] += 1
         durations.setdefault((job.queue, job.type), []).append(outcome.duration_ms / 1000)
-    for labels, count in counts.items():
-        JOBS_COMPLETED.labels(*labels).inc(count)
-    for labels, seconds in durations.items():
-        histogram = HANDLER_DURATION.labels(*labels)
+    for (queue, type_, outcome_name), count in counts.items():
+        JOBS_COMPLETED.labels(queue, type_, outcome_name).inc(count)
+    for (queue, type_), seconds in durations.items():
+        histogram = HANDLER_DURATION.labels(queue, type_)
         for value in seconds:
             histogram.observe(value)
 
