@@ -43,7 +43,7 @@ REPORT = ROOT / "bench" / "last-run.md"
 #: What each system runs for a drain (and the latency run) beyond --processes.
 RELAY_OPTIONS = {
     # 16 threads per process, sealing on; claims of 200 (the docs' advice for throughput)
-    "outbox": ["--batch-size", "200"],
+    "outbox": ["--batch-size", "500"],
     "procrastinate": ["--concurrency", "10"],
     "pgqueuer": ["--batch-size", "50"],
 }
