@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 
 import outbox
 from bench import latency
-from bench.relay import UNSEALED
+from bench.relay import UNSEALED, fill
 from outbox.database import create_engine
 from outbox.testing import server_dsn, temporary_database
 
@@ -175,13 +175,7 @@ def relay_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def drain(engine: sa.Engine, dsn: str, args: argparse.Namespace) -> dict[str, Any]:
-    with Session(engine) as session:
-        outbox.enqueue_many(
-            session, [outbox.NewJob("bench.noop", {"n": n}) for n in range(args.jobs)]
-        )
-        session.commit()
-    with engine.begin() as conn:
-        conn.execute(sa.text("ANALYZE outbox_jobs"))
+    fill(engine, args.jobs)
     with relay(dsn, "bench.noop:registry", args) as (process, sampler):
         started = time.perf_counter()
         deadline = started + args.timeout

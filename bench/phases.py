@@ -21,9 +21,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 import outbox
+from bench.relay import fill
 from outbox.database import create_engine
 from outbox.registry import Registry
 from outbox.seal import seal_all
@@ -65,13 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     with temporary_database(server_dsn(), prefix="outbox_bench") as dsn:
         engine = create_engine(dsn)
         fast = create_engine(dsn, isolation_level="AUTOCOMMIT")
-        with Session(engine) as session:
-            outbox.enqueue_many(
-                session, [outbox.NewJob("bench.noop", {"n": n}) for n in range(args.jobs)]
-            )
-            session.commit()
-        with engine.begin() as conn:
-            conn.execute(sa.text("ANALYZE outbox_jobs"))
+        fill(engine, args.jobs)
         with engine.connect() as conn:
             conn.commit()
             measure("seal (enqueued rows)", args.jobs, conn, lambda: seal_all(conn) and None)

@@ -47,6 +47,15 @@ UNSEALED = """
 """
 
 
+def fill(engine: sa.Engine, jobs: int, job_type: str = "bench.noop") -> None:
+    """Enqueue ``jobs`` jobs in one transaction, then refresh the planner's statistics."""
+    with Session(engine) as session:
+        outbox.enqueue_many(session, [outbox.NewJob(job_type, {"n": n}) for n in range(jobs)])
+        session.commit()
+    with engine.begin() as conn:
+        conn.execute(sa.text("ANALYZE outbox_jobs"))
+
+
 def drain(dsn: str, args: argparse.Namespace, seal: bool) -> tuple[float, float, float | None, int]:
     """Seconds to drain from the relay's start, seconds from its first claim to its last
     completion, seconds until all is sealed, and the relay's exit code."""
@@ -114,13 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_once(args: argparse.Namespace, seal: bool) -> int:
     with temporary_database(server_dsn(), prefix="outbox_bench") as dsn:
         engine = create_engine(dsn)
-        with Session(engine) as session:
-            outbox.enqueue_many(
-                session, [outbox.NewJob(args.type, {"n": n}) for n in range(args.jobs)]
-            )
-            session.commit()
-        with engine.begin() as conn:
-            conn.execute(sa.text("ANALYZE outbox_jobs"))
+        fill(engine, args.jobs, args.type)
         engine.dispose()
         elapsed, working, sealed, code = drain(dsn, args, seal)
     sealing = f"sealing on, all sealed after {sealed:.2f}s" if sealed else "sealing off"
