@@ -8,16 +8,20 @@ processes, and never imports ``outbox``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -316,3 +320,101 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 def latency_summary(values: list[float]) -> dict[str, float]:
     return {f"p{p}_ms": round(percentile(values, p), 2) for p in (50, 95, 99)}
+
+
+# --- the timed workloads with workers ------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """What a driver tells the shared drain and latency runs about its system."""
+
+    name: str
+    #: The worker processes' command line, and their environment given the folder where
+    #: they note run times (None when nothing is noted).
+    argv: list[str]
+    env: Callable[[Path | None], dict[str, str]]
+    #: How the workers are configured, as the result's "config" says it.
+    config: str
+    #: SQL that is true while any job is queued or running, and what it waits for, in words.
+    live: str
+    live_what: str
+    #: The workers are connected and idle, and what that is, in words.
+    ready: Callable[[Probe], bool]
+    ready_what: str
+
+
+def rate(config: str, jobs: int, seconds: float) -> dict[str, object]:
+    return {
+        "config": config,
+        "jobs": jobs,
+        "seconds": round(seconds, 3),
+        "jobs_per_s": round(jobs / seconds, 1),
+    }
+
+
+def drain(
+    args: argparse.Namespace, peer: Peer, finished: Callable[[Probe], None] | None = None
+) -> dict[str, object]:
+    """Start the workers on jobs enqueued already; time them until no job is live.
+    ``finished`` may check the jobs' end states before the workers stop."""
+    with Probe(args.dsn) as probe, Workers(args.stop_timeout) as workers:
+        started = time.perf_counter()
+        workers.start(peer.argv, peer.env(None), args.processes)
+        with RssSampler(lambda: [p.pid for p in workers.procs]) as rss:
+            wait_until(
+                peer.live_what,
+                lambda: not probe.scalar(peer.live),
+                args.timeout,
+                check=workers.check_alive,
+            )
+            elapsed = time.perf_counter() - started
+        if finished is not None:
+            finished(probe)
+    return {**rate(peer.config, args.jobs, elapsed), "peak_rss_mib": rss.peak_mib}
+
+
+async def latency(
+    args: argparse.Namespace, peer: Peer, enqueue: Callable[[int], Awaitable[object]]
+) -> dict[str, object]:
+    """Idle workers first; then ``enqueue(seq)`` at ``args.rate`` jobs/s for ``args.seconds``;
+    each job's latency is from its commit to its task's start (noted by the workers)."""
+    total = max(1, round(args.rate * args.seconds))
+    done_dir = Path(tempfile.mkdtemp(prefix=f"bench-peer-{peer.name}-"))
+    try:
+        with Probe(args.dsn) as probe, Workers(args.stop_timeout) as workers:
+            workers.start(peer.argv, peer.env(done_dir), args.processes)
+            wait_until(
+                peer.ready_what, lambda: peer.ready(probe), args.timeout, check=workers.check_alive
+            )
+            await asyncio.sleep(1.0)  # let every worker reach its idle wait
+            with RssSampler(lambda: [p.pid for p in workers.procs]) as rss:
+                committed: dict[int, float] = {}
+                started = time.perf_counter()
+                for seq in range(total):
+                    delay = started + seq / args.rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    await enqueue(seq)
+                    committed[seq] = time.time()
+                produced = time.perf_counter() - started
+                log(f"enqueued {total} jobs in {produced:.2f} s")
+                wait_until(
+                    peer.live_what,
+                    lambda: not probe.scalar(peer.live),
+                    args.timeout,
+                    check=workers.check_alive,
+                )
+                wait_until(
+                    "every job's run time to be written",
+                    lambda: len(read_done(done_dir)) >= total,
+                    args.timeout,
+                )
+        values = latencies_ms(committed, read_done(done_dir))
+    finally:
+        shutil.rmtree(done_dir, ignore_errors=True)
+    return {
+        **rate(f"{peer.config}, {args.rate:g} jobs/s for {args.seconds:g} s", total, produced),
+        **latency_summary(values),
+        "peak_rss_mib": rss.peak_mib,
+    }

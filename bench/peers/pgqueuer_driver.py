@@ -28,9 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -178,77 +176,25 @@ def workers_config(args) -> str:
     return text + " (asyncpg)"
 
 
+def peer(args) -> common.Peer:
+    return common.Peer(
+        name=SYSTEM,
+        argv=worker_argv(args),
+        env=lambda done_dir: worker_env(args.dsn, done_dir),
+        config=workers_config(args),
+        live=LIVE,
+        live_what="the pgqueuer table to have no queued/picked job",
+        ready=lambda probe: probe.workers_connected() >= args.processes,
+        ready_what=f"{args.processes} worker(s) to connect",
+    )
+
+
 async def drain(args, queries: Queries) -> dict[str, object]:
     await queries.enqueue(
         [ENTRYPOINT] * args.jobs, [payload(n) for n in range(args.jobs)], [0] * args.jobs
     )
     common.log(f"enqueued {args.jobs} jobs (not timed)")
-    with common.Probe(args.dsn) as probe, common.Workers(args.stop_timeout) as workers:
-        started = time.perf_counter()
-        workers.start(worker_argv(args), worker_env(args.dsn), args.processes)
-        with common.RssSampler(lambda: [p.pid for p in workers.procs]) as rss:
-            common.wait_until(
-                "the pgqueuer table to have no queued/picked job",
-                lambda: not probe.scalar(LIVE),
-                args.timeout,
-                check=workers.check_alive,
-            )
-            elapsed = time.perf_counter() - started
-    return {
-        "config": workers_config(args),
-        "jobs": args.jobs,
-        "seconds": round(elapsed, 3),
-        "jobs_per_s": round(args.jobs / elapsed, 1),
-        "peak_rss_mib": rss.peak_mib,
-    }
-
-
-async def latency(args, queries: Queries) -> dict[str, object]:
-    total = max(1, round(args.rate * args.seconds))
-    done_dir = Path(tempfile.mkdtemp(prefix="bench-peer-pgqueuer-"))
-    try:
-        with common.Probe(args.dsn) as probe, common.Workers(args.stop_timeout) as workers:
-            workers.start(worker_argv(args), worker_env(args.dsn, done_dir), args.processes)
-            common.wait_until(
-                f"{args.processes} worker(s) to connect",
-                lambda: probe.workers_connected() >= args.processes,
-                args.timeout,
-                check=workers.check_alive,
-            )
-            await asyncio.sleep(1.0)  # let every worker reach its idle wait (LISTEN)
-            with common.RssSampler(lambda: [p.pid for p in workers.procs]) as rss:
-                committed: dict[int, float] = {}
-                started = time.perf_counter()
-                for seq in range(total):
-                    delay = started + seq / args.rate - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    await queries.enqueue(ENTRYPOINT, b'{"seq": %d}' % seq)
-                    committed[seq] = time.time()
-                produced = time.perf_counter() - started
-                common.log(f"enqueued {total} jobs in {produced:.2f} s")
-                common.wait_until(
-                    "the pgqueuer table to have no queued/picked job",
-                    lambda: not probe.scalar(LIVE),
-                    args.timeout,
-                    check=workers.check_alive,
-                )
-                common.wait_until(
-                    "every job's run time to be written",
-                    lambda: len(common.read_done(done_dir)) >= total,
-                    args.timeout,
-                )
-        values = common.latencies_ms(committed, common.read_done(done_dir))
-    finally:
-        shutil.rmtree(done_dir, ignore_errors=True)
-    return {
-        "config": f"{workers_config(args)}, {args.rate:g} jobs/s for {args.seconds:g} s",
-        "jobs": total,
-        "seconds": round(produced, 3),
-        "jobs_per_s": round(total / produced, 1),
-        **common.latency_summary(values),
-        "peak_rss_mib": rss.peak_mib,
-    }
+    return common.drain(args, peer(args))
 
 
 async def run(args) -> dict[str, object]:
@@ -262,13 +208,10 @@ async def run(args) -> dict[str, object]:
         elif args.workload == "drain":
             return await drain(args, queries)
         else:
-            return await latency(args, queries)
-        return {
-            "config": config,
-            "jobs": args.jobs,
-            "seconds": round(elapsed, 3),
-            "jobs_per_s": round(args.jobs / elapsed, 1),
-        }
+            return await common.latency(
+                args, peer(args), lambda seq: queries.enqueue(ENTRYPOINT, b'{"seq": %d}' % seq)
+            )
+        return common.rate(config, args.jobs, elapsed)
     finally:
         await conn.close()
 

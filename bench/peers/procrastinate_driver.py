@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -129,85 +127,29 @@ def workers_config(args) -> str:
     return f"{processes} x concurrency {args.concurrency}"
 
 
+def peer(args) -> common.Peer:
+    return common.Peer(
+        name=SYSTEM,
+        argv=worker_argv(args.concurrency),
+        env=lambda done_dir: worker_env(args.dsn, args.concurrency, done_dir),
+        config=workers_config(args),
+        live=LIVE,
+        live_what="procrastinate_jobs to have no todo/doing job",
+        ready=lambda probe: probe.workers_connected("LISTEN%") >= args.processes,
+        ready_what=f"{args.processes} worker(s) to LISTEN",
+    )
+
+
+def all_succeeded(probe: common.Probe) -> None:
+    left = probe.scalar("SELECT count(*) FROM procrastinate_jobs WHERE status <> 'succeeded'")
+    if left:
+        raise SystemExit(f"{left} job(s) ended other than succeeded")
+
+
 async def drain(args, bench_app: procrastinate.App) -> dict[str, object]:
     await bench_app.tasks[TASK].batch_defer_async(*({"n": n} for n in range(args.jobs)))
     common.log(f"deferred {args.jobs} jobs (not timed)")
-    with common.Probe(args.dsn) as probe, common.Workers(args.stop_timeout) as workers:
-        started = time.perf_counter()
-        workers.start(
-            worker_argv(args.concurrency), worker_env(args.dsn, args.concurrency), args.processes
-        )
-        with common.RssSampler(lambda: [p.pid for p in workers.procs]) as rss:
-            common.wait_until(
-                "procrastinate_jobs to have no todo/doing job",
-                lambda: not probe.scalar(LIVE),
-                args.timeout,
-                check=workers.check_alive,
-            )
-            elapsed = time.perf_counter() - started
-        left = probe.scalar("SELECT count(*) FROM procrastinate_jobs WHERE status <> 'succeeded'")
-        if left:
-            raise SystemExit(f"{left} job(s) ended other than succeeded")
-    return {
-        "config": workers_config(args),
-        "jobs": args.jobs,
-        "seconds": round(elapsed, 3),
-        "jobs_per_s": round(args.jobs / elapsed, 1),
-        "peak_rss_mib": rss.peak_mib,
-    }
-
-
-async def latency(args, bench_app: procrastinate.App) -> dict[str, object]:
-    task = bench_app.tasks[TASK]
-    total = max(1, round(args.rate * args.seconds))
-    done_dir = Path(tempfile.mkdtemp(prefix="bench-peer-procrastinate-"))
-    try:
-        with common.Probe(args.dsn) as probe, common.Workers(args.stop_timeout) as workers:
-            workers.start(
-                worker_argv(args.concurrency),
-                worker_env(args.dsn, args.concurrency, done_dir),
-                args.processes,
-            )
-            common.wait_until(
-                f"{args.processes} worker(s) to LISTEN",
-                lambda: probe.workers_connected("LISTEN%") >= args.processes,
-                args.timeout,
-                check=workers.check_alive,
-            )
-            await asyncio.sleep(1.0)  # let every worker reach its idle wait
-            with common.RssSampler(lambda: [p.pid for p in workers.procs]) as rss:
-                committed: dict[int, float] = {}
-                started = time.perf_counter()
-                for seq in range(total):
-                    delay = started + seq / args.rate - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    await task.defer_async(seq=seq)
-                    committed[seq] = time.time()
-                produced = time.perf_counter() - started
-                common.log(f"deferred {total} jobs in {produced:.2f} s")
-                common.wait_until(
-                    "procrastinate_jobs to have no todo/doing job",
-                    lambda: not probe.scalar(LIVE),
-                    args.timeout,
-                    check=workers.check_alive,
-                )
-                common.wait_until(
-                    "every job's run time to be written",
-                    lambda: len(common.read_done(done_dir)) >= total,
-                    args.timeout,
-                )
-        values = common.latencies_ms(committed, common.read_done(done_dir))
-    finally:
-        shutil.rmtree(done_dir, ignore_errors=True)
-    return {
-        "config": f"{workers_config(args)}, {args.rate:g} jobs/s for {args.seconds:g} s",
-        "jobs": total,
-        "seconds": round(produced, 3),
-        "jobs_per_s": round(total / produced, 1),
-        **common.latency_summary(values),
-        "peak_rss_mib": rss.peak_mib,
-    }
+    return common.drain(args, peer(args), finished=all_succeeded)
 
 
 async def run(args) -> dict[str, object]:
@@ -218,15 +160,11 @@ async def run(args) -> dict[str, object]:
         if args.workload in ("enqueue_single", "enqueue_bulk"):
             fn = enqueue_single if args.workload == "enqueue_single" else enqueue_bulk
             elapsed, config = await fn(args, bench_app)
-            return {
-                "config": config,
-                "jobs": args.jobs,
-                "seconds": round(elapsed, 3),
-                "jobs_per_s": round(args.jobs / elapsed, 1),
-            }
+            return common.rate(config, args.jobs, elapsed)
         if args.workload == "drain":
             return await drain(args, bench_app)
-        return await latency(args, bench_app)
+        task = bench_app.tasks[TASK]
+        return await common.latency(args, peer(args), lambda seq: task.defer_async(seq=seq))
 
 
 def main(argv: list[str] | None = None) -> int:
