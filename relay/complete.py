@@ -77,7 +77,7 @@ def record(
 
 def _failures(failed: Sequence[Outcome], registry: Registry) -> dict[str, list[Any]]:
     """Error, retry delay and whether each failed job is dead now (G6)."""
-    dead = [o.permanent or o.job.attempt >= o.job.max_attempts for o in failed]
+    dead = [o.dead for o in failed]
     return {
         "error": [json.dumps(o.error) for o in failed],
         "retry_in": [

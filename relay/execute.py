@@ -31,6 +31,16 @@ class Outcome:
     def succeeded(self) -> bool:
         return self.error is None
 
+    @property
+    def dead(self) -> bool:
+        """Failed for good: it can never succeed, or this was its last attempt (G6)."""
+        return not self.succeeded and (self.permanent or self.job.attempt >= self.job.max_attempts)
+
+    @property
+    def label(self) -> str:
+        """succeeded, retried (failed, will run again) or dead, as the metrics count it."""
+        return "succeeded" if self.succeeded else "dead" if self.dead else "retried"
+
 
 def describe(exc: BaseException) -> dict[str, Any]:
     """An exception as history keeps it: type, message and a bounded traceback."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -60,14 +60,14 @@ IN_FLIGHT = Gauge(
 )
 
 
-def record_outcomes(done: Sequence[Outcome], outcome_of: Callable[[Outcome], str]) -> None:
+def record_outcomes(done: Sequence[Outcome]) -> None:
     """Count a completed batch: one labelled counter increment per (queue, type, outcome),
     one labelled histogram per (queue, type), however many jobs the batch holds."""
     counts: Tally[tuple[str, str, str]] = Tally()
     durations: dict[tuple[str, str], list[float]] = {}
     for outcome in done:
         job = outcome.job
-        counts[job.queue, job.type, outcome_of(outcome)] += 1
+        counts[job.queue, job.type, outcome.label] += 1
         durations.setdefault((job.queue, job.type), []).append(outcome.duration_ms / 1000)
     for (queue, type_, outcome_name), count in counts.items():
         JOBS_COMPLETED.labels(queue, type_, outcome_name).inc(count)

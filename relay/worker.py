@@ -380,7 +380,7 @@ class Worker:
                     self._completing -= 1
             metrics.IN_FLIGHT.set(len(self._running))
         self._space.set()
-        metrics.record_outcomes(done, _outcome)
+        metrics.record_outcomes(done)
         if any(o.job.key is not None and o.succeeded for o in done):
             self._wake.set()  # the next job of that key is its head now
         debug = self.log.is_enabled_for(logging.DEBUG)
@@ -401,7 +401,7 @@ class Worker:
         error = outcome.error or {}
         if outcome.succeeded:
             self.log.debug("job succeeded", **fields)
-        elif outcome.permanent or job.attempt >= job.max_attempts:
+        elif outcome.dead:
             self.log.error("job dead", error=error.get("message"), traceback=error.get("traceback"),
                            error_type=error.get("type"), **fields)  # fmt: skip
         else:
@@ -559,11 +559,3 @@ def _settle_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-
-
-def _outcome(outcome: Outcome) -> str:
-    if outcome.succeeded:
-        return "succeeded"
-    if outcome.permanent or outcome.job.attempt >= outcome.job.max_attempts:
-        return "dead"
-    return "retried"
