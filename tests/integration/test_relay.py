@@ -470,3 +470,30 @@ def test_unknown_types_in_a_mixed_batch_end_dead_and_the_rest_succeed(
         dead = set(conn.execute(sa.text("SELECT uuid FROM outbox_jobs")).scalars())
     assert dead == {h.uuid for h in handles[:2]}
     assert scalar(db, "SELECT count(*) FROM outbox_history WHERE event = 'succeeded'") == 5
+
+
+def test_a_backlog_is_claimed_in_large_batches_not_in_scraps(db: sa.Engine, dsn: str) -> None:
+    """While work waits, the relay waits for room for half a batch before claiming again:
+    each claim costs a commit, whatever its size."""
+    registry = outbox.Registry()
+    registry.register("a.b", lambda job: None)
+    enqueue(db, [outbox.NewJob("a.b", {"n": n}) for n in range(3000)])
+    with running_relay(registry, dsn, concurrency=4, claim_batch=200):
+        wait_for(lambda: live_jobs(db) == 0, what="the backlog drained")
+    with db.connect() as conn:
+        sizes = list(conn.execute(sa.text(
+            "SELECT count(*) FROM outbox_history WHERE event = 'claimed' GROUP BY xid ORDER BY xid"
+        )).scalars())  # fmt: skip
+    assert sum(sizes) == 3000
+    assert all(size >= 100 for size in sizes[:-1]), sizes
+
+
+def test_a_trickle_is_claimed_as_it_comes(db: sa.Engine, dsn: str) -> None:
+    """The wait for room is for backlogs only: a lone job after a full claim runs at once."""
+    registry = outbox.Registry()
+    registry.register("a.b", lambda job: None)
+    enqueue(db, [outbox.NewJob("a.b", {"n": n}) for n in range(20)])
+    with running_relay(registry, dsn, concurrency=2, claim_batch=10):
+        wait_for(lambda: live_jobs(db) == 0, what="the first jobs done")
+        [late] = enqueue(db, [outbox.NewJob("a.b", {"n": 99})])
+        wait_for(lambda: "succeeded" in events(db, late.uuid), timeout=5, what="the late job")
