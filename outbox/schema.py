@@ -35,6 +35,8 @@ jobs = sa.Table(
     sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
     sa.Column("relay", sa.Text),
     sa.Column("last_error", sa.Text),
+    #: Lost its lease beside other jobs: claimed only alone from then on (outbox_0007).
+    sa.Column("isolated", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 sa.Index(
     "outbox_jobs_ready_idx",
@@ -43,6 +45,14 @@ sa.Index(
     jobs.c.run_at,
     jobs.c.id,
     postgresql_where=jobs.c.state == "pending",
+)
+sa.Index(
+    "outbox_jobs_isolated_idx",
+    jobs.c.queue,
+    jobs.c.priority,
+    jobs.c.run_at,
+    jobs.c.id,
+    postgresql_where=sa.and_(jobs.c.state == "pending", jobs.c.isolated),
 )
 sa.Index("outbox_jobs_key_idx", jobs.c.key, jobs.c.id, postgresql_where=jobs.c.key.isnot(None))
 sa.Index(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -11,6 +12,8 @@ from outbox.job import Job
 from relay.sql import queries
 
 CLAIM = sa.text(queries["claim_batch"])
+CLAIM_ISOLATED = sa.text(queries["claim_isolated"])
+ISOLATED_READY = sa.text(queries["isolated_ready"])
 NEXT_RUN_AT = sa.text(queries["next_run_at"])
 
 
@@ -32,6 +35,37 @@ def claim_batch(
         CLAIM, {"queues": list(queues), "limit": limit, "lease": lease, "relay": relay}
     ).all()
     connection.commit()
+    return _jobs(rows, default_max_attempts, max_attempts)
+
+
+def claim_isolated(
+    connection: sa.Connection,
+    *,
+    queues: Sequence[str],
+    lease: timedelta,
+    relay: str,
+    default_max_attempts: int,
+    max_attempts: dict[str, int | None],
+) -> Job | None:
+    """Claim one job that must run alone (it lost a lease beside others), if one is ready."""
+    rows = connection.execute(
+        CLAIM_ISOLATED, {"queues": list(queues), "lease": lease, "relay": relay}
+    ).all()
+    connection.commit()
+    jobs = _jobs(rows, default_max_attempts, max_attempts)
+    return jobs[0] if jobs else None
+
+
+def isolated_ready(connection: sa.Connection, queues: Sequence[str]) -> bool:
+    """Whether a job that must run alone is ready in ``queues``."""
+    ready = bool(connection.execute(ISOLATED_READY, {"queues": list(queues)}).scalar())
+    connection.commit()
+    return ready
+
+
+def _jobs(
+    rows: Sequence[Any], default_max_attempts: int, max_attempts: dict[str, int | None]
+) -> list[Job]:
     # Unpacked by position (the order of the statement's SELECT list): the per-row cost of a
     # claim in the relay is mostly here, and names cost a lookup each.
     return [
@@ -50,8 +84,9 @@ def claim_batch(
     ]
 
 
-def next_run_at(connection: sa.Connection, queues: Sequence[str]) -> datetime | None:
-    """When the earliest scheduled job of ``queues`` falls due, if any is scheduled."""
-    when: datetime | None = connection.execute(NEXT_RUN_AT, {"queues": list(queues)}).scalar()
+def seconds_to_next_run(connection: sa.Connection, queues: Sequence[str]) -> float | None:
+    """Seconds until the earliest scheduled job of ``queues`` falls due, on the database's
+    clock (the relay's own may be off), if any is scheduled."""
+    seconds = connection.execute(NEXT_RUN_AT, {"queues": list(queues)}).scalar()
     connection.commit()
-    return when
+    return None if seconds is None else float(seconds)

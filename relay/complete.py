@@ -108,8 +108,12 @@ def run_in_transaction(
     work: Sequence[tuple[Handler, Job]],
     registry: Registry,
     timeout_ms: int,
+    running: Callable[[Job | None], None] | None = None,
 ) -> tuple[list[Outcome], list[Job], list[tuple[Handler, Job]]]:
     """Run session handlers inside their completion transaction, one savepoint each.
+
+    ``running(job)`` is called before each handler runs (its timeout starts there), and
+    ``running(None)`` after the last; an exception from it abandons the transaction.
 
     Returns the outcomes recorded, the jobs skipped because their lease was lost, and
     the jobs deferred because they met a deadlock: the locks they wait for may be held
@@ -129,11 +133,15 @@ def run_in_transaction(
         for handler, job in work:
             if job.uuid not in owned:
                 continue
+            if running is not None:
+                running(job)
             outcome = _run_in_savepoint(connection, handler, job)
             if _transient(outcome) and len(work) > 1:
                 deferred.append((handler, job))
             else:
                 outcomes.append(outcome)
+        if running is not None:
+            running(None)
         record(connection, relay, outcomes, registry)
     return outcomes, [job for _, job in work if job.uuid not in owned], deferred
 

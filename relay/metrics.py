@@ -78,6 +78,10 @@ def record_outcomes(done: Sequence[Outcome]) -> None:
 
 
 RESCUED = Counter("outbox_jobs_rescued_total", "Jobs whose expired lease this relay rescued.")
+ISOLATED_RUNS = Counter(
+    "outbox_isolated_runs_total",
+    "Jobs run alone in their process because they lost a lease beside other jobs (G6).",
+)
 FENCING_REJECTIONS = Counter(
     "outbox_fencing_rejections_total",
     "Completions refused because the job's lease had passed to another relay (G3).",

@@ -28,7 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from outbox.database import create_engine
 from relay.http import HttpServer, Readiness, format_addr
 from relay.metrics import QueueGauges
-from relay.worker import Worker
+from relay.worker import HANDLER_THREAD_PREFIX, Worker
 
 log = structlog.get_logger("outbox.relay")
 RESTART_BACKOFF_MAX = 10.0
@@ -42,7 +42,8 @@ DSN_ENV = "OUTBOX_DSN"
 
 def run_worker(worker: Worker) -> int:
     signals = 0
-    if supervisor := os.environ.get(SUPERVISOR_ENV):
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor:
         watch_parent(worker, int(supervisor))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -51,9 +52,14 @@ def run_worker(worker: Worker) -> int:
         if signals == 1:
             log.info("stopping: finishing in-flight jobs", signal=signal.Signals(signum).name)
             worker.stop()
+        elif supervisor:
+            # Ctrl-C in a terminal, or systemd's stop, signals every process of the group at
+            # once, and the supervisor passes its own signal on: one request, not two. The
+            # supervisor ends its processes with SIGKILL when it means "now".
+            log.info("already stopping", signal=signal.Signals(signum).name)
         else:
             log.warning("second signal: exiting now; running jobs are rescued when leases expire")
-            os._exit(1)
+            _exit(1)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -61,7 +67,32 @@ def run_worker(worker: Worker) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if busy := _handler_threads(HANDLER_THREADS_LINGER):
+        # Python waits for every handler thread at exit, and a hung handler never returns:
+        # leave without it. Its job keeps its lease and is rescued when that expires (G2).
+        log.warning("exiting with handlers still running past the grace period", threads=busy)
+        _exit(0)
     return 0
+
+
+#: Seconds the idle handler threads get to end after the relay stopped.
+HANDLER_THREADS_LINGER = 2.0
+
+
+def _handler_threads(linger: float) -> int:
+    """Handler threads still alive after up to ``linger`` seconds."""
+    deadline = time.monotonic() + linger
+    threads = [t for t in threading.enumerate() if t.name.startswith(HANDLER_THREAD_PREFIX)]
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return sum(1 for thread in threads if thread.is_alive())
+
+
+def _exit(code: int) -> None:
+    """Exit now, without waiting for threads; what was logged is written first."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def watch_parent(worker: Worker, supervisor: int) -> None:

@@ -19,7 +19,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -33,7 +32,7 @@ from outbox.job import Job
 from outbox.registry import Handler, Registry
 from outbox.settings import Settings
 from relay import complete, execute, metrics
-from relay.claim import claim_batch, next_run_at
+from relay.claim import claim_batch, claim_isolated, isolated_ready, seconds_to_next_run
 from relay.complete import Completer
 from relay.execute import Outcome
 from relay.http import HttpServer, Readiness, format_addr
@@ -46,10 +45,14 @@ from relay.upkeep import Upkeep
 
 EXTEND = sa.text(queries["extend_leases"])
 ANNOUNCE = sa.text(queries["relay_heartbeat"])
+TERMINATE = sa.text("SELECT pg_terminate_backend(:pid)")
 LEAVE = sa.text(queries["relay_gone"])
 VERSION = importlib.metadata.version("outbox")
 SESSION_GROUP = 8  # session-handler jobs completed per transaction, at most
 GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest generation
+HANDLER_THREAD_PREFIX = "outbox-handler"
+ISOLATION_LOOK = 1.0  # seconds between looks for jobs that must run alone, while busy
+ISOLATION_TURN = 2.0  # seconds spent on jobs that must run alone before claiming others again
 
 log = structlog.get_logger("outbox.relay")
 
@@ -57,6 +60,27 @@ log = structlog.get_logger("outbox.relay")
 def relay_identity() -> str:
     """host:pid:nonce, as history records which relay did what."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Group:
+    """Session jobs that run in one transaction, one after the other.
+
+    A handler that runs past its timeout holds the transaction and the thread; the heartbeat
+    then breaks the group: it ends the transaction's backend (nothing of it commits), fails
+    that job alone, and runs its neighbours again in new groups, their attempts unchanged.
+    """
+
+    members: list[Running]
+    backend_pid: int | None = None
+    #: The transaction has ended (committed or not); the heartbeat may no longer break it.
+    done: bool = False
+    #: The heartbeat ended the transaction; the members are no longer this group's.
+    broken: bool = False
+
+
+class GroupBroken(Exception):
+    """Raised in a broken group's thread, so no further handler of it runs."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -72,6 +96,8 @@ class Running:
     abandoned: bool = False
     #: Ran; its outcome waits for the completer's next batch.
     completing: bool = False
+    #: The transaction it runs in, for a handler that takes a session.
+    group: Group | None = None
 
 
 class Worker:
@@ -128,7 +154,7 @@ class Worker:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            self.concurrency, thread_name_prefix="outbox-handler"
+            self.concurrency, thread_name_prefix=HANDLER_THREAD_PREFIX
         )
         self.completer = Completer(self.fast, self.relay, registry, self._finished)
         self.rescuer = Rescuer(
@@ -195,7 +221,11 @@ class Worker:
         failures = 0
         batch = self.settings.claim_batch
         busy_queue = False  # the last claim came back full: more work is waiting
+        next_look = 0.0  # when to look again for jobs that must run alone
         while not self._stopping.is_set():
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + ISOLATION_LOOK
+                self._run_isolated()
             # Claims run ahead of the handler threads by up to one batch, so that threads
             # never wait for a claim round trip; the queued jobs' leases are renewed too.
             self._space.clear()  # before counting: a job finishing after the count sets it
@@ -223,6 +253,7 @@ class Worker:
             if jobs:
                 self._dispatch(jobs)
             else:
+                next_look = 0.0  # idle: a job that must run alone may go first
                 woken = self._wake.wait(self._idle_wait())
                 metrics.WAKEUPS.labels("notify" if woken else "poll").inc()
 
@@ -240,16 +271,69 @@ class Worker:
         metrics.CLAIM_BATCH.observe(len(jobs))
         return jobs
 
+    def _run_isolated(self) -> None:
+        """Run the jobs that must run alone, one at a time, with nothing else running here.
+
+        Such a job lost its lease beside others when a relay died or hung: any of them may
+        have been to blame, so none was charged. Run alone, a crash is its own (G6). Claiming
+        stops while the handlers in flight finish; the turn lasts ISOLATION_TURN at most, so
+        a backlog of isolated jobs does not stall the others.
+        """
+        turn_ends = time.monotonic() + ISOLATION_TURN
+        while not self._stopping.is_set() and time.monotonic() < turn_ends:
+            try:
+                with self.fast.connect() as connection:
+                    if not isolated_ready(connection, self.queues):
+                        return
+            except sa.exc.DBAPIError:
+                return  # the claim loop meets the same fault and reports it
+            if not self._wait_alone():
+                return
+            try:
+                with self.fast.connect() as connection:
+                    job = claim_isolated(
+                        connection,
+                        queues=self.queues,
+                        lease=self.settings.lease,
+                        relay=self.relay,
+                        default_max_attempts=self.settings.default_max_attempts,
+                        max_attempts=self._max_attempts,
+                    )
+            except sa.exc.DBAPIError:
+                return
+            if job is None:
+                return
+            self.log.info(
+                "running a job alone: it lost its lease beside other jobs",
+                uuid=str(job.uuid), type=job.type, key=job.key, attempt=job.attempt,
+            )  # fmt: skip
+            metrics.ISOLATED_RUNS.inc()
+            self._dispatch([job])
+            self._wait_alone()
+
+    def _wait_alone(self) -> bool:
+        """Wait until no handler runs in this process; False if stopping, or if a thread is
+        stuck in a handler past its timeout (it could still crash the process)."""
+        while not self._stopping.is_set():
+            self._space.clear()
+            with self._guard:
+                if self._stuck:
+                    return False
+                if not self._running:
+                    return True
+            self._space.wait(0.1)
+        return False
+
     def _idle_wait(self) -> float:
         """Until the poll interval, or sooner if a scheduled job falls due before it."""
         wait = self.settings.poll_interval.total_seconds()
         try:
             with self.engine.connect() as connection:
-                due = next_run_at(connection, self.queues)
+                due_in = seconds_to_next_run(connection, self.queues)
         except sa.exc.DBAPIError:
             return wait
-        if due is not None:
-            wait = min(wait, max(0.0, (due - datetime.now(UTC)).total_seconds()))
+        if due_in is not None:
+            wait = min(wait, max(0.0, due_in))
         return wait
 
     def _busy(self) -> int:
@@ -263,7 +347,7 @@ class Worker:
 
     def _complete_later(self, running: Running, outcome: Outcome) -> None:
         with self._guard:
-            if running.job.uuid in self._running and not running.completing:
+            if self._running.get(running.job.uuid) is running and not running.completing:
                 running.completing = True
                 self._completing += 1
         self._space.set()
@@ -274,12 +358,20 @@ class Worker:
     def _dispatch(self, jobs: list[Job]) -> None:
         group: list[Running] = []
         plain: list[Running] = []
+        fresh: list[Running] = []
         with self._guard:
             for job in jobs:
+                known = self._running.get(job.uuid)
+                if known is not None and known.job.attempt == job.attempt:
+                    # Rescued while its handler still ran here (a heartbeat lost to a database
+                    # fault), then claimed back by this relay at the same attempt: the run in
+                    # progress completes this claim. Running it again would run it twice.
+                    continue
                 running = Running(job, self.registry.get(job.type))
                 self._running[job.uuid] = running
+                fresh.append(running)
             metrics.IN_FLIGHT.set(len(self._running))
-            for running in [self._running[job.uuid] for job in jobs]:
+            for running in fresh:
                 if running.handler is None:
                     running.completing = True
                     self._completing += 1
@@ -295,11 +387,21 @@ class Worker:
                 future = self._submit(self._run_chunk, chunk, chunk)
                 for member in chunk:
                     member.future = future
-            for start in range(0, len(group), SESSION_GROUP):
-                chunk = group[start : start + SESSION_GROUP]
-                future = self._submit(self._run_group, chunk, chunk)
-                for member in chunk:
+            self._submit_groups(group)
+
+    def _submit_groups(self, members: list[Running]) -> None:
+        """Session jobs go in groups of up to SESSION_GROUP per transaction, each group of
+        one timeout, so that the transaction's statement timeout is every member's own."""
+        by_timeout: dict[float, list[Running]] = {}
+        for running in members:
+            by_timeout.setdefault(self._timeout(running.handler), []).append(running)
+        for same in by_timeout.values():
+            for start in range(0, len(same), SESSION_GROUP):
+                group = Group(same[start : start + SESSION_GROUP])
+                future = self._submit(self._run_group, group, group.members)
+                for member in group.members:
                     member.future = future
+                    member.group = group
 
     def _submit(
         self, task: Callable[[Any], None], argument: Any, members: list[Running]
@@ -316,13 +418,15 @@ class Worker:
         self.log.error("handler task failed", error=first_line(future.exception()))  # type: ignore[arg-type]
         self._finished([], [Outcome(r.job, 0.0) for r in members])
 
-    def _begin(self, running: Running) -> bool:
-        """Mark a job started, unless shutdown released it or another thread started it."""
+    def _begin(self, running: Running, *, timed: bool = True) -> bool:
+        """Mark a job started, unless shutdown released it or another thread started it.
+        ``timed``: its timeout runs from now (a session job's runs from its handler's start)."""
         with self._guard:
-            if running.job.uuid not in self._running or running.started is not None:
+            if self._running.get(running.job.uuid) is not running or running.started is not None:
                 return False
             running.started = time.monotonic()
-            running.deadline = running.started + self._timeout(running.handler)
+            if timed:
+                running.deadline = running.started + self._timeout(running.handler)
             return True
 
     def _timeout(self, handler: Handler | None) -> float:
@@ -346,43 +450,82 @@ class Worker:
                 return
         self._complete_later(running, outcome)
 
-    def _run_group(self, group: list[Running]) -> None:
-        started = [r for r in group if self._begin(r)]
-        if not started:
+    def _run_group(self, group: Group) -> None:
+        members = [r for r in group.members if self._begin(r, timed=False)]
+        if not members:
             return
-        timeout_ms = int(max(self._timeout(r.handler) for r in started) * 1000)
-        work = [(r.handler, r.job) for r in started if r.handler is not None]
-        deferred = self._run_in_transaction(work, timeout_ms)
+        deferred = self._run_in_transaction(group, members)
         if deferred:
             self.log.info("session jobs met a deadlock; running them alone", jobs=len(deferred))
-        for item in deferred:  # alone, a job that still deadlocks fails and is retried later
-            self._run_in_transaction([item], timeout_ms)
+        for running in deferred:  # alone, a job that still deadlocks fails and is retried later
+            alone = Group([running])
+            with self._guard:
+                running.group = alone
+                running.deadline = None
+            self._run_in_transaction(alone, [running])
 
-    def _run_in_transaction(
-        self, work: list[tuple[Handler, Job]], timeout_ms: int
-    ) -> list[tuple[Handler, Job]]:
+    def _run_in_transaction(self, group: Group, members: list[Running]) -> list[Running]:
+        """Run ``members`` in one transaction; returns those deferred by a deadlock."""
+        timeout = self._timeout(members[0].handler)  # one timeout per group (_submit_groups)
+        work = [(r.handler, r.job) for r in members if r.handler is not None]
+        by_uuid = {r.job.uuid: r for r in members}
+
+        def running(job: Job | None) -> None:
+            """Only the handler running now is timed: the others wait, or are done."""
+            with self._guard:
+                if group.broken:
+                    raise GroupBroken
+                for member in members:
+                    member.deadline = None
+                if job is not None:
+                    by_uuid[job.uuid].deadline = time.monotonic() + timeout
+
+        broken = False
         try:
             with metrics.COMPLETION_DURATION.time(), self.engine.connect() as connection:
-                outcomes, lost, deferred = complete.run_in_transaction(
-                    connection, self.relay, work, self.registry, timeout_ms
-                )
+                with self._guard:
+                    group.backend_pid = connection.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+                try:
+                    outcomes, lost, deferred = complete.run_in_transaction(
+                        connection, self.relay, work, self.registry, int(timeout * 1000), running
+                    )
+                finally:
+                    with self._guard:
+                        group.done = True
+                        broken = group.broken
+                    if broken:  # its backend was ended, or is being ended: never reuse it
+                        connection.invalidate()
         except Exception as exc:  # the connection died, or the transaction could not end
+            if broken:
+                return self._left_broken_group()
             metrics.DATABASE_ERRORS.labels("complete").inc()
             # Nothing was committed; the leases expire and the jobs run again (G2).
             self.log.error("session jobs not completed", jobs=len(work), error=first_line(exc))
             self._finished([], [Outcome(job, 0.0) for _, job in work])
             return []
+        if broken:  # it committed as the heartbeat broke it: the reruns meet their fence
+            return self._left_broken_group()
         for job in lost:
             self.log.warning("lease lost before running", uuid=str(job.uuid), type=job.type)
         metrics.FENCING_REJECTIONS.inc(len(lost))
         self._finished(outcomes, [Outcome(job, 0.0) for job in lost])
-        return deferred
+        return [by_uuid[job.uuid] for _, job in deferred]
+
+    def _left_broken_group(self) -> list[Running]:
+        """The thread of a group the heartbeat broke is free again."""
+        with self._guard:
+            self._stuck -= 1
+        self._space.set()
+        return []
 
     def _finished(self, done: Sequence[Outcome], lost: Sequence[Outcome]) -> None:
         with self._guard:
             for outcome in (*done, *lost):
-                running = self._running.pop(outcome.job.uuid, None)
-                if running is not None and running.completing:
+                running = self._running.get(outcome.job.uuid)
+                if running is None or running.job.attempt != outcome.job.attempt:
+                    continue  # a later claim of the same job runs here now
+                del self._running[outcome.job.uuid]
+                if running.completing:
                     self._completing -= 1
             metrics.IN_FLIGHT.set(len(self._running))
         self._space.set()
@@ -429,21 +572,28 @@ class Worker:
                 self._announce()
 
     def _expire_timeouts(self) -> None:
+        """A handler past its timeout fails alone; its neighbours run on elsewhere (G6)."""
         now = time.monotonic()
         expired = []
+        broken: list[tuple[Group, int | None]] = []
         with self._guard:
             for running in self._running.values():
-                if (
-                    running.deadline is not None
-                    and now > running.deadline
-                    and not running.abandoned
-                    and not (running.handler and running.handler.takes_session)
-                ):
-                    running.abandoned = True
-                    self._stuck += 1
-                    expired.append(running)
+                if running.deadline is None or now <= running.deadline or running.abandoned:
+                    continue
+                group = running.group
+                if group is not None:
+                    if group.done or group.broken:
+                        continue  # its transaction is ending: the outcome is being written
+                    group.broken = True
+                    broken.append((group, group.backend_pid))
+                running.abandoned = True
+                self._stuck += 1
+                expired.append(running)
+        for group, backend_pid in broken:
+            self._break(group, backend_pid)
         for running in expired:
-            self._rescue_chunk_of(running)
+            if running.group is None:
+                self._rescue_chunk_of(running)
             error = TimeoutError(
                 f"handler ran past its timeout of {self._timeout(running.handler)}s"
             )
@@ -451,6 +601,35 @@ class Worker:
             self.completer.submit(
                 Outcome(running.job, (now - started) * 1000, execute.describe(error))
             )
+
+    def _break(self, group: Group, backend_pid: int | None) -> None:
+        """End a hung group's transaction, so nothing of it commits and its row locks go,
+        then run its other members again in new groups, at the same attempt (not charged)."""
+        if backend_pid is not None:
+            try:
+                with self.engine.connect() as connection:
+                    connection.execute(TERMINATE, {"pid": backend_pid})
+                    connection.commit()
+            except sa.exc.DBAPIError as exc:
+                # The session's idle timeout (the handler's timeout + 5 s) ends it anyway.
+                metrics.DATABASE_ERRORS.labels("complete").inc()
+                self.log.warning(
+                    "could not end a hung handler's transaction", error=first_line(exc)
+                )
+        with self._guard:
+            again = [
+                r for r in group.members
+                if self._running.get(r.job.uuid) is r and not r.abandoned and not r.completing
+            ]  # fmt: skip
+            for running in again:
+                running.started = running.deadline = None
+                running.group = None
+        self.log.warning(
+            "a handler ran past its timeout; its neighbours run again", jobs=len(again)
+        )
+        if again:
+            with self._guard:
+                self._submit_groups(again)
 
     def _rescue_chunk_of(self, stuck: Running) -> None:
         """Jobs queued behind a stuck handler in its chunk move to other threads."""

@@ -8,7 +8,8 @@
 -- the scan ordered and index-driven whatever the statistics say), then the best :limit win.
 -- The chosen rows, locked by this statement, are updated by their physical address (ctid): a
 -- TID scan, never a join over the live table, whatever the planner thinks of its size.
--- Every claim appends a `claimed` history row (G7).
+-- Jobs marked `isolated` (they lost a lease beside others, see rescue.sql) are left to
+-- claim_isolated. Every claim appends a `claimed` history row (G7).
 WITH candidates AS (
     SELECT c.tid, c.priority, c.run_at, c.id
     FROM unnest(CAST(:queues AS text[])) AS q (queue)
@@ -18,6 +19,7 @@ WITH candidates AS (
         WHERE j.state = 'pending'
           AND j.queue = q.queue
           AND j.run_at <= now()
+          AND NOT j.isolated
           AND (
               j.key IS NULL
               OR NOT EXISTS (
@@ -51,10 +53,58 @@ SELECT uuid, type, queue, key, idempotency_key, payload, attempt, max_attempts, 
 FROM claimed
 ORDER BY id;
 
+-- name: isolated_ready
+-- Whether a job that must run alone is ready in :queues (outbox_jobs_isolated_idx: no read of
+-- the ready jobs), so a busy relay knows to make room for it.
+SELECT EXISTS (
+    SELECT 1 FROM outbox_jobs
+    WHERE state = 'pending' AND isolated AND queue = ANY(CAST(:queues AS text[]))
+      AND run_at <= now()
+);
+
+-- name: claim_isolated
+-- Claim one job that must run alone (G6: it lost a lease beside others, and a crash while it
+-- runs alone is its own). The caller runs nothing else in its process meanwhile. Otherwise as
+-- claim_batch: the head of its key only (G4), a lease, a `claimed` history row (G7).
+WITH chosen AS (
+    SELECT j.ctid AS tid
+    FROM outbox_jobs AS j
+    WHERE j.state = 'pending'
+      AND j.isolated
+      AND j.queue = ANY(CAST(:queues AS text[]))
+      AND j.run_at <= now()
+      AND (
+          j.key IS NULL
+          OR NOT EXISTS (SELECT 1 FROM outbox_jobs AS p WHERE p.key = j.key AND p.id < j.id)
+      )
+    ORDER BY j.priority, j.run_at, j.id
+    LIMIT 1
+    FOR UPDATE OF j SKIP LOCKED
+),
+claimed AS (
+    UPDATE outbox_jobs AS j
+    SET state = 'running',
+        attempt = j.attempt + 1,
+        relay = :relay,
+        claimed_at = now(),
+        lease_expires_at = now() + CAST(:lease AS interval)
+    WHERE j.ctid = ANY(ARRAY(SELECT tid FROM chosen))
+    RETURNING j.uuid, j.type, j.queue, j.key, j.idempotency_key, j.payload, j.attempt,
+              j.max_attempts, j.enqueued_at
+),
+recorded AS (
+    INSERT INTO outbox_history (job_uuid, event, type, queue, key, attempt, relay, reason)
+    SELECT uuid, 'claimed', type, queue, key, attempt, :relay, 'runs alone' FROM claimed
+)
+SELECT uuid, type, queue, key, idempotency_key, payload, attempt, max_attempts, enqueued_at
+FROM claimed;
+
 -- name: next_run_at
--- When the next scheduled job of :queues becomes ready, so an idle relay sleeps until then.
--- Called only when nothing is ready, so the pending rows it reads are the scheduled ones.
-SELECT min(run_at)
+-- How many seconds until the next scheduled job of :queues becomes ready, so an idle relay
+-- sleeps until then. Measured on the database's clock, the one run_at is written by: a relay
+-- whose own clock is off still wakes on time. Called only when nothing is ready, so the
+-- pending rows it reads are the scheduled ones.
+SELECT extract(epoch FROM min(run_at) - now())
 FROM outbox_jobs
 WHERE state = 'pending' AND queue = ANY(CAST(:queues AS text[])) AND run_at > now();
 

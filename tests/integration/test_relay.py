@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 import outbox
 import outbox.operator
 from relay import complete, execute
-from relay.claim import claim_batch
+from relay.claim import claim_batch, claim_isolated
 from relay.rescue import rescue_expired
 from tests.integration.relay_harness import events, live_jobs, running_relay, scalar, wait_for
 
@@ -253,21 +253,37 @@ def test_idle_relay_is_woken_by_the_enqueue_not_the_poll(db: sa.Engine, dsn: str
         assert ran.wait(15), "a notification should wake the relay long before its 60s poll"
 
 
-def test_expired_lease_is_rescued_then_dead_once_attempts_are_spent(db: sa.Engine) -> None:
+def test_expired_lease_is_given_back_then_charged_alone_until_dead(db: sa.Engine) -> None:
     registry = outbox.Registry()
     registry.register("a.crash", lambda job: None, max_attempts=2)
     [handle] = enqueue(db, [outbox.NewJob("a.crash", {})])
-    for expected in ("pending", "dead"):
-        with db.connect() as conn:
-            claim_batch(conn, queues=["default"], limit=1, lease=timedelta(seconds=30),
-                        relay="gone", default_max_attempts=5, max_attempts={})  # fmt: skip
+    claims = {"queues": ["default"], "lease": timedelta(seconds=30), "relay": "gone",
+              "default_max_attempts": 5, "max_attempts": {}}  # fmt: skip
+
+    def expire_and_rescue() -> None:
         with db.begin() as conn:
             conn.execute(sa.text("UPDATE outbox_jobs SET lease_expires_at = now() - interval '1s'"))
         with db.connect() as conn:
             assert rescue_expired(conn, registry, default_max_attempts=5) >= 1
+
+    with db.connect() as conn:
+        assert len(claim_batch(conn, limit=10, **claims)) == 1
+    expire_and_rescue()
+    # Claimed with others, so not to blame: the attempt is given back, and it runs alone now.
+    assert scalar(db, "SELECT (state, attempt, isolated)::text FROM outbox_jobs") == "(pending,0,t)"
+    with db.connect() as conn:
+        assert claim_batch(conn, limit=10, **claims) == []
+    for attempt, expected in ((1, "pending"), (2, "dead")):
+        with db.connect() as conn:
+            job = claim_isolated(conn, **claims)
+        assert job is not None
+        assert job.attempt == attempt
+        expire_and_rescue()
         assert scalar(db, "SELECT state FROM outbox_jobs") == expected
     assert events(db, handle.uuid) == [
         "enqueued",
+        "claimed",
+        "rescued",
         "claimed",
         "rescued",
         "claimed",
