@@ -15,6 +15,7 @@ from outbox.job import Job
 from outbox.registry import Handler
 
 TRACEBACK_LIMIT = 8_000  # characters kept of a traceback (G6 keeps every error, bounded)
+MESSAGE_LIMIT = 2_000  # characters kept of a message
 
 
 @dataclasses.dataclass(slots=True)
@@ -43,15 +44,58 @@ class Outcome:
 
 
 def describe(exc: BaseException) -> dict[str, Any]:
-    """An exception as history keeps it: type, message and a bounded traceback."""
-    text = "".join(traceback.format_exception(exc))
-    if len(text) > TRACEBACK_LIMIT:
-        text = "...\n" + text[-TRACEBACK_LIMIT:]
-    return {
-        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-        "message": str(exc)[:2000],
-        "traceback": text,
-    }
+    """An exception as history keeps it: type, message and a bounded traceback.
+
+    Never raises, whatever the exception does when printed (G6 keeps every error): one whose
+    ``str()`` fails is kept by its ``repr()``, one that cannot be printed at all by its type.
+    The text is made storable: a NUL or a lone surrogate would make PostgreSQL refuse the
+    whole completion batch, so each is written as its escape instead.
+    """
+    kind = type(exc)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    return {"type": name, "message": _message(exc), "traceback": _traceback(exc)}
+
+
+def _message(exc: BaseException) -> str:
+    """What ``str(exc)`` says, bounded; the type's name when it says nothing."""
+    try:
+        text = str.__str__(str(exc)) or _kind(exc)
+    except BaseException as failed:  # a broken __str__: keep what can be kept
+        try:
+            text = f"{str.__str__(repr(exc))} (its str() raised {_kind(failed)})"
+        except BaseException:
+            text = f"{_kind(exc)} (cannot be printed: its str() and repr() raise)"
+    return _storable(text[:MESSAGE_LIMIT])[:MESSAGE_LIMIT]
+
+
+def _kind(exc: BaseException) -> str:
+    return type(exc).__qualname__
+
+
+def _storable(text: str) -> str:
+    """``text`` as jsonb can hold it: NUL and lone surrogates written as escapes."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def _traceback(exc: BaseException) -> str:
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except BaseException:  # pragma: no cover - traceback prints what cannot be printed
+        text = f"{_kind(exc)} (its traceback cannot be printed)\n"
+    return _bounded(_storable(text), TRACEBACK_LIMIT)
+
+
+def _bounded(text: str, limit: int) -> str:
+    """``text`` cut in the middle to about ``limit`` characters: the head keeps where it
+    began (the first frames), the tail where it ended (the last frames and the error)."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n... ({len(text) - 2 * half} characters cut) ...\n{text[-half:]}"
 
 
 def unknown_type(job: Job) -> Outcome:
@@ -64,7 +108,12 @@ def unknown_type(job: Job) -> Outcome:
 
 
 def run(handler: Handler, job: Job, session: Session | None = None) -> Outcome:
-    """Call the handler; any exception becomes a failed outcome, never escapes."""
+    """Call the handler; any exception becomes a failed outcome of this job, never escapes.
+
+    Whatever it is: ``KeyboardInterrupt``, ``SystemExit`` or another ``BaseException`` raised
+    by a handler fails its own attempt with the error kept (G6). Escaping, it would take the
+    relay's handler task with it, and with it the attempts of every job of a session group.
+    """
     started = time.perf_counter()
     try:
         args: tuple[Any, ...] = (job, session) if handler.takes_session else (job,)
@@ -73,9 +122,7 @@ def run(handler: Handler, job: Job, session: Session | None = None) -> Outcome:
             asyncio.run(result)
     except PermanentFailure as exc:
         return Outcome(job, _ms(started), describe(exc), permanent=True)
-    except Exception as exc:
-        return Outcome(job, _ms(started), describe(exc))
-    except SystemExit as exc:  # sys.exit() in a handler fails its job, not the relay
+    except BaseException as exc:  # sys.exit(), KeyboardInterrupt: the job's failure (G6)
         return Outcome(job, _ms(started), describe(exc))
     return Outcome(job, _ms(started))
 
