@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Iterator
+import traceback
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import tenacity
@@ -13,8 +14,13 @@ from tenacity.wait import wait_base
 
 from outbox import validate
 from outbox.errors import DuplicateHandler, InvalidJob, RegistryError
+from outbox.job import Job
 
 HandlerFunc = Callable[..., Any]
+#: A registry's ``redact_error`` hook: given the job, the exception its handler raised and the
+#: error as it would be kept (``type``, ``message``, ``traceback``), it returns the ``message``
+#: (a str) and ``traceback`` (a str or None) to log and store instead.
+ErrorRedactor = Callable[[Job, BaseException, Mapping[str, Any]], Mapping[str, Any]]
 
 #: Exponential backoff from 1 s, doubling to at most an hour, with up to 5 s of jitter
 #: so that jobs which failed together do not retry together.
@@ -35,6 +41,8 @@ class Handler:
     #: transaction that completes its job (G3).
     takes_session: bool
     is_async: bool
+    #: The registry's hook that keeps payload values out of logged and stored errors.
+    redact_error: ErrorRedactor | None = None
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before the next attempt, after ``attempt`` failed."""
@@ -47,12 +55,23 @@ class Registry:
     """The job types an application handles.
 
     A strict registry also refuses, at enqueue, any type it has no handler for
-    (pass it as ``registry=`` to :func:`outbox.enqueue`).
+    (pass it as ``registry=`` to :func:`outbox.enqueue`). ``redact_error`` decides what
+    of a failing handler's error is logged and stored: see :func:`redact_messages`.
     """
 
-    def __init__(self, *, strict: bool = False) -> None:
+    def __init__(self, *, strict: bool = False, redact_error: ErrorRedactor | None = None) -> None:
+        if redact_error is not None and not callable(redact_error):
+            raise RegistryError(
+                f"redact_error must be callable as (job, exception, error), not {redact_error!r}"
+            )
         self.strict = strict
+        self._redact_error = redact_error
         self._handlers: dict[str, Handler] = {}
+
+    @property
+    def redact_error(self) -> ErrorRedactor | None:
+        """The hook given at construction; every handler of the registry runs under it."""
+        return self._redact_error
 
     def handler(
         self,
@@ -117,6 +136,7 @@ class Registry:
             retry=retry or DEFAULT_RETRY,
             takes_session=_takes_session(type, func),
             is_async=inspect.iscoroutinefunction(func),
+            redact_error=self._redact_error,
         )
         self._handlers[type] = handler
         return handler
@@ -166,4 +186,80 @@ def _takes_session(type: str, func: HandlerFunc) -> bool:
     return len(positional) == 2
 
 
-__all__ = ["DEFAULT_RETRY", "Handler", "HandlerFunc", "Registry"]
+def redact_messages(job: Job, exc: BaseException, error: Mapping[str, Any]) -> dict[str, str]:
+    """A ``redact_error`` hook that keeps no exception message: only the types, and where
+    each exception was raised (:func:`error_frames`).
+
+    Messages are where payload values leak: ``int(job.payload["card"])`` fails with
+    ``invalid literal for int() with base 10: '4111-...'``. The message kept names the types
+    of the exception and of its causes, say ``OperationalError (from DeadlockDetected):
+    message redacted``.
+    """
+    kinds = [type(e).__qualname__ for _, e in _chain(exc)][::-1]
+    causes = f" (from {', '.join(kinds[1:])})" if len(kinds) > 1 else ""
+    return {"message": f"{kinds[0]}{causes}: message redacted", "traceback": error_frames(exc)}
+
+
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+_CHAIN_MAX = 32  # exceptions of a chain shown, the most recent ones
+_GROUP_MAX = 15  # sub-exceptions shown of an exception group, as traceback shows them
+_DEPTH_MAX = 5  # nested exception groups shown
+
+
+def error_frames(exc: BaseException, *, _depth: int = 0) -> str:
+    """The traceback of ``exc`` and of its causes with every message left out: for each
+    exception its frames (file, line, function and source line, never local values) and its
+    type. Exception groups show their sub-exceptions the same way, indented."""
+    parts: list[str] = []
+    for link, item in _chain(exc):
+        parts.append(link)
+        if item.__traceback__ is not None:
+            parts.append("Traceback (most recent call last):\n")
+            parts.extend(traceback.format_tb(item.__traceback__))
+        kind = type(item)
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
+        parts.append(f"{name} (message redacted)\n")
+        if isinstance(item, BaseExceptionGroup) and _depth < _DEPTH_MAX:
+            for number, sub in enumerate(item.exceptions[:_GROUP_MAX], 1):
+                inner = error_frames(sub, _depth=_depth + 1)
+                parts.append(f"  +---- {number} ----\n")
+                parts.extend(f"  | {line}\n" for line in inner.splitlines())
+            if len(item.exceptions) > _GROUP_MAX:
+                parts.append(f"  +---- and {len(item.exceptions) - _GROUP_MAX} more ----\n")
+    return "".join(parts)
+
+
+def _chain(exc: BaseException) -> list[tuple[str, BaseException]]:
+    """``exc`` and the exceptions it was raised from or while handling, oldest first, each
+    with the line Python prints before it."""
+    newest_first: list[tuple[str, BaseException]] = []
+    seen: set[int] = set()
+    item: BaseException | None = exc
+    while item is not None and id(item) not in seen and len(newest_first) < _CHAIN_MAX:
+        seen.add(id(item))
+        if item.__cause__ is not None:
+            older, link = item.__cause__, _CAUSE
+        elif item.__context__ is not None and not item.__suppress_context__:
+            older, link = item.__context__, _CONTEXT
+        else:
+            older, link = None, ""
+        newest_first.append((link, item))
+        item = older
+    oldest, *rest = newest_first[::-1]
+    return [("", oldest[1]), *rest]
+
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "ErrorRedactor",
+    "Handler",
+    "HandlerFunc",
+    "Registry",
+    "error_frames",
+    "redact_messages",
+]

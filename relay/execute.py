@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from outbox.errors import PermanentFailure
 from outbox.job import Job
-from outbox.registry import Handler
+from outbox.registry import ErrorRedactor, Handler, redact_messages
 
 TRACEBACK_LIMIT = 8_000  # characters kept of a traceback (G6 keeps every error, bounded)
 MESSAGE_LIMIT = 2_000  # characters kept of a message
@@ -113,6 +113,8 @@ def run(handler: Handler, job: Job, session: Session | None = None) -> Outcome:
     Whatever it is: ``KeyboardInterrupt``, ``SystemExit`` or another ``BaseException`` raised
     by a handler fails its own attempt with the error kept (G6). Escaping, it would take the
     relay's handler task with it, and with it the attempts of every job of a session group.
+    A session handler's pending writes are flushed here, so that a write the database refuses
+    is this handler's error, described and redacted like any other.
     """
     started = time.perf_counter()
     try:
@@ -120,11 +122,45 @@ def run(handler: Handler, job: Job, session: Session | None = None) -> Outcome:
         result = handler.func(*args)
         if handler.is_async or asyncio.iscoroutine(result):
             asyncio.run(result)
+        if session is not None:
+            session.flush()
     except PermanentFailure as exc:
-        return Outcome(job, _ms(started), describe(exc), permanent=True)
+        return Outcome(job, _ms(started), _error(handler, job, exc), permanent=True)
     except BaseException as exc:  # sys.exit(), KeyboardInterrupt: the job's failure (G6)
-        return Outcome(job, _ms(started), describe(exc))
+        return Outcome(job, _ms(started), _error(handler, job, exc))
     return Outcome(job, _ms(started))
+
+
+def _error(handler: Handler, job: Job, exc: BaseException) -> dict[str, Any]:
+    error = describe(exc)
+    if handler.redact_error is not None:
+        error = redacted(handler.redact_error, job, exc, error)
+    return error
+
+
+def redacted(
+    redact: ErrorRedactor, job: Job, exc: BaseException, error: dict[str, Any]
+) -> dict[str, Any]:
+    """The error as the registry's ``redact_error`` hook keeps it, before it is logged or
+    stored. A hook that fails, or returns something else than a message and a traceback,
+    gets :func:`redact_messages` instead: a message is never let through by a failing hook."""
+    try:
+        kept = redact(job, exc, dict(error))
+        message, text = kept["message"], kept["traceback"]
+        if not isinstance(message, str) or not isinstance(text, str | None):
+            raise TypeError("redact_error must return a str message and a str or None traceback")
+    except BaseException as failed:
+        try:
+            fallback = redact_messages(job, exc, error)
+            message, text = fallback["message"], fallback["traceback"]
+        except BaseException:  # pragma: no cover - the built-in reads only types and frames
+            message, text = "message redacted", None
+        message = f"{message} (the redact_error hook raised {_kind(failed)})"
+    return {
+        "type": error["type"],
+        "message": _storable(message[:MESSAGE_LIMIT])[:MESSAGE_LIMIT],
+        "traceback": None if text is None else _bounded(_storable(text), TRACEBACK_LIMIT),
+    }
 
 
 def _ms(started: float) -> float:

@@ -4,10 +4,15 @@ raises itself, whatever the exception does when it is printed."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
+from outbox import Job, Registry, RegistryError
+from outbox.registry import error_frames, redact_messages
 from relay import execute
 from relay.execute import TRACEBACK_LIMIT, describe
 
@@ -159,3 +164,115 @@ def test_a_nul_or_a_lone_surrogate_is_kept_as_its_escape() -> None:
     error = describe(raised(ValueError("a\x00b\ud800c")))
     assert error["message"] == "a\\x00b\\ud800c"
     assert "ValueError: a\\x00b\\ud800c" in error["traceback"]
+
+
+# -- redaction: what a registry's redact_error hook keeps ------------------------------------
+
+CARD = "4111-2222-3333-4444"
+
+
+def card_job() -> Job:
+    return Job(
+        uuid=uuid4(), type="card.parse", queue="default", key=None, payload={"card": CARD},
+        attempt=1, max_attempts=3, enqueued_at=datetime.now(UTC), idempotency_key="k",
+    )  # fmt: skip
+
+
+def parse_card(job: Job) -> None:
+    try:
+        int(job.payload["card"])
+    except ValueError as exc:
+        raise RuntimeError(f"card {job.payload['card']} unreadable") from exc
+
+
+def failed_with(registry: Registry, func: Any) -> dict[str, Any]:
+    handler = registry.register("card.parse", func)
+    outcome = execute.run(handler, card_job())
+    assert outcome.error is not None
+    return outcome.error
+
+
+def test_without_a_hook_the_error_is_kept_as_raised() -> None:
+    error = failed_with(Registry(), parse_card)
+    assert error["message"] == f"card {CARD} unreadable"
+    assert f"invalid literal for int() with base 10: '{CARD}'" in error["traceback"]
+
+
+def test_redact_messages_keeps_types_and_frames_and_no_message() -> None:
+    error = failed_with(Registry(redact_error=redact_messages), parse_card)
+    assert CARD not in json.dumps(error)
+    assert error["type"] == "builtins.RuntimeError"
+    assert error["message"] == "RuntimeError (from ValueError): message redacted"
+    frames = error["traceback"]
+    assert 'in parse_card\n    int(job.payload["card"])' in frames
+    assert "ValueError (message redacted)" in frames
+    assert "direct cause of the following exception" in frames
+    assert frames.endswith("RuntimeError (message redacted)\n")
+
+
+def test_error_frames_of_an_exception_group_show_each_sub_exception() -> None:
+    try:
+        raise ExceptionGroup("two", [ValueError(CARD), KeyError(CARD)])
+    except ExceptionGroup as exc:
+        frames = error_frames(exc)
+    assert CARD not in frames
+    assert "ExceptionGroup (message redacted)" in frames
+    assert "| ValueError (message redacted)" in frames
+    assert "| KeyError (message redacted)" in frames
+
+
+def test_error_frames_of_a_cyclic_chain_ends() -> None:
+    first, second = ValueError(CARD), ValueError(CARD)
+    first.__context__, second.__context__ = second, first
+    assert error_frames(first).count("ValueError (message redacted)") == 2
+
+
+def test_a_hook_may_keep_what_it_chooses() -> None:
+    def mask(job: Job, exc: BaseException, error: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: error[k].replace(job.payload["card"], "****") for k in ("message", "traceback")}
+
+    error = failed_with(Registry(redact_error=mask), parse_card)
+    assert error["message"] == "card **** unreadable"
+    assert "invalid literal for int() with base 10: '****'" in error["traceback"]
+    assert error["type"] == "builtins.RuntimeError"
+
+
+def test_what_a_hook_keeps_is_made_storable_and_bounded() -> None:
+    def verbose(job: Job, exc: BaseException, error: Mapping[str, Any]) -> dict[str, Any]:
+        return {"message": "a\x00" * 5000, "traceback": "\ud800" * 50_000}
+
+    error = failed_with(Registry(redact_error=verbose), parse_card)
+    assert storable(error)
+    assert len(error["message"]) == execute.MESSAGE_LIMIT
+    assert len(error["traceback"]) <= TRACEBACK_LIMIT + 100
+
+
+@pytest.mark.parametrize(
+    "returned", [None, {"message": None, "traceback": None}, {"message": "m"}, "text"]
+)
+def test_a_hook_that_fails_or_returns_nonsense_keeps_no_message(returned: object) -> None:
+    def odd(job: Job, exc: BaseException, error: Mapping[str, Any]) -> Any:
+        return returned
+
+    def raising(job: Job, exc: BaseException, error: Mapping[str, Any]) -> Any:
+        raise KeyboardInterrupt
+
+    for hook in (odd, raising):
+        error = failed_with(Registry(redact_error=hook), parse_card)
+        assert CARD not in json.dumps(error)
+        assert error["message"].startswith("RuntimeError (from ValueError): message redacted")
+        assert "(the redact_error hook raised" in error["message"]
+        assert "in parse_card" in error["traceback"]
+
+
+def test_redact_error_must_be_callable() -> None:
+    with pytest.raises(RegistryError, match="redact_error must be callable"):
+        Registry(redact_error="messages")  # type: ignore[arg-type]
+
+
+def test_a_registry_passes_its_hook_to_every_handler() -> None:
+    registry = Registry(redact_error=redact_messages)
+    handler = registry.register("a.b", lambda job: None)
+    assert registry.redact_error is redact_messages
+    assert handler.redact_error is redact_messages
+    assert Registry().register("a.b", lambda job: None).redact_error is None
