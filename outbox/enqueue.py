@@ -3,13 +3,17 @@
 One statement and one round trip for :func:`enqueue` and for batches under
 :data:`outbox.bulk.COPY_THRESHOLD` (``outbox/sql/enqueue.sql`` says what it does and
 why); larger batches take the COPY path of :mod:`outbox.bulk`.
+
+Behind a connection pooler such as PgBouncer, outbox's statements are never prepared
+(see :func:`_behind_pooler`); on a direct connection psycopg prepares the statement
+once a connection has run it ``prepare_threshold`` times, as it does any other.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, overload
 from uuid import UUID
@@ -30,6 +34,11 @@ from outbox.sql import queries
 #: Namespace of outbox's advisory locks (the first of the two int4 lock keys).
 KEY_LOCK_CLASS = 0x0B0C
 ENQUEUE = sa.text(queries["enqueue"])
+#: The server session's pid, to compare with the one the connection was given at start-up.
+SERVER_PID = "SELECT pg_backend_pid()"
+#: Where a connection's verdict is kept: its ``info`` lives as long as the DBAPI connection.
+_POOLED = "outbox.behind_pooler"
+_AS_IS = contextlib.nullcontext()
 
 SyncTarget = Session | scoped_session[Session] | sa.Connection
 AsyncTarget = AsyncSession | async_scoped_session[AsyncSession] | AsyncConnection
@@ -268,10 +277,12 @@ def _execute(session: SyncTarget, columns: Columns, settings: Settings) -> list[
             f"not {type(session).__name__}"
         )
     _check_driver(connection.dialect)
-    if len(columns.uuid) < bulk.COPY_THRESHOLD:
-        rows = connection.execute(ENQUEUE, _statement_params(columns, settings)).all()
-        return _handles(columns.uuid, {o - 1: u for o, u in rows if o is not None})
     driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
+    if len(columns.uuid) < bulk.COPY_THRESHOLD:
+        params = _statement_params(columns, settings)
+        with _unprepared(driver) if _behind_pooler(connection, driver) else _AS_IS:
+            rows = connection.execute(ENQUEUE, params).all()
+        return _handles(columns.uuid, {o - 1: u for o, u in rows if o is not None})
     params = bulk.prepare_params(columns, KEY_LOCK_CLASS, settings.idempotency_retention)
     with _atomic(driver):
         return _handles(columns.uuid, bulk.run(driver, columns, params, settings.payload_limit))
@@ -285,11 +296,13 @@ async def _execute_async(
     else:
         connection = await session.connection()
     _check_driver(connection.dialect)
-    if len(columns.uuid) < bulk.COPY_THRESHOLD:
-        result = await connection.execute(ENQUEUE, _statement_params(columns, settings))
-        return _handles(columns.uuid, {o - 1: u for o, u in result.all() if o is not None})
     raw = await connection.get_raw_connection()
     driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    if len(columns.uuid) < bulk.COPY_THRESHOLD:
+        params = _statement_params(columns, settings)
+        with _unprepared(driver) if await _behind_pooler_async(connection, driver) else _AS_IS:
+            result = await connection.execute(ENQUEUE, params)
+        return _handles(columns.uuid, {o - 1: u for o, u in result.all() if o is not None})
     params = bulk.prepare_params(columns, KEY_LOCK_CLASS, settings.idempotency_retention)
     if driver.autocommit:
         async with driver.transaction():
@@ -297,6 +310,49 @@ async def _execute_async(
     else:
         skip = await bulk.run_async(driver, columns, params, settings.payload_limit)
     return _handles(columns.uuid, skip)
+
+
+def _behind_pooler(connection: sa.Connection, driver: psycopg.Connection[Any]) -> bool:
+    """Whether a pooler (PgBouncer) hands this connection's transactions to server sessions.
+
+    A pooler gives its clients a backend pid of its own making (the cancel key), where a
+    direct connection is given its server session's. Learned with one round trip, once
+    per DBAPI connection.
+    """
+    pooled = connection.info.get(_POOLED)
+    if pooled is None:
+        with _unprepared(driver):
+            server_pid = connection.exec_driver_sql(SERVER_PID).scalar_one()
+        pooled = connection.info[_POOLED] = server_pid != driver.info.backend_pid
+    return bool(pooled)
+
+
+async def _behind_pooler_async(
+    connection: AsyncConnection, driver: psycopg.AsyncConnection[Any]
+) -> bool:
+    pooled = connection.info.get(_POOLED)
+    if pooled is None:
+        with _unprepared(driver):
+            server_pid = (await connection.exec_driver_sql(SERVER_PID)).scalar_one()
+        pooled = connection.info[_POOLED] = server_pid != driver.info.backend_pid
+    return bool(pooled)
+
+
+@contextlib.contextmanager
+def _unprepared(driver: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> Iterator[None]:
+    """Statements run in this block are not prepared, whatever the connection's settings.
+
+    Behind a pooler, a prepared statement lives in one server session, and the next
+    transaction may run in another: ``prepared statement "_pg3_0" does not exist`` (or
+    ``already exists``, where another client prepared it there). The application's
+    engine is its own, so the setting is only lent for outbox's statements.
+    """
+    threshold = driver.prepare_threshold
+    driver.prepare_threshold = None
+    try:
+        yield
+    finally:
+        driver.prepare_threshold = threshold
 
 
 def _atomic(driver: psycopg.Connection[Any]) -> contextlib.AbstractContextManager[Any]:

@@ -1,0 +1,272 @@
+"""Through PgBouncer in transaction pooling: applications enqueue, relays refuse to start.
+
+Each test runs a real PgBouncer, started here on a free port of 127.0.0.1 in front of the
+test server, with a configuration of its own. Skipped only where no pgbouncer binary
+exists (Debian package ``pgbouncer``; ``.ci/run`` installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import pwd
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+import outbox
+from outbox.bulk import COPY_THRESHOLD
+from outbox.database import create_engine, create_engine_async, sqlalchemy_url
+from outbox.testing import temporary_database
+
+
+def _find_pgbouncer() -> str | None:
+    found = shutil.which("pgbouncer")
+    for candidate in (found, "/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+PGBOUNCER = _find_pgbouncer()
+pytestmark = pytest.mark.skipif(
+    PGBOUNCER is None,
+    reason="no pgbouncer binary (install the Debian package pgbouncer; .ci/run does)",
+)
+ROOT = Path(__file__).resolve().parents[2]
+STARTUP_DEADLINE = 15.0
+
+
+@dataclasses.dataclass
+class Bouncer:
+    """A PgBouncer process and the DSN of one database behind it."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    user: str
+    log: Path
+
+    def dsn(self, database: str) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def pgbouncer(
+    folder: Path, server: str, *, pool_mode: str = "transaction", ignore: str = ""
+) -> Iterator[Bouncer]:
+    """PgBouncer in front of ``server`` (any database, passed through), until the block ends."""
+    assert PGBOUNCER is not None
+    url = sqlalchemy_url(server)
+    host = url.host or str(url.query.get("host") or "127.0.0.1")
+    user = url.username or "postgres"
+    target = f"host={host} port={url.port or 5432}"
+    if url.password:
+        target += f" user={user} password={url.password}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "userlist.txt").write_text(f'"{user}" ""\n')
+    log = folder / "pgbouncer.log"
+    for _ in range(3):  # a free port can be taken between the probe and the bind
+        port = _free_port()
+        config = folder / "pgbouncer.ini"
+        config.write_text(
+            "[databases]\n"
+            f"* = {target}\n"
+            "[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            f"listen_port = {port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = trust\n"
+            f"auth_file = {folder / 'userlist.txt'}\n"
+            f"pool_mode = {pool_mode}\n"
+            "max_client_conn = 200\n"
+            "default_pool_size = 20\n"
+            f"ignore_startup_parameters = {ignore}\n"
+        )
+        command = [PGBOUNCER, str(config)]
+        if os.geteuid() == 0:  # PgBouncer will not run as root; it reads its files first
+            command[1:1] = ["-u", _unprivileged_user()]
+        with log.open("ab") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        bouncer = Bouncer(process, port, user, log)
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        while process.poll() is None and not _answers(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if process.poll() is None and _answers(port):
+            break
+        bouncer.stop()
+    else:
+        pytest.fail(f"pgbouncer did not start:\n{log.read_text()}")
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+def _unprivileged_user() -> str:
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name).pw_name
+    pytest.skip("pgbouncer refuses to run as root and no unprivileged user exists")
+
+
+@pytest.fixture(scope="module")
+def direct(server: str) -> Iterator[str]:
+    """A migrated database of this module's own (its settings are changed by some tests)."""
+    with temporary_database(server, prefix="outbox_pgbouncer") as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="module")
+def transaction_pooled(
+    server: str, direct: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The DSN of ``direct`` through PgBouncer in transaction pooling."""
+    with pgbouncer(tmp_path_factory.mktemp("pgbouncer"), server) as bouncer:
+        yield bouncer.dsn(str(sa.make_url(direct).database))
+
+
+@pytest.fixture
+def direct_engine(direct: str) -> Iterator[sa.Engine]:
+    engine = create_engine(direct, poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
+        conn.execute(sa.text("TRUNCATE outbox_jobs, outbox_history, outbox_idempotency"))
+    yield engine
+    engine.dispose()
+
+
+def _count(engine: sa.Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+# -- applications: enqueue through transaction pooling ------------------------------------
+
+
+def _from_threads(tasks: int, task: Callable[[int], None], threads: int = 8) -> list[str]:
+    """Run ``task(0)`` to ``task(tasks - 1)`` on ``threads`` threads; the failures, a line each."""
+    work: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for n in range(tasks):
+        work.put(n)
+    failures: list[str] = []
+    start = threading.Barrier(threads)
+
+    def client() -> None:
+        start.wait(timeout=30)
+        while True:
+            try:
+                n = work.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                task(n)
+            except Exception as exc:
+                failures.append(str(exc).splitlines()[0])
+
+    running = [threading.Thread(target=client) for _ in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join(timeout=60)
+    assert not any(t.is_alive() for t in running), "an enqueue thread hung"
+    return failures
+
+
+def test_threaded_enqueues_through_transaction_pooling_all_commit(
+    transaction_pooled: str, direct_engine: sa.Engine
+) -> None:
+    """An application's engine at its defaults: psycopg would prepare the enqueue statement
+    after five runs on a connection, and a later transaction lands on another server."""
+    engine = create_engine(transaction_pooled, pool_size=8)
+
+    def enqueue(n: int) -> None:
+        with Session(engine) as session:
+            outbox.enqueue(session, "pgbouncer.one", {"n": n}, key=f"k{n % 5}")
+            session.commit()
+
+    try:
+        failures = _from_threads(100, enqueue)
+    finally:
+        engine.dispose()
+    assert failures == [], f"{len(failures)} of 100 enqueues failed: {failures[:3]}"
+    assert _count(direct_engine, "outbox_jobs") == 100
+    assert _count(direct_engine, "outbox_history") == 100
+
+
+@pytest.mark.parametrize("size", [3, COPY_THRESHOLD])
+def test_threaded_enqueue_many_through_transaction_pooling_all_commit(
+    transaction_pooled: str, direct_engine: sa.Engine, size: int
+) -> None:
+    """Both paths: one statement below COPY_THRESHOLD; savepoint, statement, COPY from it."""
+    engine = create_engine(transaction_pooled, pool_size=8)
+
+    def enqueue_many(n: int) -> None:
+        with Session(engine) as session:
+            jobs = [outbox.NewJob("pgbouncer.many", {"n": n, "i": i}) for i in range(size)]
+            assert len(outbox.enqueue_many(session, jobs)) == size
+            session.commit()
+
+    try:
+        failures = _from_threads(64, enqueue_many)
+    finally:
+        engine.dispose()
+    assert failures == [], f"{len(failures)} of 64 batches failed: {failures[:3]}"
+    assert _count(direct_engine, "outbox_jobs") == 64 * size
+
+
+async def test_concurrent_async_sessions_enqueue_through_transaction_pooling(
+    transaction_pooled: str, direct_engine: sa.Engine
+) -> None:
+    engine = create_engine_async(transaction_pooled, pool_size=8)
+
+    async def client(c: int) -> None:
+        for n in range(8):
+            async with AsyncSession(engine) as session:
+                await outbox.enqueue(session, "pgbouncer.async", {"c": c, "n": n})
+                await session.commit()
+        for _ in range(2):
+            async with AsyncSession(engine) as session:
+                many = [outbox.NewJob("pgbouncer.async", {"c": c, "i": i}) for i in range(size)]
+                await outbox.enqueue_many(session, many)
+                await session.commit()
+
+    size = COPY_THRESHOLD
+    try:
+        await asyncio.gather(*(client(c) for c in range(8)))
+    finally:
+        await engine.dispose()
+    assert _count(direct_engine, "outbox_jobs") == 8 * (8 + 2 * size)
