@@ -1,8 +1,9 @@
 """The COPY path of :func:`outbox.enqueue_many`, for batches where rows outweigh round trips.
 
 Inside a savepoint on the caller's connection and transaction: ``enqueue_bulk_prepare``
-(key locks, idempotency keys, wake-up), then a binary COPY of the fresh jobs and one of
-their history rows. COPY inserts heap rows in batches, and payloads are encoded while
+(key locks, idempotency keys, wake-up), then a binary COPY of the fresh jobs, whose
+`enqueued` history rows the database appends (the trigger outbox_jobs_enqueued, G7).
+COPY inserts heap rows in batches, and payloads are encoded while
 the server inserts the rows before them, on the other core. A payload refused half-way
 aborts the COPY; rolling back to the savepoint leaves the caller's transaction as it
 was, with nothing written (G8). See docs/explanation/enqueue.md for the measurements.
@@ -33,12 +34,10 @@ from outbox.sql import pyformat, queries
 COPY_THRESHOLD = 500
 PREPARE = pyformat(queries["enqueue_bulk_prepare"])
 COPY_JOBS = queries["enqueue_bulk_copy_jobs"]
-COPY_HISTORY = queries["enqueue_bulk_copy_history"]
 SAVEPOINT = "SAVEPOINT outbox_enqueue_many"
 RELEASE = "RELEASE SAVEPOINT outbox_enqueue_many"
 ROLLBACK = "ROLLBACK TO SAVEPOINT outbox_enqueue_many"
 _JOB_TYPES = ["uuid", "text", "text", "text", "text", "bytea", "int2", "timestamptz", "int4"]
-_HISTORY_TYPES = ["uuid", "text", "text", "text", "text", "int4", "bytea", "timestamptz"]
 _JSONB_VERSION = b"\x01"  # jsonb's binary input format: a version byte, then the JSON text
 
 
@@ -95,9 +94,9 @@ def duplicates(
 
 
 def job_rows(
-    batch: Columns, now: datetime, skip: dict[int, UUID], limit: int, history: list[tuple[Any, ...]]
+    batch: Columns, now: datetime, skip: dict[int, UUID], limit: int
 ) -> Iterator[tuple[Any, ...]]:
-    """COPY rows of the fresh jobs, encoding each payload as it goes; fills ``history``."""
+    """COPY rows of the fresh jobs, encoding each payload as it goes."""
     columns = zip(
         batch.uuid, batch.type, batch.queue, batch.key, batch.idempotency_key,
         batch.priority, batch.run_at, batch.delay, batch.max_attempts, strict=True,
@@ -109,7 +108,6 @@ def job_rows(
             continue
         due = run_at or (now + delay if delay is not None else now)
         payload = _JSONB_VERSION + batch.encoded(i, limit).encode()
-        history.append((uuid, "enqueued", job_type, queue, key, 0, payload, due))
         yield (uuid, job_type, queue, key, idem, payload, priority, due, attempts)
 
 
@@ -144,18 +142,12 @@ def run(
         _plain_bytes(cursor)
         cursor.execute(PREPARE, _without_private(params), prepare=False)
         now, skip = duplicates(params, cursor.fetchall())
-        history: list[tuple[Any, ...]] = []
         # The queued writer sends from a thread of its own, so the server inserts while
         # Python encodes and formats the next rows.
         with cursor.copy(COPY_JOBS, writer=QueuedLibpqWriter(cursor)) as copy:
             copy.set_types(_JOB_TYPES)
-            for row in job_rows(batch, now, skip, limit, history):
+            for row in job_rows(batch, now, skip, limit):
                 copy.write_row(row)
-        if history:
-            with cursor.copy(COPY_HISTORY, writer=QueuedLibpqWriter(cursor)) as copy:
-                copy.set_types(_HISTORY_TYPES)
-                for row in history:
-                    copy.write_row(row)
     return skip
 
 
@@ -166,16 +158,10 @@ async def run_async(
         _plain_bytes(cursor)
         await cursor.execute(PREPARE, _without_private(params), prepare=False)
         now, skip = duplicates(params, await cursor.fetchall())
-        history: list[tuple[Any, ...]] = []
         async with cursor.copy(COPY_JOBS, writer=AsyncQueuedLibpqWriter(cursor)) as copy:
             copy.set_types(_JOB_TYPES)
-            for row in job_rows(batch, now, skip, limit, history):
+            for row in job_rows(batch, now, skip, limit):
                 await copy.write_row(row)
-        if history:
-            async with cursor.copy(COPY_HISTORY, writer=AsyncQueuedLibpqWriter(cursor)) as copy:
-                copy.set_types(_HISTORY_TYPES)
-                for row in history:
-                    await copy.write_row(row)
     return skip
 
 

@@ -1,6 +1,9 @@
 -- name: enqueue
--- Insert a batch of jobs with their `enqueued` history rows in one round trip, inside the
--- caller's transaction, so jobs and history commit or roll back with the domain writes (G1, G7).
+-- Insert a batch of jobs in one round trip, inside the caller's transaction, so they commit or
+-- roll back with the domain writes (G1).
+-- G7: each job's `enqueued` history row is appended by the trigger outbox_jobs_enqueued, in this
+--     statement, from the inserted rows: the application's role (outbox_app) may insert jobs but
+--     not write history, so it can neither skip that row nor word it differently.
 -- G4: the distinct keys are locked (transaction-scoped advisory locks, in sorted order so two
 --     batches cannot deadlock on each other) before any row takes its id: a later transaction
 --     on the same key waits for the earlier to end, so ids within a key follow commit order.
@@ -54,6 +57,7 @@ fresh AS (
     WHERE input.idempotency_key IS NULL OR remembered.job_uuid = input.uuid
 ),
 inserted AS (
+    -- no RETURNING: outbox_app may insert these columns, and read none of them
     INSERT INTO outbox_jobs (
         uuid, type, queue, key, idempotency_key, payload, priority, run_at, max_attempts
     )
@@ -61,16 +65,10 @@ inserted AS (
            coalesce(run_at, now() + delay, now()), max_attempts
     FROM fresh
     ORDER BY ord
-    RETURNING uuid, type, queue, key, payload, run_at
-),
-recorded AS (
-    INSERT INTO outbox_history (job_uuid, event, type, queue, key, attempt, payload, run_at)
-    SELECT uuid, 'enqueued', type, queue, key, 0, payload, run_at
-    FROM inserted
 ),
 woken AS (
     SELECT count(pg_notify('outbox_jobs', q.queue)) AS sent
-    FROM (SELECT DISTINCT queue FROM inserted) AS q
+    FROM (SELECT DISTINCT queue FROM fresh) AS q
 )
 -- Rows for duplicates only, with the existing job's uuid. `woken` is the preserved side of the
 -- join so that its notification is sent even when no duplicate comes back.
@@ -84,7 +82,7 @@ LEFT JOIN (
 ) AS dup ON true;
 
 -- name: enqueue_bulk_prepare
--- The first of three steps of a large enqueue_many, whose rows then arrive by COPY.
+-- The first of two steps of a large enqueue_many, whose rows then arrive by COPY.
 -- G4: lock the batch's distinct keys, sorted, before COPY gives any row its id.
 -- G5: record the idempotency keys; rows come back for duplicates only (the index into the
 --     :idempotency_key array and the existing job's uuid), plus one row with now(), which
@@ -127,10 +125,6 @@ LEFT JOIN (
 
 -- name: enqueue_bulk_copy_jobs
 -- Step two: the fresh jobs, in batch order, so that ids follow it (binary COPY, heap multi-insert).
+-- G7: the trigger outbox_jobs_enqueued appends their `enqueued` history rows, once the COPY ends.
 COPY outbox_jobs (uuid, type, queue, key, idempotency_key, payload, priority, run_at, max_attempts)
-FROM STDIN (FORMAT BINARY);
-
--- name: enqueue_bulk_copy_history
--- Step three: their `enqueued` history rows (G7), in the same transaction.
-COPY outbox_history (job_uuid, event, type, queue, key, attempt, payload, run_at)
 FROM STDIN (FORMAT BINARY);

@@ -12,7 +12,6 @@ EXPECTED = [
     "enqueue",
     "enqueue_bulk_prepare",
     "enqueue_bulk_copy_jobs",
-    "enqueue_bulk_copy_history",
     "status_depth",
     "status_blocked_keys",
 ]
@@ -41,9 +40,9 @@ def test_loading_again_gives_the_same_statements() -> None:
 
 
 def test_copy_statements_read_binary_copy_data() -> None:
-    for name in ("enqueue_bulk_copy_jobs", "enqueue_bulk_copy_history"):
-        assert re.search(r"^COPY outbox_\w+ \(", queries[name], re.MULTILINE)
-        assert queries[name].endswith("FROM STDIN (FORMAT BINARY)")
+    statement = queries["enqueue_bulk_copy_jobs"]
+    assert re.search(r"^COPY outbox_jobs \(", statement, re.MULTILINE)
+    assert statement.endswith("FROM STDIN (FORMAT BINARY)")
 
 
 def test_pyformat_turns_named_binds_into_psycopg_placeholders() -> None:
