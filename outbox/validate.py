@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from outbox.errors import InvalidJob, PayloadNotJSON, PayloadTooLarge
@@ -20,7 +22,10 @@ MAX_DELAY = timedelta(days=3660)  # ten years: anything later is a mistake, or a
 
 _TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")
 _QUEUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
+#: Categories of characters that show nothing: a key of only these looks empty (or like
+#: another key) wherever it is printed. Control characters are refused on their own.
+_INVISIBLE = frozenset({"Cf", "Zs", "Zl", "Zp"})
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _HINTS = {
     "Decimal": "pass amounts as str(amount) or as integer minor units",
@@ -57,13 +62,19 @@ def _name(value: object, what: str, limit: int, pattern: re.Pattern[str], allowe
 
 
 def key(value: object, what: str = "key") -> str | None:
-    """An ordering key or idempotency key: any text without control characters."""
+    """An ordering key or idempotency key: text with something visible in it, and without
+    control characters (C0, DEL or C1)."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise InvalidJob(f"{what} must be a str or None, not {type(value).__name__}")
     if not value.strip():
         raise InvalidJob(f"{what} must not be empty or blank; pass None for no {what}")
+    if not value.isascii() and _invisible(value):
+        raise InvalidJob(
+            f"{what} must not be empty or blank: {value!r} holds only invisible characters; "
+            f"pass None for no {what}"
+        )
     if len(value) > KEY_MAX:
         raise InvalidJob(f"{what} {value[:40]!r}... is {len(value)} characters; at most {KEY_MAX}")
     if _CONTROL.search(value):
@@ -74,6 +85,11 @@ def key(value: object, what: str = "key") -> str | None:
         except UnicodeEncodeError:
             raise InvalidJob(f"{what} {value!r} is not valid Unicode") from None
     return value
+
+
+def _invisible(text: str) -> bool:
+    category = unicodedata.category
+    return all(c.isspace() or category(c) in _INVISIBLE for c in text)
 
 
 def priority(value: object) -> int:
@@ -175,6 +191,8 @@ def encode_payload(payload: object, limit: int) -> str:
     _check_keys(payload)  # after encoding, which has refused cycles
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise PayloadNotJSON("payload holds a NUL character (\\u0000), which PostgreSQL refuses")
+    if ("e+" in text or "-0.0" in text) and _INEXACT.search(text):  # rare: walk it again
+        text = _exact(payload)
     try:
         size = len(text) if text.isascii() else len(text.encode())
     except UnicodeEncodeError:
@@ -185,6 +203,56 @@ def encode_payload(payload: object, limit: int) -> str:
         raise PayloadTooLarge(
             f"payload is {size} bytes of JSON; the limit is {limit} "
             "(store large data in your own table and pass its id)"
+        )
+    return text
+
+
+# jsonb keeps a number as numeric and prints it back without an exponent, so a float that
+# Python writes with one (1e+16) would come back an int (10000000000000000), and -0.0 as 0.0.
+# Either shows in the text as written; a string that merely looks like one costs a re-encoding.
+_INEXACT = re.compile(r"[0-9]e\+|-0\.0(?![0-9])")
+_encode_text = json.encoder.encode_basestring
+
+
+def _exact(payload: dict[str, Any]) -> str:
+    """The payload's JSON with each float written as jsonb gives the same float back."""
+    try:
+        return _exact_value(payload)
+    except RecursionError:
+        raise PayloadNotJSON("payload refers to itself or is nested too deeply") from None
+
+
+def _exact_value(value: Any) -> str:
+    # The types, in the order, that the encoder took them: nothing else got this far.
+    if isinstance(value, str):
+        return _encode_text(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        return _float(value)
+    parts = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            parts.append(f"{_encode_text(k)}:{_exact_value(v)}")
+        return "{" + ",".join(parts) + "}"
+    for v in value:
+        parts.append(_exact_value(v))
+    return "[" + ",".join(parts) + "]"
+
+
+def _float(value: float) -> str:
+    text = float.__repr__(value)
+    if "e+" in text:  # 1e+16: written out, with a decimal point, it stays a float in jsonb
+        return f"{Decimal(text):f}.0"
+    if value == 0 and math.copysign(1, value) < 0:
+        raise PayloadNotJSON(
+            "payload holds -0.0, which jsonb stores as 0 (its sign would be lost); pass 0.0"
         )
     return text
 

@@ -28,6 +28,10 @@ BAD: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("bad queue", {"queue": "has space"}, outbox.InvalidJob, "queue"),
     ("long key", {"key": "k" * 256}, outbox.InvalidJob, "at most 255"),
     ("blank key", {"key": "  "}, outbox.InvalidJob, "blank"),
+    ("c1 control in key", {"key": "acct\x9b42"}, outbox.InvalidJob, "control character"),
+    ("invisible key", {"key": "\u200b"}, outbox.InvalidJob, "only invisible characters"),
+    ("invisible idempotency key", {"idempotency_key": "\ufeff"}, outbox.InvalidJob, "invisible"),
+    ("negative zero", {"payload": {"x": [-0.0]}}, outbox.PayloadNotJSON, r"-0\.0"),
     ("negative priority", {"priority": -1}, outbox.InvalidJob, "out of range"),
     (
         "both times",
