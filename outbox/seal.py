@@ -9,6 +9,9 @@ SHA-256 over its rows in canonical order and links to the previous seal::
                      row_count | rows digest)
 
 so changing, adding or removing any sealed row, or any seal, changes every digest after it.
+The database checks each link as it is appended (the trigger outbox_seals_checked): only
+``outbox_writer`` and the owner append, and only a link that continues the chain, matches its
+digest and ends at or below the inserting snapshot's xmin.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ SEALER_LOCK = (0x0B0D, 3)
 _LOCK = sa.text(queries["chain_lock"])
 _END = sa.text(queries["chain_end"])
 _XMIN = sa.text(queries["snapshot_xmin"])
+_SEALED_BY = sa.text(queries["sealed_by"])
 _COUNT = sa.text(queries["count_range"])
 _DIGEST = sa.text(queries["digest_range"])
 _SPLIT = sa.text(queries["range_split"])
@@ -169,7 +173,9 @@ def seal_once(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> Sealed
         previous, sealed_to = lock_chain(connection)
         xid_from = sealed_to
         xid_to = int(connection.execute(_XMIN).scalar_one())
-        if xid_to <= xid_from:
+        if xid_to < xid_from:
+            raise _past_the_horizon(connection, xid_from, xid_to)
+        if xid_to == xid_from:
             return None
         bounds = {"xid_from": xid_from, "xid_to": xid_to}
         count = connection.execute(_COUNT, bounds).scalar_one()
@@ -185,6 +191,17 @@ def seal_once(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> Sealed
             last_history_id=found.last_history_id, row_hashes=found.row_hashes,
         )  # fmt: skip
     return Sealed(seal_id, xid_from, xid_to, found.row_count)
+
+
+def _past_the_horizon(connection: sa.Connection, sealed_to: int, horizon: int) -> OutboxError:
+    """The chain ends past every transaction that has ended: a link no sealer could have
+    written got in behind the triggers, and no seal can follow it."""
+    seal_id = connection.execute(_SEALED_BY).scalar()
+    return OutboxError(
+        f"cannot seal: seal {seal_id} covers transactions up to {sealed_to - 1}, past the oldest "
+        f"transaction still running ({horizon}): it is forged or invalid, and no seal can "
+        "follow it; `outbox audit verify` names it (docs/howto/audit-roles.md)"
+    )
 
 
 def seal_all(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> list[Sealed]:

@@ -3,6 +3,10 @@
 The chain is recomputed from the rows, not read from the stored digests: a superuser who
 rewrites a row and then every seal after it gets a chain that agrees with itself, but not
 with a digest exported before the rewrite (``verify --against``).
+
+A link that no honest sealer or prune could have written (one reaching past every transaction
+that has ended, or one that does not continue the chain) is named as forged, before any row
+of its range is recomputed: its rows are not to blame.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ _ROW_HASHES = sa.text(queries["row_hashes"])
 _PRUNES = sa.text(queries["prune_seals"])
 _COUNT = sa.text(queries["count_range"])
 _LATEST = sa.text(queries["latest_seal"])
+_HORIZON = sa.text(queries["verify_horizon"])
 PAGE = 500
 _DIGEST_LINE = re.compile(r"^\s*(\d+)\s+([0-9a-fA-F]{64})\b")
 
@@ -109,20 +114,33 @@ def verify(
     report = Report()
     chain: bytes | None = None
     sealed_to = 0
+    horizon = _Horizon(connection)
     for seal in iter_seals(connection):
         if to_seal is not None and seal.id > to_seal:
             break
         where = f"seal {seal.id}"
+        forged = f"{where} is forged or invalid"
         if seal.previous_digest != chain and seal.id >= from_seal:
-            raise VerificationError(f"{where}: does not link to the seal before it")
+            raise VerificationError(f"{forged}: it does not link to the seal before it")
         if own_digest(seal) != seal.digest:
-            raise VerificationError(f"{where}: its digest does not match its own fields")
+            raise VerificationError(f"{forged}: its digest does not match its own fields")
+        if horizon.passed_by(seal.xid_to):
+            raise VerificationError(
+                f"{forged}: it covers transactions up to {seal.xid_to - 1}, past the oldest "
+                f"transaction still running ({horizon.xid}), which no sealer can reach"
+            )
+        if seal.kind == "prune" and seal.xid_to > sealed_to:
+            raise VerificationError(
+                f"{forged}: a prune of transactions up to {seal.xid_to - 1}, past the sealed "
+                f"history (up to {sealed_to - 1})"
+            )
         rows_digest = seal.rows_digest
         if seal.kind == "seal":
             if seal.xid_from != sealed_to and seal.id >= from_seal:
+                gap = "a range is missing" if seal.xid_from > sealed_to else "the ranges overlap"
                 raise VerificationError(
-                    f"{where}: starts at transaction {seal.xid_from}, but the chain had sealed "
-                    f"up to {sealed_to}: a range is missing"
+                    f"{forged}: it starts at transaction {seal.xid_from}, but the chain had "
+                    f"sealed up to {sealed_to}: {gap}"
                 )
             sealed_to = seal.xid_to
             if is_pruned(seal, pruned) and not _holds_rows(connection, seal):
@@ -153,6 +171,28 @@ def verify(
         missing = ", ".join(str(i) for i in sorted(against)[:5])
         raise VerificationError(f"exported digests name seals this database lacks: {missing}")
     return report
+
+
+class _Horizon:
+    """The first transaction no honest link reaches, as of the latest snapshot asked.
+
+    Seals are read a page at a time, each page in a snapshot of its own where the session is
+    READ COMMITTED; a seal committed after the horizon was read may rightly reach past it, so
+    a seal past it is checked against a fresh snapshot, which is later than the one it was
+    read in, before it is called forged.
+    """
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self._connection = connection
+        self.xid = self._read()
+
+    def passed_by(self, xid_to: int) -> bool:
+        if xid_to > self.xid:
+            self.xid = self._read()
+        return xid_to > self.xid
+
+    def _read(self) -> int:
+        return int(self._connection.execute(_HORIZON).scalar_one())
 
 
 def pruned_ranges(seals: Iterable[Seal]) -> list[Seal]:

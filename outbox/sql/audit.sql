@@ -14,6 +14,19 @@ SELECT (SELECT digest FROM outbox_seals ORDER BY id DESC LIMIT 1) AS digest,
 -- The sealer asks before it writes, so its own transaction has no id yet.
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
 
+-- name: sealed_by
+-- The seal that history is sealed up to: the chain's last link of kind seal.
+SELECT id FROM outbox_seals WHERE kind = 'seal' ORDER BY xid_from DESC LIMIT 1;
+
+-- name: verify_horizon
+-- G7: no honest link reaches this transaction. A sealer ends its seal at its snapshot's xmin,
+-- and a later snapshot's xmin is never lower, so a seal past this one's was forged. A standby's
+-- xmin may lag the primary's for a moment: there, the snapshot's xmax (no link reaches a
+-- transaction that had not started).
+SELECT CASE WHEN pg_is_in_recovery() THEN pg_snapshot_xmax(s) ELSE pg_snapshot_xmin(s) END
+       ::text::bigint
+FROM pg_current_snapshot() AS s;
+
 -- name: count_range
 -- How many rows [:xid_from, :xid_to) holds (cheap: no hashing), to size a seal first.
 SELECT count(*) FROM outbox_history WHERE xid >= :xid_from AND xid < :xid_to;
@@ -37,6 +50,8 @@ ORDER BY xid
 OFFSET :rows LIMIT 1;
 
 -- name: insert_seal
+-- G7: the trigger outbox_seals_checked refuses a link that reaches past the snapshot, does not
+-- continue the chain or does not match its digest, and any role but outbox_writer and the owner.
 INSERT INTO outbox_seals (
     kind, xid_from, xid_to, row_count, first_history_id, last_history_id, rows_digest,
     row_hashes, previous_digest, digest, actor

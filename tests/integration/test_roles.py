@@ -1,5 +1,6 @@
 """G7 by role: the application may only enqueue, only the relay's role and the owner seal,
-the auditor only reads; a seal that could not have been made honestly is refused."""
+the auditor only reads; a seal that could not have been made honestly is refused, and
+`outbox audit verify` names one that got in behind the triggers as forged."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import outbox
 from outbox import seal, verify
 from outbox.cli import cli
 from outbox.database import create_engine, sqlalchemy_url
+from outbox.errors import OutboxError
+from outbox.verify import VerificationError
 from tests.integration.relay_harness import live_jobs, running_relay, scalar, wait_for
 
 #: Far past any transaction this cluster has started.
@@ -115,6 +118,19 @@ def seal_everything(engine: sa.Engine) -> None:
 def chain_end(engine: sa.Engine) -> tuple[bytes | None, int]:
     with engine.connect() as conn, conn.begin():
         return seal.lock_chain(conn)
+
+
+def horizon_past(engine: sa.Engine, xid: int) -> int:
+    """The oldest running transaction, once it is past ``xid`` (other sessions of the cluster
+    may hold it back a moment)."""
+
+    def read() -> int | None:
+        horizon = int(
+            scalar(engine, "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        )
+        return horizon if horizon > xid else None
+
+    return int(wait_for(read, what=f"every transaction up to {xid} to end"))
 
 
 def behind_the_triggers(engine: sa.Engine, sql: str, **params: Any) -> None:
@@ -277,9 +293,10 @@ def test_a_seal_that_does_not_continue_the_chain_is_refused(
 ) -> None:
     enqueue(app, 3)
     seal_everything(relay)
-    enqueue(app, 3)  # settled, not yet sealed
+    enqueue(app, 2)  # settled, not yet sealed: two transactions
+    enqueue(app, 1)
     previous, sealed_to = chain_end(db)
-    horizon = int(scalar(db, "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
+    horizon = horizon_past(db, sealed_to + 1)
     fields = {
         "unlinked": linked_seal(EMPTY, sealed_to, horizon),
         "gap": linked_seal(previous, sealed_to + 1, horizon),
@@ -300,7 +317,7 @@ def test_only_the_relay_role_and_the_owner_append_seals(
     app: sa.Engine, db: sa.Engine, dsn: str, roles: Roles
 ) -> None:
     enqueue(app, 1)
-    horizon = int(scalar(db, "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
+    horizon = horizon_past(db, 0)
     well_formed = linked_seal(None, 0, horizon)
     refusals = {roles.stranger: "only the relay's role", roles.auditor: "permission",
                 roles.app: "permission"}  # fmt: skip
@@ -313,6 +330,44 @@ def test_only_the_relay_role_and_the_owner_append_seals(
             conn.execute(sa.text(INSERT_SEAL), well_formed)
     assert scalar(db, "SELECT count(*) FROM outbox_seals") == 0
     seal_everything(db)  # the owner
+
+
+# -- verification names a forged seal ----------------------------------------------------
+
+
+def test_verify_names_a_seal_forged_behind_the_triggers(
+    app: sa.Engine, relay: sa.Engine, db: sa.Engine, dsn: str, roles: Roles
+) -> None:
+    enqueue(app, 3)
+    seal_everything(relay)
+    previous, sealed_to = chain_end(db)
+    behind_the_triggers(db, INSERT_SEAL, **linked_seal(previous, sealed_to, FAR))
+    forged = scalar(db, "SELECT max(id) FROM outbox_seals")
+    enqueue(app, 3)  # rows inside the forged range: they are not to blame
+    with db.connect() as conn, pytest.raises(VerificationError, match=f"seal {forged} is forged"):
+        verify.verify(conn)
+    result = run(as_role(dsn, roles.auditor), "audit", "verify")
+    assert result.exit_code == 1
+    assert f"seal {forged} is forged or invalid" in result.output
+    assert "history row" not in result.output
+    with relay.connect() as conn, pytest.raises(OutboxError, match=f"seal {forged}"):
+        seal.seal_all(conn)  # says why it cannot seal, instead of sealing nothing for ever
+
+
+def test_verify_names_a_seal_that_breaks_continuity_as_forged(
+    app: sa.Engine, relay: sa.Engine, db: sa.Engine
+) -> None:
+    enqueue(app, 3)
+    seal_everything(relay)
+    enqueue(app, 2)
+    enqueue(app, 1)
+    previous, sealed_to = chain_end(db)
+    horizon = horizon_past(db, sealed_to + 1)
+    behind_the_triggers(db, INSERT_SEAL, **linked_seal(previous, sealed_to + 1, horizon))
+    forged = scalar(db, "SELECT max(id) FROM outbox_seals")
+    expected = f"seal {forged} is forged or invalid: .*a range is missing"
+    with db.connect() as conn, pytest.raises(VerificationError, match=expected):
+        verify.verify(conn)
 
 
 # -- the three roles together ------------------------------------------------------------
