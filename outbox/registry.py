@@ -207,10 +207,14 @@ _GROUP_MAX = 15  # sub-exceptions shown of an exception group, as traceback show
 _DEPTH_MAX = 5  # nested exception groups shown
 
 
-def error_frames(exc: BaseException, *, _depth: int = 0) -> str:
+def error_frames(exc: BaseException) -> str:
     """The traceback of ``exc`` and of its causes with every message left out: for each
     exception its frames (file, line, function and source line, never local values) and its
     type. Exception groups show their sub-exceptions the same way, indented."""
+    return _frames(exc, 0)
+
+
+def _frames(exc: BaseException, depth: int) -> str:
     parts: list[str] = []
     for link, item in _chain(exc):
         parts.append(link)
@@ -224,9 +228,9 @@ def error_frames(exc: BaseException, *, _depth: int = 0) -> str:
             else f"{kind.__module__}.{kind.__qualname__}"
         )
         parts.append(f"{name} (message redacted)\n")
-        if isinstance(item, BaseExceptionGroup) and _depth < _DEPTH_MAX:
+        if isinstance(item, BaseExceptionGroup) and depth < _DEPTH_MAX:
             for number, sub in enumerate(item.exceptions[:_GROUP_MAX], 1):
-                inner = error_frames(sub, _depth=_depth + 1)
+                inner = _frames(sub, depth + 1)
                 parts.append(f"  +---- {number} ----\n")
                 parts.extend(f"  | {line}\n" for line in inner.splitlines())
             if len(item.exceptions) > _GROUP_MAX:

@@ -149,6 +149,7 @@ def redacted(
         message, text = kept["message"], kept["traceback"]
         if not isinstance(message, str) or not isinstance(text, str | None):
             raise TypeError("redact_error must return a str message and a str or None traceback")
+        message, text = str.__str__(message), None if text is None else str.__str__(text)
     except BaseException as failed:
         try:
             fallback = redact_messages(job, exc, error)
