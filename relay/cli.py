@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import click
+import psycopg
 import sqlalchemy as sa
 
 from outbox import migrate
 from outbox.cli.context import Context, clear_errors
-from relay import log, supervisor
+from relay import log, preflight, supervisor
 from relay.app import load_registry
 from relay.http import DEFAULT_ADDR, parse_addr
 from relay.worker import Worker
@@ -76,6 +77,12 @@ def command(
             migrate.check_at_head(connection)
     finally:
         engine.dispose()
+    try:
+        preflight.check(dsn, settings)
+    except preflight.UnfitConnection as exc:  # the DSN is wrong for a relay: a usage error
+        raise click.UsageError(str(exc)) from None
+    except psycopg.OperationalError as exc:
+        raise click.ClickException(f"cannot reach the database: {log.first_line(exc)}") from None
     if processes > 1:
         # The DSN goes to the children in their environment, never on a command line.
         child = ["-m", "outbox", "relay", "--app", app, "--processes", "1"]

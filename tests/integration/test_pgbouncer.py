@@ -1,8 +1,8 @@
 """Through PgBouncer in transaction pooling: applications enqueue, relays refuse to start.
 
-Each test runs a real PgBouncer, started here on a free port of 127.0.0.1 in front of the
-test server, with a configuration of its own. Skipped only where no pgbouncer binary
-exists (Debian package ``pgbouncer``; ``.ci/run`` installs it).
+The tests that need one run a real PgBouncer, started here on a free port of 127.0.0.1 in
+front of the test server, with a configuration of its own; they are skipped only where no
+pgbouncer binary exists (Debian package ``pgbouncer``; ``.ci/run`` installs it).
 """
 
 from __future__ import annotations
@@ -17,20 +17,27 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner, Result
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 import outbox
 from outbox.bulk import COPY_THRESHOLD
+from outbox.cli import cli
 from outbox.database import create_engine, create_engine_async, sqlalchemy_url
 from outbox.testing import temporary_database
+from relay import preflight
+from relay.worker import Worker
 
 
 def _find_pgbouncer() -> str | None:
@@ -42,10 +49,6 @@ def _find_pgbouncer() -> str | None:
 
 
 PGBOUNCER = _find_pgbouncer()
-pytestmark = pytest.mark.skipif(
-    PGBOUNCER is None,
-    reason="no pgbouncer binary (install the Debian package pgbouncer; .ci/run does)",
-)
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_DEADLINE = 15.0
 
@@ -86,10 +89,12 @@ def _answers(port: int) -> bool:
 
 @contextlib.contextmanager
 def pgbouncer(
-    folder: Path, server: str, *, pool_mode: str = "transaction", ignore: str = ""
+    folder: Path, server: str, *, pool_mode: str = "transaction", **settings: str
 ) -> Iterator[Bouncer]:
-    """PgBouncer in front of ``server`` (any database, passed through), until the block ends."""
-    assert PGBOUNCER is not None
+    """PgBouncer in front of ``server`` (any database, passed through), until the block ends;
+    ``settings`` are more lines of its [pgbouncer] section."""
+    if PGBOUNCER is None:
+        pytest.skip("no pgbouncer binary (install the Debian package pgbouncer; .ci/run does)")
     url = sqlalchemy_url(server)
     host = url.host or str(url.query.get("host") or "127.0.0.1")
     user = url.username or "postgres"
@@ -114,7 +119,7 @@ def pgbouncer(
             f"pool_mode = {pool_mode}\n"
             "max_client_conn = 200\n"
             "default_pool_size = 20\n"
-            f"ignore_startup_parameters = {ignore}\n"
+            + "".join(f"{name} = {value}\n" for name, value in settings.items())
         )
         command = [PGBOUNCER, str(config)]
         if os.geteuid() == 0:  # PgBouncer will not run as root; it reads its files first
@@ -270,3 +275,156 @@ async def test_concurrent_async_sessions_enqueue_through_transaction_pooling(
     finally:
         await engine.dispose()
     assert _count(direct_engine, "outbox_jobs") == 8 * (8 + 2 * size)
+
+
+# -- relays: refused at start through transaction pooling ----------------------------------
+
+
+def _database(dsn: str) -> str:
+    return str(sa.make_url(dsn).database)
+
+
+def _relay_cli(dsn: str) -> Result:
+    args = ["--dsn", dsn, "relay", "--app", "tests.chaos.app:registry", "--metrics-addr", "off"]
+    return CliRunner().invoke(cli, args)
+
+
+def test_relay_refuses_pgbouncer_that_refuses_its_startup_options(
+    server: str, direct: str, tmp_path: Path
+) -> None:
+    with pgbouncer(tmp_path, server) as bouncer:
+        result = _relay_cli(bouncer.dsn(_database(direct)))
+    assert result.exit_code == 2, result.output
+    assert "Error: the relay cannot start" in result.output
+    assert "unsupported startup parameter: options" in result.output
+    assert "PgBouncer" in result.output
+    assert "transaction pooling" in result.output
+    assert "at PostgreSQL itself" in result.output  # what to do
+
+
+def test_relay_refuses_pgbouncer_that_ignores_its_startup_options(
+    server: str, direct: str, tmp_path: Path
+) -> None:
+    with pgbouncer(tmp_path, server, ignore_startup_parameters="options") as bouncer:
+        result = _relay_cli(bouncer.dsn(_database(direct)))
+    assert result.exit_code == 2, result.output
+    assert "Error: the relay cannot start" in result.output
+    assert "asked for idle_in_transaction_session_timeout=30000" in result.output
+    assert "idle_in_transaction_session_timeout=0" in result.output
+    assert "ignore_startup_parameters" in result.output
+    assert "PgBouncer" in result.output
+
+
+@pytest.fixture
+def timeout_set_server_side(direct: str) -> Iterator[outbox.Settings]:
+    """The database sets what the relay's startup options ask for, as a relay's role could
+    behind a pooler that drops them; the relay's settings come back."""
+    settings = outbox.Settings()
+    [(name, value)] = preflight.startup_settings(settings).items()
+    engine = create_engine(direct, poolclass=sa.NullPool, isolation_level="AUTOCOMMIT")
+    database = _database(direct)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"ALTER DATABASE \"{database}\" SET {name} = '{value}ms'")
+        yield settings
+    finally:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{database}" RESET {name}')
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("server_round_robin", "found"),
+    [("0", "was seen by another connection"), ("1", "was gone in its next transaction")],
+)
+def test_relay_preflight_refuses_transaction_pooling_by_session_state(
+    server: str,
+    direct: str,
+    tmp_path: Path,
+    timeout_set_server_side: outbox.Settings,
+    server_round_robin: str,
+    found: str,
+) -> None:
+    """Options dropped but the setting right anyway: the third question still sees the pooling.
+    PgBouncer reuses its last server session first (a leak to the next client), or with
+    server_round_robin its oldest (a loss for the client that set it)."""
+    bouncer_settings = {"ignore_startup_parameters": "options"}
+    bouncer_settings["server_round_robin"] = server_round_robin
+    with pgbouncer(tmp_path, server, **bouncer_settings) as bouncer:
+        dsn = bouncer.dsn(_database(direct))
+        _warm(dsn, sessions=3)
+        with pytest.raises(preflight.SessionNotKept) as refused:
+            preflight.check(dsn, timeout_set_server_side)
+    assert found in str(refused.value)
+    assert "PgBouncer in transaction pooling" in str(refused.value)
+
+
+def _warm(dsn: str, sessions: int) -> None:
+    """Have the pool open ``sessions`` server sessions, all idle when this returns."""
+    clients = [psycopg.connect(dsn) for _ in range(sessions)]
+    try:
+        for client in clients:  # each holds a transaction open, so each takes a session
+            client.execute("SELECT 1", prepare=False)
+        for client in clients:  # ended cleanly, the sessions go back to the pool
+            client.commit()
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_relay_preflight_accepts_session_pooling_with_the_timeout_set_server_side(
+    server: str, direct: str, tmp_path: Path, timeout_set_server_side: outbox.Settings
+) -> None:
+    pooling = {"pool_mode": "session", "ignore_startup_parameters": "options"}
+    with pgbouncer(tmp_path, server, **pooling) as bouncer:
+        preflight.check(bouncer.dsn(_database(direct)), timeout_set_server_side)
+
+
+def test_relay_preflight_passes_quickly_on_a_direct_connection(direct: str) -> None:
+    started = time.perf_counter()
+    preflight.check(direct, outbox.Settings())
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2.0, f"the preflight took {elapsed:.2f}s on a direct connection"
+
+
+def test_relay_preflight_lets_an_unreachable_database_say_so(direct: str) -> None:
+    closed = sqlalchemy_url(direct).set(host="127.0.0.1", port=_free_port())
+    with pytest.raises(psycopg.OperationalError, match="refused"):
+        preflight.check(closed.render_as_string(hide_password=False), outbox.Settings())
+
+
+def test_relay_connections_carry_what_the_preflight_asks_for(direct: str) -> None:
+    settings = outbox.Settings(dsn=direct, lease=timedelta(seconds=7))
+    worker = Worker(outbox.Registry(), direct, settings)
+    try:
+        for engine in (worker.engine, worker.fast):
+            with engine.connect() as conn:
+                for name, value in preflight.startup_settings(settings).items():
+                    found = conn.exec_driver_sql(
+                        "SELECT setting FROM pg_settings WHERE name = %(name)s", {"name": name}
+                    ).scalar_one()
+                    assert found == value == "7000"
+    finally:
+        worker.engine.dispose()
+        worker.fast.dispose()
+
+
+def test_relay_starts_on_a_direct_connection(direct: str, tmp_path: Path) -> None:
+    log = tmp_path / "relay.log"
+    command = [sys.executable, "-m", "outbox", "relay", "--app", "tests.chaos.app:registry"]
+    command += ["--metrics-addr", "off", "--log-format", "json"]
+    env = {**os.environ, "OUTBOX_DSN": direct}
+    with log.open("wb") as out:
+        relay = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "relay started" not in log.read_text() and time.monotonic() < deadline:
+            assert relay.poll() is None, f"the relay exited:\n{log.read_text()}"
+            time.sleep(0.05)
+        assert "relay started" in log.read_text(), log.read_text()
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait(timeout=10)
