@@ -19,6 +19,7 @@ from rich.table import Table
 
 from outbox import retention, seal, trail, verify
 from outbox.cli.context import Context, clear_errors, migrated_connection
+from outbox.cli.terminal import literal
 from outbox.settings import parse_duration
 from outbox.sql import queries
 
@@ -169,6 +170,7 @@ def trail_command(
     if fmt == "json":
         click.echo(json.dumps(rows, default=str, indent=2))
     elif fmt == "csv":
+        # Exact values, control characters and all: CSV is data for the tools that read it.
         writer = csv.DictWriter(sys.stdout, fieldnames=list(trail.COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
@@ -179,7 +181,7 @@ def trail_command(
         for name in shown:
             table.add_column(name)
         for row in rows:
-            table.add_row(*("" if row[n] is None else str(row[n]) for n in shown))
+            table.add_row(*(literal(row[n]) for n in shown))
         Console().print(table)
 
 

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from outbox import operator
 from outbox.cli.context import Context, clear_errors, migrated_connection
+from outbox.cli.terminal import escape_controls, literal
 
 
 @click.group("jobs")
@@ -42,15 +43,15 @@ def show(ctx: Context, uuid: UUID, as_json: bool) -> None:
         summary = Table(show_header=False, title=f"job {uuid}", title_justify="left")
         for name in ("type", "queue", "key", "state", "attempt", "max_attempts", "run_at",
                      "enqueued_at", "relay", "lease_expires_at", "last_error"):  # fmt: skip
-            summary.add_row(name, "" if job[name] is None else str(job[name]))
+            summary.add_row(name, literal(job[name]))
         console.print(summary)
     trail_table = Table(title="history", title_justify="left")
     for name in ("at", "event", "attempt", "relay", "actor", "detail"):
         trail_table.add_column(name)
     for row in trail:
         detail = (row["error"] or {}).get("message") or row["reason"] or row["run_at"] or ""
-        trail_table.add_row(str(row["at"]), row["event"], str(row["attempt"]),
-                            row["relay"] or "", row["actor"] or "", str(detail))  # fmt: skip
+        shown = (row["at"], row["event"], row["attempt"], row["relay"], row["actor"], detail)
+        trail_table.add_row(*(literal(value) for value in shown))
     console.print(trail_table)
 
 
@@ -117,6 +118,6 @@ def _report(done: operator.Action, verb: str, as_json: bool) -> None:
         for uuid in done.changed:
             click.echo(f"  {uuid}")
         for uuid, why in done.skipped.items():
-            click.echo(f"not {verb}: {uuid} {why}", err=True)
+            click.echo(f"not {verb}: {uuid} {escape_controls(why)}", err=True)
     if done.skipped or not done.changed:
         raise SystemExit(1)

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from outbox import migrate
 from outbox.cli.context import Context, clear_errors
+from outbox.cli.terminal import literal
 from outbox.status import Status, snapshot
 
 
@@ -73,7 +74,7 @@ def tables(current: Status) -> list[Table]:
         )
         minute = current.last_minute.get(name, {})
         ends = " / ".join(str(minute.get(e, 0)) for e in ("succeeded", "retried", "dead"))
-        table.add_row(name, *(str(n) for n in counts), age, ends)
+        table.add_row(literal(name), *(str(n) for n in counts), age, ends)
     if not names:
         table.add_row("(no live jobs)", "", "", "", "", "", "")
     shown = [table]
@@ -82,14 +83,14 @@ def tables(current: Status) -> list[Table]:
         for name in ("queue", "key", "dead job", "type", "waiting"):
             blocked.add_column(name)
         for b in current.blocked_keys:
-            blocked.add_row(b.queue, b.key, b.uuid, b.type, str(b.waiting))
+            blocked.add_row(*(literal(v) for v in (b.queue, b.key, b.uuid, b.type, b.waiting)))
         shown.append(blocked)
     relays = Table(title="relays alive", title_justify="left")
     for name in ("relay", "queues", "concurrency", "version", "last heartbeat"):
         relays.add_column(name)
     for r in current.relays:
-        relays.add_row(r.relay, ",".join(r.queues), str(r.concurrency), r.version,
-                       f"{r.heartbeat_age_seconds:.1f}s ago")  # fmt: skip
+        relays.add_row(literal(r.relay), literal(",".join(r.queues)), str(r.concurrency),
+                       literal(r.version), f"{r.heartbeat_age_seconds:.1f}s ago")  # fmt: skip
     if not current.relays:
         relays.add_row("(none)", "", "", "", "")
     shown.append(relays)
