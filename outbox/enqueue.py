@@ -36,8 +36,10 @@ KEY_LOCK_CLASS = 0x0B0C
 ENQUEUE = sa.text(queries["enqueue"])
 #: The server session's pid, to compare with the one the connection was given at start-up.
 SERVER_PID = "SELECT pg_backend_pid()"
-#: Where a connection's verdict is kept: its ``info`` lives as long as the DBAPI connection.
+#: Where a connection's verdict, and the count of enqueues before it, are kept: its
+#: ``info`` lives as long as the DBAPI connection.
 _POOLED = "outbox.behind_pooler"
+_RUNS = "outbox.enqueue_runs"
 _AS_IS = contextlib.nullcontext()
 
 SyncTarget = Session | scoped_session[Session] | sa.Connection
@@ -313,29 +315,49 @@ async def _execute_async(
 
 
 def _behind_pooler(connection: sa.Connection, driver: psycopg.Connection[Any]) -> bool:
-    """Whether a pooler (PgBouncer) hands this connection's transactions to server sessions.
+    """Whether the enqueue statement must not be prepared on this connection: a pooler
+    (PgBouncer) hands its transactions to whichever server session is free.
 
     A pooler gives its clients a backend pid of its own making (the cancel key), where a
-    direct connection is given its server session's. Learned with one round trip, once
-    per DBAPI connection.
+    direct connection is given its server session's. The server is asked once per DBAPI
+    connection, and only once psycopg would prepare the statement: a connection that
+    enqueues fewer than ``prepare_threshold`` times pays no extra round trip.
     """
-    pooled = connection.info.get(_POOLED)
+    pooled = _known(connection.info, driver)
     if pooled is None:
         with _unprepared(driver):
             server_pid = connection.exec_driver_sql(SERVER_PID).scalar_one()
         pooled = connection.info[_POOLED] = server_pid != driver.info.backend_pid
-    return bool(pooled)
+    return pooled
 
 
 async def _behind_pooler_async(
     connection: AsyncConnection, driver: psycopg.AsyncConnection[Any]
 ) -> bool:
-    pooled = connection.info.get(_POOLED)
+    pooled = _known(connection.info, driver)
     if pooled is None:
         with _unprepared(driver):
             server_pid = (await connection.exec_driver_sql(SERVER_PID)).scalar_one()
         pooled = connection.info[_POOLED] = server_pid != driver.info.backend_pid
-    return bool(pooled)
+    return pooled
+
+
+def _known(
+    info: dict[Any, Any], driver: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
+) -> bool | None:
+    """The verdict where no question to the server is needed yet; None to ask it now."""
+    pooled: bool | None = info.get(_POOLED)
+    if pooled is not None:
+        return pooled
+    threshold = driver.prepare_threshold
+    if threshold is None:
+        return False  # this connection prepares nothing
+    # psycopg prepares a statement on its run after `threshold` runs: until then, count.
+    runs: int = info.get(_RUNS, 0)
+    if runs < threshold:
+        info[_RUNS] = runs + 1
+        return False
+    return None
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ import outbox
 from outbox.bulk import COPY_THRESHOLD
 from outbox.cli import cli
 from outbox.database import create_engine, create_engine_async, sqlalchemy_url
+from outbox.enqueue import SERVER_PID
 from outbox.testing import temporary_database
 from relay import preflight
 from relay.worker import Worker
@@ -275,6 +276,39 @@ async def test_concurrent_async_sessions_enqueue_through_transaction_pooling(
     finally:
         await engine.dispose()
     assert _count(direct_engine, "outbox_jobs") == 8 * (8 + 2 * size)
+
+
+def test_direct_connections_keep_the_enqueue_statement_prepared(
+    direct_engine: sa.Engine, direct: str
+) -> None:
+    """Not preparing is for pooled connections only: on a direct one, psycopg prepares the
+    statement as usual, and the server plans it once per connection, not once per call."""
+    engine = create_engine(direct, pool_size=1)
+    probes: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: probes.append(a[2]))
+    try:
+        with Session(engine) as session:
+            for n in range(5):  # below psycopg's prepare_threshold: nothing to ask
+                outbox.enqueue(session, "pgbouncer.direct", {"n": n})
+            assert SERVER_PID not in probes
+            for n in range(5, 12):
+                outbox.enqueue(session, "pgbouncer.direct", {"n": n})
+            prepared = session.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_prepared_statements "
+                    "WHERE statement LIKE '%INSERT INTO outbox_jobs%'"
+                )
+            ).scalar_one()
+            session.commit()
+        assert prepared == 1
+        assert probes.count(SERVER_PID) == 1  # asked once for the connection
+        with Session(engine) as session:  # the same connection, from the pool
+            outbox.enqueue(session, "pgbouncer.direct", {"n": 12})
+            session.commit()
+        assert probes.count(SERVER_PID) == 1
+    finally:
+        engine.dispose()
+    assert _count(direct_engine, "outbox_jobs") == 13
 
 
 # -- relays: refused at start through transaction pooling ----------------------------------
