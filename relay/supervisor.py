@@ -166,12 +166,16 @@ def _supervise(
         started_at[slot] = time.monotonic()
         log.info("relay process started", slot=slot, pid=children[slot].pid)
 
+    signalled: set[int] = set()  # slots whose process was alive when the first signal came
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping, signals
         signals += 1
         stopping = True
-        for child in children.values():
+        for slot, child in children.items():
             if child.poll() is None:
+                if signals == 1:
+                    signalled.add(slot)
                 child.send_signal(signal.SIGKILL if signals > 1 else signal.SIGTERM)
 
     for s in (signal.SIGTERM, signal.SIGINT):
@@ -189,7 +193,9 @@ def _supervise(
                         if child.poll() is None:
                             child.kill()
                 time.sleep(0.1)
-            codes = [c.returncode for c in children.values()]
+            # A process that died before the signal was already reported and awaited its
+            # restart: the exit status speaks of the processes the signal stopped.
+            codes = [children[slot].returncode for slot in sorted(signalled)]
             log.info("relay processes stopped", exit_codes=codes)
             return 0 if all(code == 0 for code in codes) else 1
         now = time.monotonic()

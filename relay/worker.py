@@ -285,11 +285,8 @@ class Worker:
                 with self.fast.connect() as connection:
                     if not isolated_ready(connection, self.queues):
                         return
-            except sa.exc.DBAPIError:
-                return  # the claim loop meets the same fault and reports it
-            if not self._wait_alone():
-                return
-            try:
+                if not self._wait_alone():
+                    return
                 with self.fast.connect() as connection:
                     job = claim_isolated(
                         connection,
@@ -299,7 +296,9 @@ class Worker:
                         default_max_attempts=self.settings.default_max_attempts,
                         max_attempts=self._max_attempts,
                     )
-            except sa.exc.DBAPIError:
+            except sa.exc.DBAPIError as exc:
+                metrics.DATABASE_ERRORS.labels("claim").inc()
+                self.log.warning("claiming a job to run alone failed", error=first_line(exc))
                 return
             if job is None:
                 return
@@ -360,13 +359,9 @@ class Worker:
         plain: list[Running] = []
         fresh: list[Running] = []
         with self._guard:
+            # A job rescued while its handler still ran here comes back only through
+            # claim_isolated, once nothing runs here: never beside its own earlier run.
             for job in jobs:
-                known = self._running.get(job.uuid)
-                if known is not None and known.job.attempt == job.attempt:
-                    # Rescued while its handler still ran here (a heartbeat lost to a database
-                    # fault), then claimed back by this relay at the same attempt: the run in
-                    # progress completes this claim. Running it again would run it twice.
-                    continue
                 running = Running(job, self.registry.get(job.type))
                 self._running[job.uuid] = running
                 fresh.append(running)

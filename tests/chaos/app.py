@@ -7,7 +7,9 @@ test can count how many times each job's effect committed.
 from __future__ import annotations
 
 import os
+import signal
 import time
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -38,3 +40,16 @@ def crash(job: outbox.Job) -> None:
 def plain(job: outbox.Job) -> None:
     if pause := job.payload.get("sleep"):
         time.sleep(pause)
+
+
+@registry.handler("chaos.segfault", max_attempts=3, timeout=30)
+def segfault(job: outbox.Job) -> None:
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+@registry.handler("chaos.hang", max_attempts=20, timeout=3600)
+def hang(job: outbox.Job) -> None:
+    """Says it started (a file), then never returns."""
+    Path(job.payload["started"]).touch()
+    while True:
+        time.sleep(1)

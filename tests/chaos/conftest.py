@@ -36,10 +36,13 @@ class Relays:
         self.logs = logs
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, *args: str, env: dict[str, str] | None = None, wrapper: tuple[str, ...] = ()
+    ) -> subprocess.Popen[bytes]:
+        """A relay process; ``wrapper`` is a command it runs under (``faketime -f +600s``)."""
         log = (self.logs / f"relay-{len(self.procs)}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "outbox", "--dsn", self.dsn, "relay",
+            [*wrapper, sys.executable, "-m", "outbox", "--dsn", self.dsn, "relay",
              "--app", "tests.chaos.app:registry", "--log-format", "json",
              *(() if "--metrics-addr" in args else ("--metrics-addr", "off")), *args],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,

@@ -35,6 +35,8 @@ def test_dead_rows_past_the_threshold_are_vacuumed(
     db: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(upkeep, "DEAD_ROWS", 500)
+    monkeypatch.setattr(upkeep, "MIN_DEAD_ROWS", 500)
+    monkeypatch.setattr(upkeep, "QUIET", 0.0)
     pile_up_dead_rows(db, 1000)
     before = vacuums(db)
     keeper = upkeep.Upkeep(db)
@@ -61,10 +63,41 @@ def test_few_dead_rows_are_left_to_autovacuum(
         keeper._leadership.resign()
 
 
+def test_a_small_table_in_a_steady_state_is_not_vacuumed_at_the_defaults(db: sa.Engine) -> None:
+    # A few thousand jobs done, none waiting: dead rows are many times the live ones, and
+    # still far too few to slow a claim.
+    pile_up_dead_rows(db, 3000)
+    keeper = upkeep.Upkeep(db)
+    assert keeper._leadership.take() is not None
+    try:
+        assert not keeper.look()
+    finally:
+        keeper._leadership.resign()
+
+
+def test_no_vacuum_follows_another_within_the_quiet_period(
+    db: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(upkeep, "DEAD_ROWS", 500)
+    monkeypatch.setattr(upkeep, "MIN_DEAD_ROWS", 500)
+    pile_up_dead_rows(db, 1000)
+    with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM outbox_jobs"))
+    pile_up_dead_rows(db, 1000)
+    keeper = upkeep.Upkeep(db)
+    assert keeper._leadership.take() is not None
+    try:
+        assert not keeper.look()
+    finally:
+        keeper._leadership.resign()
+
+
 def test_a_relay_that_may_not_vacuum_says_so_and_stops_trying(
     db: sa.Engine, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(upkeep, "DEAD_ROWS", 500)
+    monkeypatch.setattr(upkeep, "MIN_DEAD_ROWS", 500)
+    monkeypatch.setattr(upkeep, "QUIET", 0.0)
     pile_up_dead_rows(db, 1000)
     for writer in login_role(db, "outbox_writer"):
         engine = create_engine(as_role(dsn, writer), poolclass=sa.NullPool)

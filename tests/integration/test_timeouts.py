@@ -1,0 +1,54 @@
+"""A handler's timeout bounds that handler, and only its own job pays for it (G6)."""
+
+from __future__ import annotations
+
+import threading
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+import outbox
+from tests.integration.relay_harness import events, live_jobs, running_relay, scalar, wait_for
+
+
+def enqueue(engine: sa.Engine, jobs: list[outbox.NewJob]) -> list[outbox.Enqueued]:
+    with Session(engine) as session:
+        handles = outbox.enqueue_many(session, jobs)
+        session.commit()
+    return handles
+
+
+def test_a_hung_session_handler_fails_alone_and_its_neighbours_are_not_charged(
+    db: sa.Engine, dsn: str
+) -> None:
+    release = threading.Event()
+    registry = outbox.Registry()
+
+    @registry.handler("s.quick", timeout=1)
+    def quick(job: outbox.Job, session: Session) -> None:
+        session.execute(sa.text("SELECT 1"))
+        if job.payload.get("hang"):
+            release.wait(60)  # past its timeout of 1 s
+
+    @registry.handler("s.patient", timeout=30)
+    def patient(job: outbox.Job, session: Session) -> None:
+        session.execute(sa.text("SELECT 1"))
+
+    jobs = [outbox.NewJob("s.quick", {"n": n}) for n in range(6)]
+    jobs.insert(2, outbox.NewJob("s.quick", {"hang": True}, max_attempts=1))
+    jobs += [outbox.NewJob("s.patient", {"n": n}) for n in range(4)]
+    handles = enqueue(db, jobs)
+    hung = handles[2].uuid
+    try:
+        with running_relay(registry, dsn, concurrency=2):
+            # Before its idle-transaction timeout (timeout + 5 s) or a lease could end it.
+            wait_for(lambda: live_jobs(db) == 1, timeout=4, what="every other job to succeed")
+            wait_for(lambda: scalar(db, "SELECT state FROM outbox_jobs") == "dead", timeout=5,
+                     what="the hung job to fail on its own timeout")  # fmt: skip
+    finally:
+        release.set()
+    for handle in handles:
+        if handle.uuid != hung:
+            assert events(db, handle.uuid) == ["enqueued", "claimed", "succeeded"]
+    assert events(db, hung) == ["enqueued", "claimed", "failed", "dead"]
+    assert "past its timeout of 1" in scalar(db, "SELECT last_error FROM outbox_jobs")
