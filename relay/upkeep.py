@@ -24,12 +24,20 @@ from relay.log import first_line
 #: Session-level advisory lock of the one relay that looks after the table: (class, id).
 UPKEEP_LOCK = (0x0B0D, 4)
 EVERY = 5.0  # seconds between looks at the table's statistics
-#: Dead rows that call for a vacuum: a fixed floor, or this many times the live rows.
+#: Dead rows that call for a vacuum: this many, or this many times the live rows, provided
+#: there are at least MIN_DEAD_ROWS. Fewer cost a claim's index scan next to nothing, and a
+#: small table in a steady state always has a few times its live rows dead: vacuuming those
+#: every few seconds is work that helps nobody.
 DEAD_ROWS = 200_000
 DEAD_RATIO = 4
+MIN_DEAD_ROWS = 50_000
+#: Seconds after any vacuum of the table, ours or autovacuum's, before the next one.
+QUIET = 60.0
 
 DEAD = sa.text(
-    "SELECT n_dead_tup, n_live_tup FROM pg_stat_user_tables WHERE relid = 'outbox_jobs'::regclass"
+    "SELECT n_dead_tup, n_live_tup, "
+    "extract(epoch FROM now() - greatest(last_vacuum, last_autovacuum)) AS since "
+    "FROM pg_stat_user_tables WHERE relid = 'outbox_jobs'::regclass"
 )
 
 #: Who may vacuum a table: its owner (or a member of the owning role), or a superuser.
@@ -70,8 +78,10 @@ class Upkeep:
         if row is None:
             return False
         dead, live = int(row.n_dead_tup), int(row.n_live_tup)
-        if dead < DEAD_ROWS and dead < DEAD_RATIO * max(live, 1):
+        if dead < MIN_DEAD_ROWS or (dead < DEAD_ROWS and dead < DEAD_RATIO * max(live, 1)):
             return False
+        if row.since is not None and float(row.since) < QUIET:
+            return False  # just vacuumed: its statistics lag, or the dead rows are new
         if not leader.execute(MAY_VACUUM).scalar():
             # PostgreSQL only warns and skips a table the role may not vacuum.
             self._allowed = False
