@@ -24,6 +24,7 @@ from outbox.job import Job
 from outbox.registry import Handler, Registry
 from relay import execute, metrics
 from relay.execute import Outcome
+from relay.log import first_line
 from relay.sql import queries
 
 FENCE = sa.text(queries["fence"])
@@ -136,7 +137,7 @@ def run_in_transaction(
             if running is not None:
                 running(job)
             outcome = _run_in_savepoint(connection, handler, job)
-            if _transient(outcome) and len(work) > 1:
+            if outcome.transient and len(work) > 1:
                 deferred.append((handler, job))
             else:
                 outcomes.append(outcome)
@@ -155,15 +156,10 @@ def _run_in_savepoint(connection: sa.Connection, handler: Handler, job: Job) -> 
                 session.commit()  # releases the savepoint; the outer transaction commits it
             except Exception as exc:  # a flush that fails: a constraint, a timeout
                 session.rollback()
-                return Outcome(job, outcome.duration_ms, execute.describe(exc))
+                return execute.failed(handler, job, exc, outcome.duration_ms)
         else:
             session.rollback()
     return outcome
-
-
-def _transient(outcome: Outcome) -> bool:
-    message = (outcome.error or {}).get("message", "")
-    return any(name in message for name in ("DeadlockDetected", "SerializationFailure"))
 
 
 def release(connection: sa.Connection, relay: str, jobs: Sequence[Job]) -> None:
@@ -223,7 +219,8 @@ class Completer:
         except Exception as exc:
             # The jobs keep their leases and are rescued, then run again (G2); external
             # effects are deduplicated by the job's idempotency key (G3).
-            log.error("completion abandoned", jobs=len(batch), error=str(exc))
+            # The first line only: the rest is the statement and its parameters (payloads).
+            log.error("completion abandoned", jobs=len(batch), error=first_line(exc))
             self._finished([], batch)
             return
         for outcome in lost:
@@ -247,7 +244,9 @@ class Completer:
 def _retrying(state: tenacity.RetryCallState) -> None:
     metrics.DATABASE_ERRORS.labels("complete").inc()
     error = state.outcome.exception() if state.outcome else None
-    log.warning("completion retrying after a database error", error=str(error))
+    log.warning(
+        "completion retrying after a database error", error=first_line(error) if error else None
+    )
 
 
 def _fields(job: Job) -> dict[str, Any]:

@@ -27,6 +27,8 @@ class Outcome:
     error: dict[str, Any] | None = None
     #: The job can never succeed (unknown type, invalid payload): dead without retrying.
     permanent: bool = False
+    #: A deadlock or serialization failure: running it again, alone, may well succeed.
+    transient: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -124,11 +126,42 @@ def run(handler: Handler, job: Job, session: Session | None = None) -> Outcome:
             asyncio.run(result)
         if session is not None:
             session.flush()
-    except PermanentFailure as exc:
-        return Outcome(job, _ms(started), _error(handler, job, exc), permanent=True)
     except BaseException as exc:  # sys.exit(), KeyboardInterrupt: the job's failure (G6)
-        return Outcome(job, _ms(started), _error(handler, job, exc))
+        return failed(handler, job, exc, _ms(started))
     return Outcome(job, _ms(started))
+
+
+def failed(handler: Handler, job: Job, exc: BaseException, duration_ms: float) -> Outcome:
+    """The outcome of an attempt that raised ``exc``: described, redacted, classified."""
+    return Outcome(
+        job,
+        duration_ms,
+        _error(handler, job, exc),
+        permanent=isinstance(exc, PermanentFailure),
+        transient=_transient(exc),
+    )
+
+
+#: SQLSTATEs of failures that say nothing about the job: deadlock, serialization failure.
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether ``exc``, or the driver error it wraps or was raised from, is transient. Read
+    from the error codes, not the message, which redaction may have removed."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if getattr(current, "sqlstate", None) in TRANSIENT_SQLSTATES:
+            return True
+        orig = getattr(current, "orig", None)
+        pending += [orig if isinstance(orig, BaseException) else None]
+        pending += [current.__cause__, current.__context__]
+    return False
 
 
 def _error(handler: Handler, job: Job, exc: BaseException) -> dict[str, Any]:

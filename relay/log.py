@@ -30,6 +30,10 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
 
 
 def first_line(exc: BaseException) -> str:
-    """An exception's first line, for a log field (its type when it has no message)."""
-    text = str(exc)
+    """An exception's first line, for a log field (its type when it has no message, or when
+    it cannot be printed)."""
+    try:
+        text = str(exc)
+    except Exception:
+        return type(exc).__name__
     return text.splitlines()[0] if text else type(exc).__name__

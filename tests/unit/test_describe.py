@@ -276,3 +276,22 @@ def test_a_registry_passes_its_hook_to_every_handler() -> None:
     assert registry.redact_error is redact_messages
     assert handler.redact_error is redact_messages
     assert Registry().register("a.b", lambda job: None).redact_error is None
+
+
+def deadlocked(job: Job) -> None:
+    """As a session handler meets a deadlock: the driver's error, wrapped by SQLAlchemy."""
+    import psycopg.errors
+    import sqlalchemy.exc
+
+    orig = psycopg.errors.DeadlockDetected("deadlock detected")
+    raise sqlalchemy.exc.OperationalError("UPDATE ledger ...", {}, orig)
+
+
+@pytest.mark.parametrize("hook", [None, redact_messages], ids=["kept", "redacted"])
+def test_a_deadlock_is_known_as_transient_by_its_code_even_when_its_message_is_redacted(
+    hook: Any,
+) -> None:
+    handler = Registry(redact_error=hook).register("card.parse", deadlocked)
+    outcome = execute.run(handler, card_job())
+    assert outcome.transient  # the session group runs it again alone (relay/complete.py)
+    assert not execute.run(Registry().register("card.parse", parse_card), card_job()).transient
