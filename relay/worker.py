@@ -31,7 +31,7 @@ from outbox.database import create_engine, libpq_dsn
 from outbox.job import Job
 from outbox.registry import Handler, Registry
 from outbox.settings import Settings
-from relay import complete, execute, metrics
+from relay import complete, execute, metrics, preflight
 from relay.claim import claim_batch, claim_isolated, isolated_ready, seconds_to_next_run
 from relay.complete import Completer
 from relay.execute import Outcome
@@ -118,13 +118,13 @@ class Worker:
         self.queues = list(queues or registry.queues(settings.default_queue))
         self.relay = identity or relay_identity()
         self.concurrency = settings.concurrency
-        lease_ms = int(settings.lease.total_seconds() * 1000)
         connect_args = {
             "application_name": f"outbox relay {self.relay}"[:63],
             "connect_timeout": 5,
-            # A relay stopped mid-transaction (SIGSTOP, a hung handler) must not hold
-            # its fence forever: PostgreSQL ends the session, and the rescuer can act.
-            "options": f"-c idle_in_transaction_session_timeout={lease_ms}",
+            # A relay stopped mid-transaction (SIGSTOP, a hung handler) must not hold its
+            # fence forever: PostgreSQL ends the session, and the rescuer can act. The start-up
+            # check (relay/preflight.py) proved that these settings reach the server.
+            "options": preflight.session_options(settings),
         }
         self.engine = create_engine(
             dsn,
