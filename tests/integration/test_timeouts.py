@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -52,3 +53,45 @@ def test_a_hung_session_handler_fails_alone_and_its_neighbours_are_not_charged(
             assert events(db, handle.uuid) == ["enqueued", "claimed", "succeeded"]
     assert events(db, hung) == ["enqueued", "claimed", "failed", "dead"]
     assert "past its timeout of 1" in scalar(db, "SELECT last_error FROM outbox_jobs")
+
+
+def test_a_job_rescued_while_its_handler_still_runs_here_never_runs_beside_itself(
+    db: sa.Engine, dsn: str
+) -> None:
+    release = threading.Event()
+    guard = threading.Lock()
+    calls = {"now": 0, "most": 0, "total": 0}
+    registry = outbox.Registry()
+
+    @registry.handler("p.slow", timeout=30)
+    def slow(job: outbox.Job) -> None:
+        with guard:
+            calls["now"] += 1
+            calls["total"] += 1
+            calls["most"] = max(calls["most"], calls["now"])
+        try:
+            release.wait(20)
+        finally:
+            with guard:
+                calls["now"] -= 1
+
+    [handle] = enqueue(db, [outbox.NewJob("p.slow", {})])
+    try:
+        with running_relay(registry, dsn):
+            wait_for(lambda: calls["total"] == 1, what="the handler to start")
+            # Its lease runs out under it (as after a database outage that stopped the
+            # heartbeat), and this relay's own rescuer gives the job back.
+            with db.begin() as conn:
+                conn.execute(
+                    sa.text("UPDATE outbox_jobs SET lease_expires_at = now() - interval '1s'")
+                )
+            wait_for(lambda: "rescued" in events(db, handle.uuid), what="the rescue")
+            time.sleep(2.5)  # the window observed: more than two looks for isolated jobs
+            assert calls["most"] == 1
+            release.set()
+            wait_for(lambda: live_jobs(db) == 0, what="the job to complete")
+    finally:
+        release.set()
+    # The first run's completion met its fence; the job then ran again, alone.
+    assert calls == {"now": 0, "most": 1, "total": 2}
+    assert events(db, handle.uuid) == ["enqueued", "claimed", "rescued", "claimed", "succeeded"]
