@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from sqlalchemy.orm import Session
 
 import outbox
-from outbox import seal, verify
+from outbox import migrate, seal, verify
 from outbox.cli import cli
 from outbox.database import create_engine, sqlalchemy_url
 from outbox.errors import OutboxError
@@ -183,6 +183,11 @@ def test_the_app_role_enqueues_one_job_and_many_with_keys_and_idempotency_keys(
     assert all(h.duplicate for h in copied[:5])
     assert not any(h.duplicate for h in copied[10:])
     assert scalar(db, "SELECT count(*) FROM outbox_jobs") == 1 + 5 + 595
+
+
+def test_the_app_role_may_check_the_schema_version(app: sa.Engine) -> None:
+    with app.connect() as conn:
+        migrate.check_at_head(conn)
 
 
 def test_each_job_the_app_role_enqueues_has_its_enqueued_history_row_with_its_payload(
