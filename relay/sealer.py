@@ -13,6 +13,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 import structlog
 
+from outbox.errors import OutboxError
 from outbox.seal import SEALER_LOCK, seal_all
 from relay import metrics
 from relay.leader import Leadership
@@ -20,6 +21,9 @@ from relay.log import first_line
 
 #: How often a relay that does not seal tries to take over.
 TAKEOVER_EVERY = 5.0
+#: How long a relay waits before it tries again to seal a chain it cannot carry on (a seal
+#: forged behind the triggers): the error is logged each time, and an operator must act.
+BROKEN_CHAIN_RETRY = 60.0
 
 log = structlog.get_logger("outbox.relay")
 
@@ -53,6 +57,12 @@ class Sealer:
                 log.warning("sealing failed; will try again", error=first_line(exc))
                 self._leadership.resign()
                 wait = self._every
+            except OutboxError as exc:
+                # The chain cannot be carried on as it is (docs/howto/audit-roles.md): say so,
+                # keep the relay running its jobs, and let another relay look in a while.
+                log.error("the digest chain cannot be carried on", error=first_line(exc))
+                self._leadership.resign()
+                wait = BROKEN_CHAIN_RETRY
         self._leadership.resign()
 
     def stop(self) -> None:

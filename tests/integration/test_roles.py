@@ -8,13 +8,16 @@ import contextlib
 import dataclasses
 import hashlib
 import secrets
+import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy.orm import Session
+from structlog.testing import capture_logs
 
 import outbox
 from outbox import migrate, seal, verify
@@ -22,6 +25,7 @@ from outbox.cli import cli
 from outbox.database import create_engine, sqlalchemy_url
 from outbox.errors import OutboxError
 from outbox.verify import VerificationError
+from relay.sealer import Sealer
 from tests.integration.relay_harness import live_jobs, running_relay, scalar, wait_for
 
 #: Far past any transaction this cluster has started.
@@ -357,6 +361,18 @@ def test_verify_names_a_seal_forged_behind_the_triggers(
     assert "history row" not in result.output
     with relay.connect() as conn, pytest.raises(OutboxError, match=f"seal {forged}"):
         seal.seal_all(conn)  # says why it cannot seal, instead of sealing nothing for ever
+    # A relay's sealer says so too, and lives on (its relay keeps running jobs).
+    sealer = Sealer(relay, timedelta(seconds=0.1), "test:1:a")
+    with capture_logs() as logs:
+        thread = threading.Thread(target=sealer.run, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: any("cannot be carried on" in e["event"] for e in logs),
+                     what="the sealer to report the broken chain")  # fmt: skip
+            assert thread.is_alive()
+        finally:
+            sealer.stop()
+            thread.join(10)
 
 
 def test_verify_names_a_seal_that_breaks_continuity_as_forged(
