@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration chaos bench-enqueue bench-relay clean
+.PHONY: demo test lint unit integration chaos packaging bench-enqueue bench-relay clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "outbox needs Python 3.11 or newer: run make PYTHON=python3.11 ...")'
@@ -33,6 +33,9 @@ integration: $(STAMP)
 
 chaos: $(STAMP)
 	$(BIN)/pytest tests/chaos -q
+
+packaging: $(STAMP)
+	$(BIN)/pytest tests/packaging -q
 
 test: lint
 	$(BIN)/pytest tests -n 2 -q
