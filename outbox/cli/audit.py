@@ -223,31 +223,52 @@ def export_command(ctx: Context, out_path: Path, through_seal: int | None) -> No
     )
 
 
+#: The triggers `audit redaction` switches together, by table: outbox_jobs first, the order
+#: relays lock the two tables in, so that switching cannot deadlock with a completion.
+REDACTION_TRIGGERS = {
+    "outbox_jobs": ("outbox_jobs_redact_error",),
+    "outbox_history": ("outbox_history_redact_payload", "outbox_history_redact_error"),
+}
+
+
 @group.command("redaction")
 @click.argument("state", type=click.Choice(["on", "off", "show"]), default="show")
 @click.pass_obj
 @clear_errors
 def redaction_command(ctx: Context, state: str) -> None:
-    """Keep payloads in history (off, the default) or only their SHA-256 (on).
+    """Keep payloads and errors in history (off, the default) or only their SHA-256 (on).
 
-    Applies to every enqueue from then on, whichever application makes it; rows already
-    written stay as they are (history is append-only). Needs the table's owner.
+    On, history keeps each payload's SHA-256 instead of the payload, and each failed
+    attempt's error type and SHA-256 instead of its message and traceback (messages can
+    quote payload values); outbox_jobs.last_error keeps the message's SHA-256. Applies to
+    every enqueue and failure from then on; rows already written stay as they are (history
+    is append-only). Needs the tables' owner.
     """
+    names = [name for triggers in REDACTION_TRIGGERS.values() for name in triggers]
     with migrated_connection(ctx) as connection:
         if state != "show":
             verb = "ENABLE" if state == "on" else "DISABLE"
             try:
-                connection.execute(sa.text(
-                    f"ALTER TABLE outbox_history {verb} TRIGGER outbox_history_redact_payload"
-                ))  # fmt: skip
+                for table, triggers in REDACTION_TRIGGERS.items():
+                    actions = ", ".join(f"{verb} TRIGGER {name}" for name in triggers)
+                    connection.execute(sa.text(f"ALTER TABLE {table} {actions}"))
             except sa.exc.ProgrammingError as exc:
                 raise click.ClickException(
-                    "only the owner of outbox_history can turn redaction on or off: "
-                    + str(exc.orig).splitlines()[0]
+                    "only the owner of outbox_jobs and outbox_history can turn redaction on or "
+                    "off: " + str(exc.orig).splitlines()[0]
                 ) from None
             connection.commit()
-        on = connection.execute(sa.text(queries["redaction_state"])).scalar()
-    click.echo(f"payload redaction is {'on' if on else 'off'}")
+        rows = connection.execute(sa.text(queries["redaction_state"]), {"names": names})
+        enabled = {str(name): bool(on) for name, on in rows}
+    on = [name for name in names if enabled.get(name)]
+    off = [name for name in names if not enabled.get(name)]
+    if off and on:
+        click.echo(
+            f"payload redaction is partly on (on: {', '.join(on)}; off: {', '.join(off)}): "
+            "run `outbox audit redaction on` or `off`"
+        )
+    else:
+        click.echo(f"payload redaction is {'off' if off else 'on'}")
 
 
 @click.command("prune")

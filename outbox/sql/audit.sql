@@ -125,8 +125,10 @@ WHERE idempotency_key IN (
 );
 
 -- name: redaction_state
-SELECT tgenabled <> 'D' FROM pg_trigger
-WHERE tgrelid = 'outbox_history'::regclass AND tgname = 'outbox_history_redact_payload';
+-- Whether each of the redaction triggers :names is enabled (they are switched together).
+SELECT tgname, tgenabled <> 'D' AS enabled FROM pg_trigger
+WHERE tgrelid IN ('outbox_jobs'::regclass, 'outbox_history'::regclass)
+  AND tgname = ANY(CAST(:names AS text[]));
 
 -- name: prune_seals
 -- The prunes of the chain: the seals whose rows they removed are chained by digest alone.
