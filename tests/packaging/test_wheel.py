@@ -162,6 +162,11 @@ def test_console_script_answers_help_with_the_relay_command(bin_dir: Path) -> No
     assert "--app MODULE:REGISTRY" in relay.stdout
 
 
+def test_console_script_reports_the_distribution_version(bin_dir: Path) -> None:
+    done = run([bin_dir / "outbox", "--version"], env=clean_env())
+    assert done.stdout.strip() == f"outbox, version {PROJECT['version']}"
+
+
 def test_console_script_migrates_a_new_database(bin_dir: Path, server: str) -> None:
     with temporary_database(server, prefix="outbox_wheel", migrated=False) as dsn:
         env = clean_env(OUTBOX_DSN=dsn)
