@@ -6,7 +6,8 @@ database.
 The wheel is built without build isolation, by the setuptools of the running environment
 (the dev extra requires one new enough), from a copy of the tree, so that no build/ or
 egg-info folder of the checkout leaks stale files into it. Its runtime dependencies come
-from the package index, as they would for a user, through pip's cache. About 10 seconds.
+from the package index, resolved by pip as they would be for a user (so a dependency that
+is imported but not declared shows). About 10 seconds; it needs the index to answer.
 """
 
 from __future__ import annotations
