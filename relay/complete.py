@@ -24,12 +24,12 @@ from outbox.job import Job
 from outbox.registry import Handler, Registry
 from relay import execute, metrics
 from relay.execute import Outcome
+from relay.inflight import InFlight
 from relay.log import first_line
 from relay.sql import queries
 
 FENCE = sa.text(queries["fence"])
 BATCH = sa.text(queries["complete_batch"])
-RELEASE = sa.text(queries["release"])
 FLUSH_AT = 500  # outcomes per completion transaction, at most
 
 log = structlog.get_logger("outbox.relay")
@@ -162,26 +162,22 @@ def _run_in_savepoint(connection: sa.Connection, handler: Handler, job: Job) -> 
     return outcome
 
 
-def release(connection: sa.Connection, relay: str, jobs: Sequence[Job]) -> None:
-    """Give back claimed jobs that never started (shutdown)."""
-    with connection.begin():
-        connection.execute(RELEASE, {"uuid": [j.uuid for j in jobs], "relay": relay})
-
-
 class Completer:
     """Writes outcomes of session-less handlers in batches, retrying through faults."""
+
+    name = "completer"
 
     def __init__(
         self,
         engine: sa.Engine,
         relay: str,
         registry: Registry,
-        finished: Callable[[Sequence[Outcome], Sequence[Outcome]], None],
+        inflight: InFlight,
     ) -> None:
         self._engine = engine
         self._relay = relay
         self._registry = registry
-        self._finished = finished
+        self._inflight = inflight
         self._queue: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._stopping = threading.Event()
 
@@ -221,13 +217,13 @@ class Completer:
             # effects are deduplicated by the job's idempotency key (G3).
             # The first line only: the rest is the statement and its parameters (payloads).
             log.error("completion abandoned", jobs=len(batch), error=first_line(exc))
-            self._finished([], batch)
+            self._inflight.finished([], batch)
             return
         for outcome in lost:
             log.warning("lease lost before completion", **_fields(outcome.job))
         metrics.FENCING_REJECTIONS.inc(len(lost))
         lost_ids = {o.job.uuid for o in lost}
-        self._finished([o for o in batch if o.job.uuid not in lost_ids], lost)
+        self._inflight.finished([o for o in batch if o.job.uuid not in lost_ids], lost)
 
     @tenacity.retry(
         retry=tenacity.retry_if_exception_type(sa.exc.OperationalError),

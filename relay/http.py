@@ -96,6 +96,8 @@ class Readiness:
 class HttpServer:
     """Serves the endpoints from a thread; ``run()``/``stop()`` like every relay service."""
 
+    name = "http"
+
     def __init__(
         self,
         addr: tuple[str, int],

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import structlog
+
+if TYPE_CHECKING:
+    from relay.execute import Outcome
 
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
@@ -37,3 +41,26 @@ def first_line(exc: BaseException) -> str:
     except Exception:
         return type(exc).__name__
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def log_outcome(log: structlog.typing.FilteringBoundLogger, outcome: Outcome) -> None:
+    """One line about an attempt, bound to its job (uuid, type, key, queue, attempt)."""
+    job = outcome.job
+    fields = {
+        "uuid": str(job.uuid),
+        "type": job.type,
+        "key": job.key,
+        "queue": job.queue,
+        "attempt": job.attempt,
+        "duration_ms": round(outcome.duration_ms, 2),
+    }
+    error = outcome.error or {}
+    if outcome.succeeded:
+        log.debug("job succeeded", **fields)
+    elif outcome.dead:
+        log.error("job dead", error=error.get("message"), traceback=error.get("traceback"),
+                  error_type=error.get("type"), **fields)  # fmt: skip
+    else:
+        # The traceback is in the job's history; the log says what and which job.
+        log.warning("job failed; will retry", error=error.get("message", "")[:300],
+                    error_type=error.get("type"), **fields)  # fmt: skip

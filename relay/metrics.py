@@ -20,7 +20,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from outbox import seal
+from outbox import locks, seal
 from outbox.status import snapshot
 from relay.leader import Leadership
 
@@ -107,7 +107,7 @@ SEALED_ROWS = Counter(
 )
 
 #: Session-level advisory lock whose holder exports the queue gauges: (class, id).
-GAUGE_LOCK = (0x0B0D, 2)
+GAUGE_LOCK = locks.GAUGES
 GAUGE_TTL = 5.0  # seconds a reading of the queues is served before the next one
 
 

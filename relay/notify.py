@@ -14,14 +14,17 @@ import psycopg
 import structlog
 
 from relay import metrics
-from relay.log import first_line
+from relay.service import Service
 
 CHANNEL = "outbox_jobs"
 
 log = structlog.get_logger("outbox.relay")
 
 
-class Listener:
+class Listener(Service):
+    name = "listen"
+    failure = "LISTEN connection lost; reconnecting"
+
     def __init__(
         self,
         dsn: str,
@@ -30,38 +33,23 @@ class Listener:
         *,
         application_name: str = "outbox relay",
     ) -> None:
+        super().__init__(0.0, first_wait=0.0)
         self._dsn = dsn
         self._application_name = application_name[:63]
         self._queues = set(queues)
         self._wake = wake
-        self._stopping = threading.Event()
         self._connected_before = False
         self.connected = threading.Event()
 
-    def run(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                self._listen()
-            except psycopg.Error as exc:
-                self.connected.clear()
-                metrics.DATABASE_ERRORS.labels("listen").inc()
-                failures += 1
-                delay = min(5.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0)
-                log.warning(
-                    "LISTEN connection lost; reconnecting",
-                    error=first_line(exc),
-                    retry_in=round(delay, 2),
-                )
-                self._wake.set()  # notifications may have been missed: look now
-                self._stopping.wait(delay)
-            else:
-                failures = 0
+    def retry_in(self, failures: int) -> float:
+        return float(min(5.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0))
 
-    def stop(self) -> None:
-        self._stopping.set()
+    def recover(self) -> None:
+        self.connected.clear()
+        self._wake.set()  # notifications may have been missed: look now
 
-    def _listen(self) -> None:
+    def tick(self) -> None:
+        """Listen until stopped; a lost connection raises, and the next pass makes another."""
         with psycopg.connect(
             self._dsn,
             autocommit=True,
@@ -74,7 +62,7 @@ class Listener:
             self._connected_before = True
             self.connected.set()
             self._wake.set()
-            while not self._stopping.is_set():
+            while not self.stopping:
                 for note in connection.notifies(timeout=0.5):
                     if note.payload in self._queues:
                         self._wake.set()

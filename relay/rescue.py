@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -10,7 +9,7 @@ import structlog
 
 from outbox.registry import Registry
 from relay import metrics
-from relay.log import first_line
+from relay.service import Service
 from relay.sql import queries
 
 RESCUE = sa.text(queries["rescue_expired"])
@@ -37,25 +36,22 @@ def rescue_expired(
     return sum(1 for event in result.scalars() if event == "rescued")
 
 
-class Rescuer:
+class Rescuer(Service):
     """Every relay runs one: the statement skips rows another relay is rescuing."""
+
+    name = "rescue"
+    failure = "rescue pass failed; will try again"
 
     def __init__(
         self, engine: sa.Engine, registry: Registry, default_max_attempts: int, every: timedelta
     ) -> None:
+        super().__init__(every.total_seconds())
         self._engine = engine
         self._registry = registry
         self._default_max_attempts = default_max_attempts
-        self._every = every.total_seconds()
-        self._stopping = threading.Event()
 
-    def run(self) -> None:
-        while not self._stopping.wait(self._every):
-            try:
-                self.rescue_all()
-            except sa.exc.DBAPIError as exc:
-                metrics.DATABASE_ERRORS.labels("rescue").inc()
-                log.warning("rescue pass failed; will try again", error=first_line(exc))
+    def tick(self) -> None:
+        self.rescue_all()
 
     def rescue_all(self) -> int:
         rescued = 0
@@ -69,6 +65,3 @@ class Rescuer:
             metrics.RESCUED.inc(rescued)
             log.info("rescued jobs with expired leases", jobs=rescued)
         return rescued
-
-    def stop(self) -> None:
-        self._stopping.set()

@@ -7,7 +7,6 @@ free, and the next relay to try carries the chain on from where it stopped.
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -18,6 +17,7 @@ from outbox.seal import SEALER_LOCK, seal_all
 from relay import metrics
 from relay.leader import Leadership
 from relay.log import first_line
+from relay.service import Service
 
 #: How often a relay that does not seal tries to take over.
 TAKEOVER_EVERY = 5.0
@@ -28,45 +28,42 @@ BROKEN_CHAIN_RETRY = 60.0
 log = structlog.get_logger("outbox.relay")
 
 
-class Sealer:
+class Sealer(Service):
+    name = "sealer"
+    failure = "sealing failed; will try again"
+
     def __init__(self, engine: sa.Engine, every: timedelta, relay: str) -> None:
-        self._every = every.total_seconds()
+        super().__init__(every.total_seconds(), first_wait=0.0)
         self._relay = relay
-        self._stopping = threading.Event()
         self._leadership = Leadership(engine, SEALER_LOCK)
 
     @property
     def leading(self) -> bool:
         return self._leadership.connection is not None
 
-    def run(self) -> None:
-        wait = 0.0
-        while not self._stopping.wait(wait):
-            try:
-                if leader := self._lead():
-                    sealed = seal_all(leader)
-                    if sealed:
-                        metrics.SEALED_ROWS.inc(sum(s.row_count for s in sealed))
-                        log.debug(
-                            "sealed history", seals=len(sealed), last=sealed[-1].id,
-                            rows=sum(s.row_count for s in sealed),
-                        )  # fmt: skip
-                wait = self._every if self.leading else TAKEOVER_EVERY
-            except sa.exc.DBAPIError as exc:
-                metrics.DATABASE_ERRORS.labels("sealer").inc()
-                log.warning("sealing failed; will try again", error=first_line(exc))
-                self._leadership.resign()
-                wait = self._every
-            except OutboxError as exc:
-                # The chain cannot be carried on as it is (docs/howto/audit-roles.md): say so,
-                # keep the relay running its jobs, and let another relay look in a while.
-                log.error("the digest chain cannot be carried on", error=first_line(exc))
-                self._leadership.resign()
-                wait = BROKEN_CHAIN_RETRY
+    def tick(self) -> float:
+        try:
+            if leader := self._lead():
+                sealed = seal_all(leader)
+                if sealed:
+                    metrics.SEALED_ROWS.inc(sum(s.row_count for s in sealed))
+                    log.debug(
+                        "sealed history", seals=len(sealed), last=sealed[-1].id,
+                        rows=sum(s.row_count for s in sealed),
+                    )  # fmt: skip
+        except OutboxError as exc:
+            # The chain cannot be carried on as it is (docs/howto/audit-roles.md): say so,
+            # keep the relay running its jobs, and let another relay look in a while.
+            log.error("the digest chain cannot be carried on", error=first_line(exc))
+            self._leadership.resign()
+            return BROKEN_CHAIN_RETRY
+        return self.every if self.leading else TAKEOVER_EVERY
+
+    def recover(self) -> None:
         self._leadership.resign()
 
-    def stop(self) -> None:
-        self._stopping.set()
+    def finish(self) -> None:
+        self._leadership.resign()
 
     def _lead(self) -> sa.Connection | None:
         was_leading = self.leading

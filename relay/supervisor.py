@@ -26,9 +26,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from outbox.database import create_engine
+from relay.dispatch import HANDLER_THREAD_PREFIX
 from relay.http import HttpServer, Readiness, format_addr
 from relay.metrics import QueueGauges
-from relay.worker import HANDLER_THREAD_PREFIX, Worker
+from relay.worker import Worker
 
 log = structlog.get_logger("outbox.relay")
 RESTART_BACKOFF_MAX = 10.0

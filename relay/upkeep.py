@@ -11,18 +11,17 @@ operator.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import sqlalchemy as sa
 import structlog
 
-from relay import metrics
+from outbox import locks
 from relay.leader import Leadership
-from relay.log import first_line
+from relay.service import Service
 
 #: Session-level advisory lock of the one relay that looks after the table: (class, id).
-UPKEEP_LOCK = (0x0B0D, 4)
+UPKEEP_LOCK = locks.UPKEEP
 EVERY = 5.0  # seconds between looks at the table's statistics
 #: Dead rows that call for a vacuum: this many, or this many times the live rows, provided
 #: there are at least MIN_DEAD_ROWS. Fewer cost a claim's index scan next to nothing, and a
@@ -48,27 +47,28 @@ MAY_VACUUM = sa.text(
 log = structlog.get_logger("outbox.relay")
 
 
-class Upkeep:
+class Upkeep(Service):
+    name = "upkeep"
+    failure = "table upkeep failed; will try again"
+
     def __init__(self, engine: sa.Engine) -> None:
+        super().__init__(EVERY)
         # VACUUM cannot run inside a transaction: a connection in autocommit of its own.
         autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._leadership = Leadership(autocommit, UPKEEP_LOCK)
-        self._stopping = threading.Event()
         self._allowed = True
 
-    def run(self) -> None:
-        while self._allowed and not self._stopping.wait(EVERY):
-            try:
-                if self._leadership.take() is not None:
-                    self.look()
-            except sa.exc.DBAPIError as exc:
-                metrics.DATABASE_ERRORS.labels("upkeep").inc()
-                log.warning("table upkeep failed; will try again", error=first_line(exc))
-                self._leadership.resign()
+    def tick(self) -> None:
+        if self._leadership.take() is not None:
+            self.look()
+        if not self._allowed:
+            self.stop()  # its role may not vacuum: said once, not tried again
+
+    def recover(self) -> None:
         self._leadership.resign()
 
-    def stop(self) -> None:
-        self._stopping.set()
+    def finish(self) -> None:
+        self._leadership.resign()
 
     def look(self) -> bool:
         """Vacuum `outbox_jobs` if its dead rows call for it; True if it did."""

@@ -1,0 +1,258 @@
+"""The jobs a relay process holds, from claim to completion, and how many more it may claim.
+
+The ledger is the one place that knows which claimed jobs have started, which are timed and
+when their timeouts end, which session jobs share a transaction, which outcomes wait for the
+completer, and how many handler threads are stuck in handlers past their timeouts. Every
+method takes the one lock, so the producer, the handler threads, the completer and the
+heartbeat can all use it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+from outbox.job import Job
+from outbox.registry import Handler, Registry
+from relay import metrics
+from relay.execute import Outcome
+from relay.log import log_outcome
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Group:
+    """Session jobs that run in one transaction, one after the other.
+
+    A handler that runs past its timeout holds the transaction and the thread; the heartbeat
+    then breaks the group: it ends the transaction's backend (nothing of it commits), fails
+    that job alone, and runs its neighbours again in new groups, their attempts unchanged.
+    """
+
+    members: list[Running]
+    backend_pid: int | None = None
+    #: The transaction has ended (committed or not); the heartbeat may no longer break it.
+    done: bool = False
+    #: The heartbeat ended the transaction; the members are no longer this group's.
+    broken: bool = False
+
+
+class GroupBroken(Exception):
+    """Raised in a broken group's thread, so no further handler of it runs."""
+
+
+@dataclasses.dataclass(slots=True)
+class Running:
+    """A claimed job in this process, from claim to completion."""
+
+    job: Job
+    handler: Handler | None
+    future: concurrent.futures.Future[Any] | None = None
+    started: float | None = None  # monotonic
+    deadline: float | None = None
+    #: Past its timeout: failed and completed already; its thread may still be running.
+    abandoned: bool = False
+    #: Ran; its outcome waits for the completer's next batch.
+    completing: bool = False
+    #: The transaction it runs in, for a handler that takes a session.
+    group: Group | None = None
+
+
+class InFlight:
+    """The ledger of one relay process (thread-safe)."""
+
+    def __init__(
+        self, claim_batch: int, wake: threading.Event, log: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        self.guard = threading.Lock()
+        #: Set whenever a place may have come free: a job finished, a thread came back.
+        self.space = threading.Event()
+        self._claim_batch = claim_batch
+        self._wake = wake
+        self._log = log
+        self._running: dict[UUID, Running] = {}
+        self._stuck = 0  # handler threads still busy with abandoned jobs
+        self._completing = 0  # jobs whose outcome waits for the completer
+
+    # -- claiming ----------------------------------------------------------------------
+
+    def add(self, jobs: Sequence[Job], registry: Registry) -> list[Running]:
+        """Hold newly claimed jobs. A job rescued while its handler still ran here comes back
+        only through claim_isolated, once nothing runs here: never beside its own earlier run."""
+        with self.guard:
+            fresh = [Running(job, registry.get(job.type)) for job in jobs]
+            for running in fresh:
+                self._running[running.job.uuid] = running
+            metrics.IN_FLIGHT.set(len(self._running))
+        return fresh
+
+    def busy(self) -> int:
+        """Jobs that hold a place: claimed and not yet run (or running), plus stuck threads.
+        Outcomes waiting for their completion batch hold none, up to two claim batches of
+        them, so claiming goes on while a completion is written (the pipeline never drains)."""
+        with self.guard:
+            completing = self._completing
+            allowance = 2 * self._claim_batch
+            return len(self._running) - completing + self._stuck + max(0, completing - allowance)
+
+    def alone(self) -> bool | None:
+        """True when nothing is held here, False when a thread is stuck in a handler past its
+        timeout (it could still crash the process), None while jobs are held."""
+        with self.guard:
+            if self._stuck:
+                return False
+            return None if self._running else True
+
+    def running(self) -> int:
+        """Jobs held here whose handlers have not been given up on."""
+        with self.guard:
+            return sum(1 for r in self._running.values() if not r.abandoned)
+
+    # -- running -----------------------------------------------------------------------
+
+    def begin(self, running: Running, timeout: float | None) -> bool:
+        """Mark a job started, unless shutdown released it or another thread started it. Its
+        timeout runs from now; None: not yet (a session job's runs from its handler's start)."""
+        with self.guard:
+            if self._running.get(running.job.uuid) is not running or running.started is not None:
+                return False
+            running.started = time.monotonic()
+            if timeout is not None:
+                running.deadline = running.started + timeout
+            return True
+
+    def time_handler(self, group: Group, current: Running | None, timeout: float) -> None:
+        """Only the session handler running now is timed: the others wait, or are done.
+        Raises GroupBroken if the heartbeat broke the group."""
+        with self.guard:
+            if group.broken:
+                raise GroupBroken
+            for member in group.members:
+                member.deadline = None
+            if current is not None:
+                current.deadline = time.monotonic() + timeout
+
+    def returned(self, running: Running) -> bool:
+        """A plain handler returned: True if it had been given up on (past its timeout), in
+        which case its thread is free again and its outcome was already written."""
+        with self.guard:
+            if not running.abandoned:
+                return False
+            self._stuck -= 1
+        self.space.set()
+        return True
+
+    def complete_later(self, running: Running) -> None:
+        """Its outcome waits for the completer: it holds no place meanwhile."""
+        with self.guard:
+            if self._running.get(running.job.uuid) is running and not running.completing:
+                running.completing = True
+                self._completing += 1
+        self.space.set()
+
+    def finished(self, done: Sequence[Outcome], lost: Sequence[Outcome]) -> None:
+        """Outcomes written (``done``) or given up (``lost``: their leases will expire)."""
+        with self.guard:
+            for outcome in (*done, *lost):
+                running = self._running.get(outcome.job.uuid)
+                if running is None or running.job.attempt != outcome.job.attempt:
+                    continue  # a later claim of the same job runs here now
+                del self._running[outcome.job.uuid]
+                if running.completing:
+                    self._completing -= 1
+            metrics.IN_FLIGHT.set(len(self._running))
+        self.space.set()
+        metrics.record_outcomes(done)
+        if any(o.job.key is not None and o.succeeded for o in done):
+            self._wake.set()  # the next job of that key is its head now
+        debug = self._log.is_enabled_for(logging.DEBUG)
+        for outcome in done:
+            if debug or not outcome.succeeded:
+                log_outcome(self._log, outcome)
+
+    # -- groups --------------------------------------------------------------------------
+
+    def enter_group(self, group: Group, backend_pid: int) -> None:
+        with self.guard:
+            group.backend_pid = backend_pid
+
+    def leave_group(self, group: Group) -> bool:
+        """The group's transaction has ended; True if the heartbeat broke it meanwhile."""
+        with self.guard:
+            group.done = True
+            return group.broken
+
+    def broken_group_left(self) -> None:
+        """The thread of a group the heartbeat broke is free again."""
+        with self.guard:
+            self._stuck -= 1
+        self.space.set()
+
+    def regroup(self, group: Group) -> list[Running]:
+        """The members of a broken group to run again, made unstarted."""
+        with self.guard:
+            again = [
+                r for r in group.members
+                if self._running.get(r.job.uuid) is r and not r.abandoned and not r.completing
+            ]  # fmt: skip
+            for running in again:
+                running.started = running.deadline = None
+                running.group = None
+        return again
+
+    # -- timeouts and leases -------------------------------------------------------------
+
+    def expire(self, now: float) -> tuple[list[Running], list[tuple[Group, int | None]]]:
+        """Give up on handlers past their timeouts: each is abandoned (its thread counts as
+        stuck until it returns); a session handler's group is broken. Returns those given up
+        on, and the groups to break with their backends."""
+        expired = []
+        broken: list[tuple[Group, int | None]] = []
+        with self.guard:
+            for running in self._running.values():
+                if running.deadline is None or now <= running.deadline or running.abandoned:
+                    continue
+                group = running.group
+                if group is not None:
+                    if group.done or group.broken:
+                        continue  # its transaction is ending: the outcome is being written
+                    group.broken = True
+                    broken.append((group, group.backend_pid))
+                running.abandoned = True
+                self._stuck += 1
+                expired.append(running)
+        return expired, broken
+
+    def waiting_behind(self, stuck: Running) -> list[Running]:
+        """Jobs queued behind a stuck handler in its chunk, not yet started."""
+        with self.guard:
+            return [
+                r for r in self._running.values()
+                if r.future is stuck.future and r.started is None and r is not stuck
+            ]  # fmt: skip
+
+    def leased(self, now: float) -> list[UUID]:
+        """Jobs whose leases the heartbeat renews: held, and within their timeouts."""
+        with self.guard:
+            return [
+                r.job.uuid
+                for r in self._running.values()
+                if not r.abandoned and (r.deadline is None or now <= r.deadline)
+            ]
+
+    def take_unstarted(self) -> list[Running]:
+        """Shutdown: the jobs claimed and not started leave the ledger, to be given back."""
+        with self.guard:
+            unstarted = [
+                r for r in self._running.values() if r.started is None and r.handler is not None
+            ]
+            for running in unstarted:
+                del self._running[running.job.uuid]
+        return unstarted

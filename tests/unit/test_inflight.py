@@ -1,0 +1,219 @@
+"""The in-flight ledger, dispatch and lease timeouts of one relay process, without a database."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+import structlog
+
+import outbox
+from outbox.job import Job
+from relay.dispatch import Dispatcher
+from relay.execute import Outcome
+from relay.inflight import Group, GroupBroken, InFlight
+from relay.leases import Heartbeat
+
+LOG = structlog.get_logger("test")
+
+
+def job(type_: str = "a.b", attempt: int = 1, key: str | None = None, **fields: Any) -> Job:
+    made = {
+        "uuid": uuid4(), "type": type_, "queue": "default", "key": key, "payload": {},
+        "attempt": attempt, "max_attempts": 3, "enqueued_at": datetime.now(UTC),
+        "idempotency_key": "k",
+    }  # fmt: skip
+    return Job(**{**made, **fields})
+
+
+def ledger(batch: int = 10) -> tuple[InFlight, threading.Event]:
+    wake = threading.Event()
+    return InFlight(batch, wake, LOG), wake
+
+
+REGISTRY = outbox.Registry()
+REGISTRY.register("a.b", lambda job: None)
+
+
+class Completions:
+    """Stands in for the completer: outcomes are written at once, all owned."""
+
+    def __init__(self, inflight: InFlight) -> None:
+        self.inflight = inflight
+        self.outcomes: list[Outcome] = []
+        self.done = threading.Event()
+
+    def submit(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        self.inflight.finished([outcome], [])
+        self.done.set()
+
+
+def test_claimed_jobs_hold_places_until_finished() -> None:
+    inflight, _ = ledger()
+    held = inflight.add([job(), job()], REGISTRY)
+    assert inflight.busy() == 2
+    assert inflight.alone() is None
+    inflight.finished([Outcome(held[0].job, 1.0)], [Outcome(held[1].job, 0.0)])
+    assert inflight.busy() == 0
+    assert inflight.alone() is True
+
+
+def test_outcomes_awaiting_completion_hold_no_place_up_to_two_batches() -> None:
+    inflight, _ = ledger(batch=1)
+    held = inflight.add([job() for _ in range(3)], REGISTRY)
+    for running in held:
+        assert inflight.begin(running, 30)
+        inflight.complete_later(running)
+    # Three outcomes wait; two batches (2 x 1) of them hold no place, the third does.
+    assert inflight.busy() == 1
+
+
+def test_an_outcome_of_an_earlier_claim_does_not_release_a_later_one() -> None:
+    inflight, _ = ledger()
+    [later] = inflight.add([job(attempt=2)], REGISTRY)
+    stale = Outcome(job(attempt=1, uuid=later.job.uuid), 0.0)
+    inflight.finished([], [stale])
+    assert inflight.busy() == 1
+
+
+def test_a_success_of_a_keyed_job_wakes_the_producer() -> None:
+    inflight, wake = ledger()
+    [held] = inflight.add([job(key="acct:1")], REGISTRY)
+    inflight.finished([Outcome(held.job, 1.0)], [])
+    assert wake.is_set()
+
+
+def test_a_job_past_its_timeout_is_given_up_on_and_its_thread_counts_as_stuck() -> None:
+    inflight, _ = ledger()
+    [held] = inflight.add([job()], REGISTRY)
+    assert inflight.begin(held, 0.01)
+    expired, broken = inflight.expire(time.monotonic() + 1)
+    assert expired == [held]
+    assert broken == []
+    assert held.abandoned
+    assert inflight.alone() is False  # a stuck thread could still crash the process
+    assert inflight.returned(held)  # its handler came back at last
+    inflight.finished([Outcome(held.job, 1.0)], [])
+    assert inflight.alone() is True
+
+
+def test_a_session_handler_past_its_timeout_breaks_its_group_and_only_it_is_given_up() -> None:
+    inflight, _ = ledger()
+    members = inflight.add([job() for _ in range(3)], REGISTRY)
+    group = Group(members)
+    for running in members:
+        running.group = group
+        assert inflight.begin(running, None)  # untimed until its handler starts
+    inflight.enter_group(group, 4242)
+    inflight.time_handler(group, members[1], 0.01)
+    assert [r.deadline is None for r in members] == [True, False, True]
+    expired, broken = inflight.expire(time.monotonic() + 1)
+    assert expired == [members[1]]
+    assert broken == [(group, 4242)]
+    again = inflight.regroup(group)
+    assert again == [members[0], members[2]]
+    assert all(r.started is None and r.group is None for r in again)
+    try:
+        inflight.time_handler(group, members[2], 1)
+    except GroupBroken:
+        pass
+    else:
+        raise AssertionError("a broken group's thread runs no further handler")
+    assert inflight.leave_group(group)
+
+
+def test_a_group_that_ended_is_never_broken() -> None:
+    inflight, _ = ledger()
+    members = inflight.add([job()], REGISTRY)
+    group = Group(members)
+    members[0].group = group
+    inflight.begin(members[0], None)
+    inflight.time_handler(group, members[0], 0.01)
+    assert not inflight.leave_group(group)
+    assert inflight.expire(time.monotonic() + 1) == ([], [])
+
+
+def test_leases_are_renewed_only_within_timeouts() -> None:
+    inflight, _ = ledger()
+    slow, waiting = inflight.add([job(), job()], REGISTRY)
+    inflight.begin(slow, 0.01)
+    assert set(inflight.leased(time.monotonic() + 1)) == {waiting.job.uuid}
+
+
+def test_shutdown_takes_back_what_never_started() -> None:
+    inflight, _ = ledger()
+    started, unstarted = inflight.add([job(), job()], REGISTRY)
+    inflight.begin(started, 30)
+    assert inflight.take_unstarted() == [unstarted]
+    assert inflight.running() == 1
+
+
+def dispatcher(inflight: InFlight, completions: Any, concurrency: int = 2) -> Dispatcher:
+    settings = outbox.Settings(dsn="postgresql://unused", concurrency=concurrency)
+    return Dispatcher(inflight, completions, REGISTRY, None, "r:1:a", settings, LOG)  # type: ignore[arg-type]
+
+
+def test_plain_jobs_run_in_the_handler_threads_and_their_outcomes_go_to_the_completer() -> None:
+    inflight, _ = ledger()
+    completions = Completions(inflight)
+    dispatch = dispatcher(inflight, completions)
+    claimed = [job() for _ in range(5)]
+    dispatch.dispatch(claimed)
+    deadline = time.monotonic() + 5
+    while len(completions.outcomes) < 5 and time.monotonic() < deadline:
+        completions.done.wait(0.05)
+    dispatch.shutdown()
+    assert sorted(o.job.uuid for o in completions.outcomes) == sorted(j.uuid for j in claimed)
+    assert all(o.succeeded for o in completions.outcomes)
+    assert inflight.alone() is True
+
+
+def test_a_job_of_an_unknown_type_fails_for_good_without_a_thread() -> None:
+    inflight, _ = ledger()
+    completions = Completions(inflight)
+    dispatcher(inflight, completions).dispatch([job("no.such")])
+    [outcome] = completions.outcomes
+    assert outcome.permanent
+
+
+def test_the_heartbeat_fails_a_handler_past_its_timeout_and_moves_the_jobs_behind_it() -> None:
+    release = threading.Event()
+    registry = outbox.Registry()
+    ran: list[int] = []
+
+    @registry.handler("slow.one", timeout=0.05)
+    def slow(job: Job) -> None:
+        ran.append(job.payload.get("n", 0))
+        if not job.payload.get("n"):
+            release.wait(5)
+
+    inflight, _ = ledger()
+    completions = Completions(inflight)
+    settings = outbox.Settings(dsn="postgresql://unused", concurrency=2,
+                               lease=timedelta(seconds=60))  # fmt: skip
+    dispatch = Dispatcher(inflight, completions, registry, None, "r:1:a", settings, LOG)  # type: ignore[arg-type]
+    beat = Heartbeat(None, "r:1:a", settings, ["default"], inflight, dispatch, completions, LOG)  # type: ignore[arg-type]
+    hung = job("slow.one")
+    behind = job("slow.one", payload={"n": 1})
+    try:
+        # Two threads, three jobs: chunks of two, so one job waits behind the hung one.
+        dispatch.dispatch([hung, behind, job("slow.one", payload={"n": 2})])
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(
+            o.job.uuid == hung.uuid for o in completions.outcomes
+        ):
+            beat.expire_timeouts()
+            time.sleep(0.02)
+        [failed] = [o for o in completions.outcomes if o.job.uuid == hung.uuid]
+        assert "past its timeout" in (failed.error or {})["message"]
+        while time.monotonic() < deadline and 1 not in ran:
+            time.sleep(0.02)
+        assert 1 in ran  # the job behind it ran on the other thread, not after it
+        assert not release.is_set()
+    finally:
+        release.set()
+        dispatch.shutdown()
