@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session, scoped_session
 
-from outbox import bulk, validate
+from outbox import bulk, locks, validate
 from outbox.bulk import Columns, refused
 from outbox.errors import InvalidJob, UnknownJobType, UnsupportedSession
 from outbox.ids import uuid7_batch
@@ -32,7 +32,7 @@ from outbox.settings import Settings, default_settings
 from outbox.sql import queries
 
 #: Namespace of outbox's advisory locks (the first of the two int4 lock keys).
-KEY_LOCK_CLASS = 0x0B0C
+KEY_LOCK_CLASS = locks.KEY_CLASS
 ENQUEUE = sa.text(queries["enqueue"])
 #: The server session's pid, to compare with the one the connection was given at start-up.
 SERVER_PID = "SELECT pg_backend_pid()"

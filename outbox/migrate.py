@@ -11,13 +11,14 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from outbox import locks
 from outbox.errors import MigrationError
 
 VERSION_TABLE = "outbox_alembic_version"
 APP_VERSION_TABLE = "alembic_version"
 REVISION_PREFIX = "outbox_"
 #: Session-level advisory lock held while migrating: (class, id) as two int4 keys.
-MIGRATION_LOCK = (0x0B0D, 1)
+MIGRATION_LOCK = locks.MIGRATION
 
 
 def migrations_dir() -> Path:

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
+from outbox import locks
 from outbox.errors import OutboxError
 from outbox.sql import queries
 
@@ -31,7 +32,7 @@ GENESIS = bytes(32)
 #: never split, so a seal of a single huge transaction holds more.
 SEAL_ROWS = 100_000
 #: Session-level advisory lock of the one relay that seals: (class, id).
-SEALER_LOCK = (0x0B0D, 3)
+SEALER_LOCK = locks.SEALER
 
 _LOCK = sa.text(queries["chain_lock"])
 _END = sa.text(queries["chain_end"])
