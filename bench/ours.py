@@ -32,7 +32,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from sqlalchemy.orm import Session
 import outbox
 from bench import latency
 from bench.relay import UNSEALED, fill
+from outbox import distribution
 from outbox.database import create_engine
 from outbox.testing import server_dsn, temporary_database
 
@@ -260,7 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seconds = result.pop("seconds")
     return {
         "system": "outbox",
-        "version": version("outbox"),
+        "version": distribution.version(),
         "workload": args.workload,
         "config": result.pop("config"),
         "jobs": jobs,

@@ -9,7 +9,6 @@ group it holds is broken (relay/dispatch.py) (G6).
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import socket
 import time
@@ -18,6 +17,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 import structlog
 
+from outbox import distribution
 from outbox.job import Job
 from outbox.settings import Settings
 from relay import execute
@@ -32,7 +32,7 @@ EXTEND = sa.text(queries["extend_leases"])
 RELEASE = sa.text(queries["release"])
 ANNOUNCE = sa.text(queries["relay_heartbeat"])
 LEAVE = sa.text(queries["relay_gone"])
-VERSION = importlib.metadata.version("outbox")
+VERSION = distribution.version()
 EVERY = 0.2  # seconds between looks for handlers past their timeouts
 
 

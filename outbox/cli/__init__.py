@@ -7,6 +7,7 @@ from importlib.metadata import entry_points
 
 import click
 
+from outbox import distribution
 from outbox.cli import audit, demo, jobs, migrate, status
 from outbox.cli.context import Context, fail_clearly
 
@@ -19,7 +20,7 @@ from outbox.cli.context import Context, fail_clearly
     help="The database: postgresql://... or postgresql+psycopg://... "
     "[env OUTBOX_DSN; default: the embedded server]",
 )
-@click.version_option(package_name="outbox")
+@click.version_option(package_name=distribution.NAME)
 @click.pass_context
 def cli(ctx: click.Context, dsn: str | None) -> None:
     """Transactional outbox and job relay on PostgreSQL.
