@@ -20,7 +20,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from outbox import retention, seal, verify
+from outbox.audit import retention, seal, verify
 from outbox.database import create_engine
 from outbox.testing import server_dsn, temporary_database
 

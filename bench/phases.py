@@ -24,9 +24,9 @@ import sqlalchemy as sa
 
 import outbox
 from bench.relay import fill
+from outbox.audit.seal import seal_all
 from outbox.database import create_engine
 from outbox.registry import Registry
-from outbox.seal import seal_all
 from outbox.testing import server_dsn, temporary_database
 from relay.claim import claim_batch
 from relay.complete import complete

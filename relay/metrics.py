@@ -20,7 +20,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from outbox import locks, seal
+from outbox import locks
+from outbox.audit import seal
 from outbox.status import snapshot
 from relay.leader import Leadership
 

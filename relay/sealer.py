@@ -12,8 +12,8 @@ from datetime import timedelta
 import sqlalchemy as sa
 import structlog
 
+from outbox.audit.seal import SEALER_LOCK, seal_all
 from outbox.errors import OutboxError
-from outbox.seal import SEALER_LOCK, seal_all
 from relay import metrics
 from relay.leader import Leadership
 from relay.log import first_line

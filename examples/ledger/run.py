@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 import outbox
 import outbox.schema
-from outbox import migrate, seal, verify
+from outbox import migrate
+from outbox.audit import seal, verify
 from outbox.cli.status import render
 from outbox.database import create_engine, libpq_dsn, sqlalchemy_url
 from outbox.demo.models import Base, Entry

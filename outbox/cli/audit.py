@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from outbox import retention, seal, trail, verify
+from outbox.audit import retention, seal, trail, verify
 from outbox.cli.context import Context, clear_errors, migrated_connection
 from outbox.cli.terminal import literal
 from outbox.settings import parse_duration

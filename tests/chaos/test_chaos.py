@@ -9,8 +9,8 @@ import time
 import sqlalchemy as sa
 
 import outbox
-from outbox import verify
-from outbox.seal import SEALER_LOCK
+from outbox.audit import verify
+from outbox.audit.seal import SEALER_LOCK
 from tests.chaos.conftest import Relays, effects_per_job, enqueue, scalar, wait_for
 
 

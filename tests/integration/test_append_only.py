@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import outbox
-from outbox import seal
+from outbox.audit import seal
 from outbox.database import create_engine, sqlalchemy_url
 from tests.integration.relay_harness import live_jobs, running_relay, scalar, wait_for
 

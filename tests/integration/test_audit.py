@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 
 import outbox
 import outbox.operator
-from outbox import retention, seal, trail, verify
+from outbox.audit import retention, seal, trail, verify
+from outbox.audit.verify import VerificationError
 from outbox.cli import cli
 from outbox.database import create_engine
 from outbox.errors import OutboxError
-from outbox.verify import VerificationError
 from relay import complete, execute
 from relay.claim import claim_batch, claim_isolated
 from relay.rescue import rescue_expired

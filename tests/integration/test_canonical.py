@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from outbox import seal
-from outbox.verify import verify
+from outbox.audit import seal
+from outbox.audit.verify import verify
 
 MIGRATION = Path(__file__).parents[2] / "migrations" / "versions" / "0006_canonical_form_faster.py"
 

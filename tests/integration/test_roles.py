@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
 import outbox
-from outbox import migrate, seal, verify
+from outbox import migrate
+from outbox.audit import seal, verify
+from outbox.audit.verify import VerificationError
 from outbox.cli import cli
 from outbox.database import create_engine, sqlalchemy_url
 from outbox.errors import OutboxError
-from outbox.verify import VerificationError
 from relay.sealer import Sealer
 from tests.integration.relay_harness import live_jobs, running_relay, scalar, wait_for
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from outbox.audit.seal import RangeDigest, chain_digest, digest_range, own_digest, prefixes
 from outbox.errors import OutboxError
-from outbox.seal import RangeDigest, chain_digest, digest_range, own_digest, prefixes
 from outbox.sql import queries
 
 _SEALS = sa.text(queries["seals"])

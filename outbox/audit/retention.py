@@ -17,10 +17,10 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
+from outbox.audit.seal import append_link, lock_chain, own_digest
+from outbox.audit.verify import Seal, VerificationError, is_pruned, iter_seals, pruned_ranges
 from outbox.errors import OutboxError
-from outbox.seal import append_link, lock_chain, own_digest
 from outbox.sql import queries
-from outbox.verify import Seal, VerificationError, is_pruned, iter_seals, pruned_ranges
 
 FORMAT = "outbox-history-export"
 VERSION = 1
