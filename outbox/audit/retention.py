@@ -17,14 +17,14 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
-from outbox.audit.seal import append_link, lock_chain, own_digest
-from outbox.audit.verify import Seal, VerificationError, is_pruned, iter_seals, pruned_ranges
+from outbox.audit.canonical import canonical_rows
+from outbox.audit.chain import Seal, append_link, lock_chain, own_digest, unpruned_seals
+from outbox.audit.verify import VerificationError
 from outbox.errors import OutboxError
 from outbox.sql import queries
 
 FORMAT = "outbox-history-export"
 VERSION = 1
-_CANONICAL = sa.text(queries["canonical_rows"])
 _ALLOW = sa.text(queries["allow_prune"])
 _DELETE = sa.text(queries["prune_rows"])
 _IDEMPOTENCY = sa.text(queries["prune_idempotency"])
@@ -49,17 +49,6 @@ class Export:
     rows: int
 
 
-def unpruned_seals(connection: sa.Connection) -> list[Seal]:
-    """The chain from its oldest seal whose rows are still in history on (prunes included)."""
-    seals = list(iter_seals(connection))
-    prunes = pruned_ranges(seals)
-    start = next(
-        (i for i, s in enumerate(seals) if s.kind == "seal" and not is_pruned(s, prunes)),
-        len(seals),
-    )
-    return seals[start:]
-
-
 def export(connection: sa.Connection, out: TextIO, *, through_seal: int | None = None) -> Export:
     """Write every seal not yet pruned (up to ``through_seal``) with its rows.
 
@@ -72,13 +61,11 @@ def export(connection: sa.Connection, out: TextIO, *, through_seal: int | None =
     header = {"format": FORMAT, "version": VERSION, "exported_at": datetime.now(UTC).isoformat()}
     out.write(json.dumps(header) + "\n")
     rows = 0
-    rows_of = _CANONICAL.execution_options(stream_results=True, max_row_buffer=5000)
     for seal in chosen:
         out.write(json.dumps({"seal": seal.as_json()}, sort_keys=True) + "\n")
         if seal.kind != "seal":
             continue
-        result = connection.execute(rows_of, {"xid_from": seal.xid_from, "xid_to": seal.xid_to})
-        for (text,) in result:
+        for text in canonical_rows(connection, seal.xid_from, seal.xid_to):
             out.write(text + "\n")
             rows += 1
     connection.rollback()

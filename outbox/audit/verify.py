@@ -13,62 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 
-from outbox.audit.seal import RangeDigest, chain_digest, digest_range, own_digest, prefixes
+from outbox.audit.canonical import RangeDigest, count_range, digest_range, prefixes, row_prefixes
+from outbox.audit.chain import Seal, chain_digest, is_pruned, iter_seals, own_digest, prune_links
 from outbox.errors import OutboxError
 from outbox.sql import queries
 
-_SEALS = sa.text(queries["seals"])
-_ROW_HASHES = sa.text(queries["row_hashes"])
-_PRUNES = sa.text(queries["prune_seals"])
-_COUNT = sa.text(queries["count_range"])
-_LATEST = sa.text(queries["latest_seal"])
 _HORIZON = sa.text(queries["verify_horizon"])
-PAGE = 500
 _DIGEST_LINE = re.compile(r"^\s*(\d+)\s+([0-9a-fA-F]{64})\b")
 
 
 class VerificationError(OutboxError):
     """History or its seals do not match: something was changed after it was sealed."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Seal:
-    id: int
-    kind: str
-    xid_from: int
-    xid_to: int
-    row_count: int
-    first_history_id: int | None
-    last_history_id: int | None
-    rows_digest: bytes
-    row_hashes: bytes | None
-    previous_digest: bytes | None
-    digest: bytes
-    actor: str | None
-    sealed_at: Any
-
-    @classmethod
-    def of(cls, row: Any) -> Seal:
-        values = dict(row._mapping)
-        for name in ("rows_digest", "row_hashes", "previous_digest", "digest"):
-            if values[name] is not None:
-                values[name] = bytes(values[name])
-        return cls(**values)
-
-    def as_json(self) -> dict[str, Any]:
-        """The seal as `outbox audit export` writes it (bytes in hex)."""
-        out = dataclasses.asdict(self)
-        del out["row_hashes"]  # the rows themselves follow the seal
-        for name in ("rows_digest", "previous_digest", "digest"):
-            out[name] = None if out[name] is None else out[name].hex()
-        out["sealed_at"] = self.sealed_at.isoformat()
-        return out
 
 
 @dataclasses.dataclass(slots=True)
@@ -79,21 +39,6 @@ class Report:
     last_seal: int | None = None
     last_digest: bytes | None = None
     checked_against: int = 0
-
-
-def iter_seals(connection: sa.Connection, after_id: int = 0) -> Iterator[Seal]:
-    while True:
-        rows = connection.execute(_SEALS, {"after_id": after_id, "limit": PAGE}).all()
-        for row in rows:
-            yield Seal.of(row)
-        if len(rows) < PAGE:
-            return
-        after_id = rows[-1].id
-
-
-def latest_seal(connection: sa.Connection) -> Seal | None:
-    row = connection.execute(_LATEST).first()
-    return None if row is None else Seal.of(row)
 
 
 def verify(
@@ -110,7 +55,7 @@ def verify(
     digests exported earlier, which the recomputed chain must reach.
     """
     against = dict(against or {})
-    pruned = [Seal.of(row) for row in connection.execute(_PRUNES)]
+    pruned = prune_links(connection)
     report = Report()
     chain: bytes | None = None
     sealed_to = 0
@@ -195,20 +140,8 @@ class _Horizon:
         return int(self._connection.execute(_HORIZON).scalar_one())
 
 
-def pruned_ranges(seals: Iterable[Seal]) -> list[Seal]:
-    return [s for s in seals if s.kind == "prune"]
-
-
-def is_pruned(seal: Seal, prunes: Iterable[Seal]) -> bool:
-    """Whether a later prune removed the rows of ``seal`` (it stays in the chain)."""
-    return seal.kind == "seal" and any(
-        p.id > seal.id and p.xid_from <= seal.xid_from and seal.xid_to <= p.xid_to for p in prunes
-    )
-
-
 def _holds_rows(connection: sa.Connection, seal: Seal) -> bool:
-    bounds = {"xid_from": seal.xid_from, "xid_to": seal.xid_to}
-    return bool(connection.execute(_COUNT, bounds).scalar())
+    return bool(count_range(connection, seal.xid_from, seal.xid_to))
 
 
 def _compare_rows(connection: sa.Connection, seal: Seal, found: RangeDigest) -> None:
@@ -216,16 +149,14 @@ def _compare_rows(connection: sa.Connection, seal: Seal, found: RangeDigest) -> 
         return
     where = f"seal {seal.id} (transactions {seal.xid_from} to {seal.xid_to - 1})"
     stored = prefixes(seal.row_hashes or b"")
-    actual = connection.execute(
-        _ROW_HASHES, {"xid_from": seal.xid_from, "xid_to": seal.xid_to}
-    ).all()
+    actual = row_prefixes(connection, seal.xid_from, seal.xid_to)
     for index, (history_id, prefix) in enumerate(actual):
         if index >= len(stored):
             raise VerificationError(
                 f"{where}: history row {history_id} was added after sealing "
                 f"(the seal holds {seal.row_count} rows, history now {len(actual)})"
             )
-        if bytes(prefix) != stored[index]:
+        if prefix != stored[index]:
             raise VerificationError(
                 f"{where}: history row {history_id} does not match: it was changed, or a row "
                 "before it was removed or added, after sealing"

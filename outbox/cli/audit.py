@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from outbox.audit import retention, seal, trail, verify
+from outbox.audit import chain, retention, seal, trail, verify
 from outbox.cli.context import Context, clear_errors, migrated_connection
 from outbox.cli.terminal import literal
 from outbox.settings import parse_duration
@@ -119,7 +119,7 @@ def digest_command(ctx: Context, as_json: bool) -> None:
     history and recomputes every seal after it.
     """
     with migrated_connection(ctx) as connection:
-        last = verify.latest_seal(connection)
+        last = chain.latest_seal(connection)
     if last is None:
         raise click.ClickException("no seals yet: start a relay (it seals) or run `audit seal`")
     if as_json:

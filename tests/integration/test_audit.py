@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 import outbox
 import outbox.operator
-from outbox.audit import retention, seal, trail, verify
+from outbox.audit import chain, retention, seal, trail, verify
 from outbox.audit.verify import VerificationError
 from outbox.cli import cli
 from outbox.database import create_engine
@@ -70,7 +70,7 @@ def tamper(engine: sa.Engine, sql: str) -> None:
 
 def digests_file(engine: sa.Engine, path: Path) -> Path:
     with engine.connect() as conn:
-        last = verify.latest_seal(conn)
+        last = chain.latest_seal(conn)
     assert last is not None
     path.write_text(f"# kept elsewhere\n{last.id} {last.digest.hex()} {last.sealed_at}\n")
     return path
@@ -522,9 +522,9 @@ def test_a_forged_prune_link_does_not_excuse_a_changed_row(db: sa.Engine) -> Non
     victim = scalar(db, "SELECT max(id) FROM outbox_history")
     tamper(db, f"UPDATE outbox_history SET key = 'forged' WHERE id = {victim}")
     with db.connect() as conn:  # a prune link that chains correctly over the changed range
-        last = verify.latest_seal(conn)
+        last = chain.latest_seal(conn)
         assert last is not None
-        digest = seal.chain_digest("prune", last.digest, 0, last.xid_to, 10, last.digest)
+        digest = chain.chain_digest("prune", last.digest, 0, last.xid_to, 10, last.digest)
         conn.execute(sa.text(
             "INSERT INTO outbox_seals (kind, xid_from, xid_to, row_count, rows_digest, "
             "previous_digest, digest) VALUES ('prune', 0, :to, 10, :d0, :d0, :d)"

@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 
 import outbox
 from outbox import migrate
-from outbox.audit import seal, verify
+from outbox.audit import chain, seal, verify
 from outbox.audit.verify import VerificationError
 from outbox.cli import cli
 from outbox.database import create_engine, sqlalchemy_url
@@ -122,7 +122,7 @@ def seal_everything(engine: sa.Engine) -> None:
 
 def chain_end(engine: sa.Engine) -> tuple[bytes | None, int]:
     with engine.connect() as conn, conn.begin():
-        return seal.lock_chain(conn)
+        return chain.lock_chain(conn)
 
 
 def horizon_past(engine: sa.Engine, xid: int) -> int:
@@ -156,7 +156,7 @@ def linked_seal(
     previous: bytes | None, xid_from: int, xid_to: int, *, kind: str = "seal"
 ) -> dict[str, Any]:
     """A seal of no rows that links to ``previous`` with a correct digest: well formed."""
-    digest = seal.chain_digest(kind, previous, xid_from, xid_to, 0, EMPTY)
+    digest = chain.chain_digest(kind, previous, xid_from, xid_to, 0, EMPTY)
     return {"kind": kind, "xid_from": xid_from, "xid_to": xid_to, "row_count": 0,
             "rows_digest": EMPTY, "previous": previous, "digest": digest}  # fmt: skip
 
