@@ -43,6 +43,12 @@ def running_relay(
         assert not thread.is_alive(), "the relay did not stop"
 
 
+#: Seconds a test waits for history to be sealed. Sealing waits until every transaction that
+#: was running has ended, in the whole cluster: a chaos test's stopped relay, mid-transaction
+#: in another database of the same server, holds it back for up to its handlers' timeout.
+SEALING = 60.0
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 import outbox
 from outbox.audit import seal
 from outbox.database import create_engine, sqlalchemy_url
-from tests.integration.relay_harness import live_jobs, running_relay, scalar, wait_for
+from tests.integration.relay_harness import SEALING, live_jobs, running_relay, scalar, wait_for
 
 CHANGES = [
     "UPDATE outbox_history SET event = 'succeeded'",
@@ -55,7 +55,7 @@ def seed(db: sa.Engine) -> None:
         outbox.enqueue(session, "a.b", {"n": 1})
         session.commit()
     with db.connect() as conn:  # other sessions' transactions may hold sealing back a moment
-        wait_for(lambda: seal.seal_all(conn), what="the enqueue to be sealed")
+        wait_for(lambda: seal.seal_all(conn), timeout=SEALING, what="the enqueue to be sealed")
 
 
 @pytest.mark.parametrize("change", CHANGES)

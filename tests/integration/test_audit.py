@@ -23,7 +23,7 @@ from outbox.errors import OutboxError
 from relay import complete, execute
 from relay.claim import claim_batch, claim_isolated
 from relay.rescue import rescue_expired
-from tests.integration.relay_harness import events, running_relay, scalar, wait_for
+from tests.integration.relay_harness import SEALING, events, running_relay, scalar, wait_for
 
 CLAIM = {"queues": ["default"], "limit": 1, "lease": timedelta(seconds=30),
          "default_max_attempts": 5, "max_attempts": {}}  # fmt: skip
@@ -53,7 +53,7 @@ def seal_everything(engine: sa.Engine, max_rows: int = seal.SEAL_ROWS) -> None:
             seal.seal_all(conn, max_rows=max_rows)
         return bool(scalar(engine, UNSEALED) == 0)
 
-    wait_for(sealed_all, what="every history row to be sealed")
+    wait_for(sealed_all, timeout=SEALING, what="every history row to be sealed")
 
 
 def check(engine: sa.Engine, **options: Any) -> verify.Report:

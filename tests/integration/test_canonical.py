@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from outbox.audit import seal
 from outbox.audit.verify import verify
+from tests.integration.relay_harness import SEALING, wait_for
 
 MIGRATION = Path(__file__).parents[2] / "migrations" / "versions" / "0006_canonical_form_faster.py"
 
@@ -148,7 +149,7 @@ def test_a_chain_sealed_under_the_old_form_verifies_under_the_new(db: sa.Engine)
     try:
         _replace_canonical(db, old)
         with db.connect() as conn:
-            assert seal.seal_all(conn)
+            wait_for(lambda: seal.seal_all(conn), timeout=SEALING, what="the rows to be sealed")
         _replace_canonical(db, new)
         with db.connect() as conn:
             report = verify(conn)  # raises at the first row whose text changed

@@ -27,7 +27,7 @@ from outbox.cli import cli
 from outbox.database import create_engine, sqlalchemy_url
 from outbox.errors import OutboxError
 from relay.sealer import Sealer
-from tests.integration.relay_harness import live_jobs, running_relay, scalar, wait_for
+from tests.integration.relay_harness import SEALING, live_jobs, running_relay, scalar, wait_for
 
 #: Far past any transaction this cluster has started.
 FAR = 2**40
@@ -117,7 +117,7 @@ def seal_everything(engine: sa.Engine) -> None:
             seal.seal_all(conn)
         return bool(scalar(engine, unsealed) == 0)
 
-    wait_for(sealed_all, what="every history row to be sealed")
+    wait_for(sealed_all, timeout=SEALING, what="every history row to be sealed")
 
 
 def chain_end(engine: sa.Engine) -> tuple[bytes | None, int]:
