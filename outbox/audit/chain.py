@@ -19,7 +19,8 @@ import dataclasses
 import hashlib
 import struct
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -54,33 +55,17 @@ def chain_digest(
     return h.digest()
 
 
-class Link(Protocol):
-    """What a seal's own digest is made of, wherever the seal comes from."""
-
-    @property
-    def kind(self) -> str: ...
-    @property
-    def previous_digest(self) -> bytes | None: ...
-    @property
-    def xid_from(self) -> int: ...
-    @property
-    def xid_to(self) -> int: ...
-    @property
-    def row_count(self) -> int: ...
-    @property
-    def rows_digest(self) -> bytes: ...
-
-
-def own_digest(link: Link) -> bytes:
-    """The digest a seal's own fields give (compare with the digest stored beside them)."""
-    return chain_digest(
-        link.kind, link.previous_digest, link.xid_from, link.xid_to, link.row_count,
-        link.rows_digest,
-    )  # fmt: skip
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Seal:
+    """One link of the chain, as a row of ``outbox_seals`` holds it: a seal of the history
+    rows of ``[xid_from, xid_to)`` (kind ``seal``), or a prune that removed the rows of sealed
+    ranges (kind ``prune``; its ``rows_digest`` is the digest of the last seal it removed,
+    ``actor`` who pruned, and it keeps no ``row_hashes``).
+
+    The one shape of a seal: what sealing returns, what verification and prunes read, and
+    what an export holds (there without ``row_hashes``, its rows following it).
+    """
+
     id: int
     kind: str
     xid_from: int
@@ -93,24 +78,23 @@ class Seal:
     previous_digest: bytes | None
     digest: bytes
     actor: str | None
-    sealed_at: Any
+    sealed_at: datetime
 
     @classmethod
     def of(cls, row: Any) -> Seal:
+        """The seal a row of ``outbox_seals`` holds (every column, by name)."""
         values = dict(row._mapping)
         for name in ("rows_digest", "row_hashes", "previous_digest", "digest"):
             if values[name] is not None:
                 values[name] = bytes(values[name])
         return cls(**values)
 
-    def as_json(self) -> dict[str, Any]:
-        """The seal as `outbox audit export` writes it (bytes in hex)."""
-        out = dataclasses.asdict(self)
-        del out["row_hashes"]  # the rows themselves follow the seal
-        for name in ("rows_digest", "previous_digest", "digest"):
-            out[name] = None if out[name] is None else out[name].hex()
-        out["sealed_at"] = self.sealed_at.isoformat()
-        return out
+    def own_digest(self) -> bytes:
+        """The digest the seal's own fields give (compare with :attr:`digest`)."""
+        return chain_digest(
+            self.kind, self.previous_digest, self.xid_from, self.xid_to, self.row_count,
+            self.rows_digest,
+        )  # fmt: skip
 
 
 def lock_chain(connection: sa.Connection) -> tuple[bytes | None, int]:
@@ -121,7 +105,7 @@ def lock_chain(connection: sa.Connection) -> tuple[bytes | None, int]:
     return (None if end.digest is None else bytes(end.digest)), int(end.sealed_to)
 
 
-def append_link(
+def append(
     connection: sa.Connection,
     previous: bytes | None,
     kind: str,
@@ -134,19 +118,21 @@ def append_link(
     last_history_id: int | None,
     row_hashes: bytes | None = None,
     actor: str | None = None,
-) -> int:
-    """Append a seal or a prune linked to ``previous`` (under :func:`lock_chain`); its id."""
+) -> Seal:
+    """Append a seal or a prune linked to ``previous`` (under :func:`lock_chain`)."""
     digest = chain_digest(kind, previous, xid_from, xid_to, row_count, rows_digest)
-    return int(
-        connection.execute(
-            _INSERT,
-            {
-                "kind": kind, "xid_from": xid_from, "xid_to": xid_to, "row_count": row_count,
-                "first_history_id": first_history_id, "last_history_id": last_history_id,
-                "rows_digest": rows_digest, "row_hashes": row_hashes,
-                "previous_digest": previous, "digest": digest, "actor": actor,
-            },
-        ).scalar_one()
+    row = connection.execute(
+        _INSERT,
+        {
+            "kind": kind, "xid_from": xid_from, "xid_to": xid_to, "row_count": row_count,
+            "first_history_id": first_history_id, "last_history_id": last_history_id,
+            "rows_digest": rows_digest, "row_hashes": row_hashes,
+            "previous_digest": previous, "digest": digest, "actor": actor,
+        },
+    ).one()  # fmt: skip
+    return Seal(
+        int(row.id), kind, xid_from, xid_to, row_count, first_history_id, last_history_id,
+        rows_digest, row_hashes, previous, digest, actor, row.sealed_at,
     )  # fmt: skip
 
 

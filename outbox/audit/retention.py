@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 
 from outbox.audit.canonical import canonical_rows
-from outbox.audit.chain import Seal, append_link, lock_chain, own_digest, unpruned_seals
+from outbox.audit.chain import Seal, append, lock_chain, unpruned_seals
 from outbox.audit.verify import VerificationError
 from outbox.errors import OutboxError
 from outbox.sql import queries
@@ -31,21 +31,11 @@ _IDEMPOTENCY = sa.text(queries["prune_idempotency"])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ExportedSeal:
-    id: int
-    kind: str
-    xid_from: int
-    xid_to: int
-    row_count: int
-    rows_digest: bytes
-    previous_digest: bytes | None
-    digest: bytes
-    sealed_at: datetime
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class Export:
-    seals: list[ExportedSeal]
+    """The seals an export holds (without their ``row_hashes``: the rows follow each seal),
+    and how many rows."""
+
+    seals: list[Seal]
     rows: int
 
 
@@ -62,38 +52,66 @@ def export(connection: sa.Connection, out: TextIO, *, through_seal: int | None =
     out.write(json.dumps(header) + "\n")
     rows = 0
     for seal in chosen:
-        out.write(json.dumps({"seal": seal.as_json()}, sort_keys=True) + "\n")
+        out.write(json.dumps({"seal": _seal_json(seal)}, sort_keys=True) + "\n")
         if seal.kind != "seal":
             continue
         for text in canonical_rows(connection, seal.xid_from, seal.xid_to):
             out.write(text + "\n")
             rows += 1
     connection.rollback()
-    return Export([_exported(s.as_json()) for s in chosen], rows)
+    return Export([dataclasses.replace(s, row_hashes=None) for s in chosen], rows)
 
 
-def _exported(raw: dict[str, Any]) -> ExportedSeal:
+def _seal_json(seal: Seal) -> dict[str, Any]:
+    """The seal as an export writes it: every field but ``row_hashes``, bytes in hex."""
+    out = dataclasses.asdict(seal)
+    del out["row_hashes"]  # the rows themselves follow the seal
+    for name in ("rows_digest", "previous_digest", "digest"):
+        out[name] = None if out[name] is None else out[name].hex()
+    out["sealed_at"] = seal.sealed_at.isoformat()
+    return out
+
+
+def _seal_of_json(raw: dict[str, Any]) -> Seal:
+    """The seal an export's ``{"seal": ...}`` line holds. The fields the chain's digests
+    cover, and ``sealed_at``, must be well formed; the others (the first and last history
+    ids, the actor) are only informative, and taken when they are."""
     try:
-        return ExportedSeal(
+        seal = Seal(
             id=int(raw["id"]),
             kind=str(raw["kind"]),
             xid_from=int(raw["xid_from"]),
             xid_to=int(raw["xid_to"]),
             row_count=int(raw["row_count"]),
+            first_history_id=None,
+            last_history_id=None,
             rows_digest=bytes.fromhex(raw["rows_digest"]),
+            row_hashes=None,
             previous_digest=None
             if raw["previous_digest"] is None
             else bytes.fromhex(raw["previous_digest"]),
             digest=bytes.fromhex(raw["digest"]),
+            actor=None,
             sealed_at=datetime.fromisoformat(raw["sealed_at"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise VerificationError(f"a seal of the export is malformed: {exc!r}") from None
+    first, last, actor = (raw.get(n) for n in ("first_history_id", "last_history_id", "actor"))
+    return dataclasses.replace(
+        seal,
+        first_history_id=first if _is_int(first) else None,
+        last_history_id=last if _is_int(last) else None,
+        actor=actor if isinstance(actor, str) else None,
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def verify_export(path: Path) -> Export:
     """Check an export alone: each seal's rows hash to it, and the seals chain together."""
-    seals: list[ExportedSeal] = []
+    seals: list[Seal] = []
     rows = 0
     try:
         handle = path.open("rb")
@@ -107,14 +125,14 @@ def verify_export(path: Path) -> Export:
             header = None
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise VerificationError(f"{path} is not an outbox history export")
-        current: ExportedSeal | None = None
+        current: Seal | None = None
         digests = hashlib.sha256()
         count = 0
         for number, line in enumerate(handle, 2):
             line = line.rstrip(b"\n")
             if line.startswith(b'{"seal": '):
                 _close(current, digests, count, path)
-                current = _exported(json.loads(line)["seal"])
+                current = _seal_of_json(json.loads(line)["seal"])
                 if seals and current.previous_digest != seals[-1].digest:
                     raise VerificationError(
                         f"{path}:{number}: seal {current.id} does not link to seal "
@@ -134,7 +152,7 @@ def verify_export(path: Path) -> Export:
     return Export(seals, rows)
 
 
-def _close(seal: ExportedSeal | None, digests: Any, count: int, path: Path) -> None:
+def _close(seal: Seal | None, digests: Any, count: int, path: Path) -> None:
     if seal is None:
         return
     if seal.kind == "seal" and (count != seal.row_count or digests.digest() != seal.rows_digest):
@@ -142,7 +160,7 @@ def _close(seal: ExportedSeal | None, digests: Any, count: int, path: Path) -> N
             f"{path}: seal {seal.id}: its {count} exported rows do not hash to the seal "
             f"({seal.row_count} rows): the export was changed"
         )
-    if own_digest(seal) != seal.digest:
+    if seal.own_digest() != seal.digest:
         raise VerificationError(f"{path}: seal {seal.id}: its digest does not match its fields")
 
 
@@ -202,12 +220,12 @@ def _prune_history(
                 f"seals {expected}: prune refused; run `outbox audit verify`"
             )
         # A prune's rows digest is the digest of the last seal it removes.
-        prune_id = append_link(
+        link = append(
             connection, previous, "prune", xid_from, xid_to, deleted, chosen[-1].digest,
             first_history_id=chosen[0].first_history_id,
             last_history_id=chosen[-1].last_history_id, actor=actor,
         )  # fmt: skip
-    return len(chosen), deleted, prune_id
+    return len(chosen), deleted, link.id
 
 
 def prune_idempotency(connection: sa.Connection, batch: int = 10_000) -> int:

@@ -9,13 +9,11 @@ previous seal (:mod:`outbox.audit.chain`).
 
 from __future__ import annotations
 
-import dataclasses
-
 import sqlalchemy as sa
 
 from outbox import locks
 from outbox.audit.canonical import count_range, digest_range
-from outbox.audit.chain import append_link, lock_chain
+from outbox.audit.chain import Seal, append, lock_chain
 from outbox.errors import OutboxError
 from outbox.sql import queries
 
@@ -31,15 +29,7 @@ _SPLIT = sa.text(queries["range_split"])
 _LAG = sa.text(queries["seal_lag"])
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Sealed:
-    id: int
-    xid_from: int
-    xid_to: int
-    row_count: int
-
-
-def seal_once(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> Sealed | None:
+def seal_once(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> Seal | None:
     """Seal what can no longer change, up to ``max_rows`` rows, in a transaction of its own.
 
     Returns the seal written, or ``None`` when nothing new has ended. Safe to call from
@@ -64,12 +54,11 @@ def seal_once(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> Sealed
             split = connection.execute(_SPLIT, bounds).scalar()
             xid_to = max(int(split), xid_from + 1) if split is not None else xid_to
         found = digest_range(connection, xid_from, xid_to)
-        seal_id = append_link(
+        return append(
             connection, previous, "seal", xid_from, xid_to, found.row_count,
             found.rows_digest, first_history_id=found.first_history_id,
             last_history_id=found.last_history_id, row_hashes=found.row_hashes,
         )  # fmt: skip
-    return Sealed(seal_id, xid_from, xid_to, found.row_count)
 
 
 def _past_the_horizon(connection: sa.Connection, sealed_to: int, horizon: int) -> OutboxError:
@@ -83,9 +72,9 @@ def _past_the_horizon(connection: sa.Connection, sealed_to: int, horizon: int) -
     )
 
 
-def seal_all(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> list[Sealed]:
+def seal_all(connection: sa.Connection, *, max_rows: int = SEAL_ROWS) -> list[Seal]:
     """Seal until caught up with the oldest open transaction."""
-    sealed: list[Sealed] = []
+    sealed: list[Seal] = []
     while (seal := seal_once(connection, max_rows=max_rows)) is not None:
         sealed.append(seal)
     return sealed

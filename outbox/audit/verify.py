@@ -19,7 +19,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from outbox.audit.canonical import RangeDigest, count_range, digest_range, prefixes, row_prefixes
-from outbox.audit.chain import Seal, chain_digest, is_pruned, iter_seals, own_digest, prune_links
+from outbox.audit.chain import Seal, chain_digest, is_pruned, iter_seals, prune_links
 from outbox.errors import OutboxError
 from outbox.sql import queries
 
@@ -67,7 +67,7 @@ def verify(
         forged = f"{where} is forged or invalid"
         if seal.previous_digest != chain and seal.id >= from_seal:
             raise VerificationError(f"{forged}: it does not link to the seal before it")
-        if own_digest(seal) != seal.digest:
+        if seal.own_digest() != seal.digest:
             raise VerificationError(f"{forged}: its digest does not match its own fields")
         if horizon.passed_by(seal.xid_to):
             raise VerificationError(

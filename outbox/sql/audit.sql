@@ -59,7 +59,7 @@ INSERT INTO outbox_seals (
     :kind, :xid_from, :xid_to, :row_count, :first_history_id, :last_history_id, :rows_digest,
     :row_hashes, :previous_digest, :digest, :actor
 )
-RETURNING id;
+RETURNING id, sealed_at;
 
 -- name: seals
 -- The chain in order, from :after_id on, a page at a time.
