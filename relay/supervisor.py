@@ -27,8 +27,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from outbox.database import create_engine
 from relay.dispatch import HANDLER_THREAD_PREFIX
+from relay.gauges import QueueGauges
 from relay.http import HttpServer, Readiness, format_addr
-from relay.metrics import QueueGauges
 from relay.worker import Worker
 
 log = structlog.get_logger("outbox.relay")

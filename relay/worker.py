@@ -31,6 +31,7 @@ from relay import leases, metrics, preflight, service
 from relay.claim import claim_batch, claim_isolated, isolated_ready, seconds_to_next_run
 from relay.complete import Completer
 from relay.dispatch import Dispatcher
+from relay.gauges import QueueGauges
 from relay.http import HttpServer, Readiness, format_addr
 from relay.inflight import InFlight
 from relay.leases import Heartbeat
@@ -130,7 +131,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self.http: HttpServer | None = None
         if metrics_addr is not None:
-            self.gauges = metrics.QueueGauges(self.engine)
+            self.gauges = QueueGauges(self.engine)
             collectors: CollectorRegistry = prometheus_client.REGISTRY
             collectors.register(self.gauges)
             self.http = HttpServer(
