@@ -13,15 +13,13 @@ from typing import Any
 from uuid import UUID
 
 import click
-import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from outbox.audit import chain, retention, seal, trail, verify
+from outbox.audit import chain, redaction, retention, seal, trail, verify
 from outbox.cli.context import Context, clear_errors, migrated_connection
 from outbox.cli.terminal import literal
 from outbox.settings import parse_duration
-from outbox.sql import queries
 
 MOMENTS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M%z"]
 
@@ -223,14 +221,6 @@ def export_command(ctx: Context, out_path: Path, through_seal: int | None) -> No
     )
 
 
-#: The triggers `audit redaction` switches together, by table: outbox_jobs first, the order
-#: relays lock the two tables in, so that switching cannot deadlock with a completion.
-REDACTION_TRIGGERS = {
-    "outbox_jobs": ("outbox_jobs_redact_error",),
-    "outbox_history": ("outbox_history_redact_payload", "outbox_history_redact_error"),
-}
-
-
 @group.command("redaction")
 @click.argument("state", type=click.Choice(["on", "off", "show"]), default="show")
 @click.pass_obj
@@ -244,31 +234,17 @@ def redaction_command(ctx: Context, state: str) -> None:
     every enqueue and failure from then on; rows already written stay as they are (history
     is append-only). Needs the tables' owner.
     """
-    names = [name for triggers in REDACTION_TRIGGERS.values() for name in triggers]
     with migrated_connection(ctx) as connection:
         if state != "show":
-            verb = "ENABLE" if state == "on" else "DISABLE"
-            try:
-                for table, triggers in REDACTION_TRIGGERS.items():
-                    actions = ", ".join(f"{verb} TRIGGER {name}" for name in triggers)
-                    connection.execute(sa.text(f"ALTER TABLE {table} {actions}"))
-            except sa.exc.ProgrammingError as exc:
-                raise click.ClickException(
-                    "only the owner of outbox_jobs and outbox_history can turn redaction on or "
-                    "off: " + str(exc.orig).splitlines()[0]
-                ) from None
-            connection.commit()
-        rows = connection.execute(sa.text(queries["redaction_state"]), {"names": names})
-        enabled = {str(name): bool(on) for name, on in rows}
-    on = [name for name in names if enabled.get(name)]
-    off = [name for name in names if not enabled.get(name)]
-    if off and on:
+            redaction.switch(connection, on=state == "on")
+        now = redaction.state(connection)
+    if now.on and now.off:
         click.echo(
-            f"payload redaction is partly on (on: {', '.join(on)}; off: {', '.join(off)}): "
+            f"payload redaction is partly on (on: {', '.join(now.on)}; off: {', '.join(now.off)}): "
             "run `outbox audit redaction on` or `off`"
         )
     else:
-        click.echo(f"payload redaction is {'off' if off else 'on'}")
+        click.echo(f"payload redaction is {'off' if now.off else 'on'}")
 
 
 @click.command("prune")
