@@ -1,6 +1,6 @@
 """Relay throughput: N no-op jobs drained by ``outbox relay`` processes, history on.
 
-    python -m bench.relay [--jobs 50000] [--processes 1] [--concurrency 16] [--claim-batch 100]
+    python -m bench.relay [--jobs 50000] [--processes 1] [--concurrency 16] [--claim-batch N]
                           [--type bench.noop|bench.noop_session] [--seal on|off|both]
 
 Enqueues first (not timed), then starts the relay and times from its start until the
@@ -61,7 +61,7 @@ def drain(dsn: str, args: argparse.Namespace, seal: bool) -> tuple[float, float,
     completion, seconds until all is sealed, and the relay's exit code."""
     env = {
         **os.environ,
-        "OUTBOX_CLAIM_BATCH": str(args.claim_batch),
+        **({"OUTBOX_CLAIM_BATCH": str(args.claim_batch)} if args.claim_batch else {}),
         "OUTBOX_SEAL_INTERVAL": "1s" if seal else "0",
         "OUTBOX_DSN": dsn,  # never on a command line: it may hold a password
     }
@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=50_000)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--claim-batch", type=int, default=100)
+    parser.add_argument(
+        "--claim-batch", type=int, default=None, help="the relay's ceiling (default: its own)"
+    )
     parser.add_argument(
         "--type", default="bench.noop", choices=["bench.noop", "bench.noop_session"]
     )
@@ -129,7 +131,7 @@ def run_once(args: argparse.Namespace, seal: bool) -> int:
     sealing = f"sealing on, all sealed after {sealed:.2f}s" if sealed else "sealing off"
     print(
         f"{args.jobs:,} {args.type} jobs, {args.processes} process(es) x {args.concurrency} "
-        f"threads, claim batch {args.claim_batch}, {sealing}: {elapsed:.2f}s = "
+        f"threads, claim batch {args.claim_batch or 'default'}, {sealing}: {elapsed:.2f}s = "
         f"{args.jobs / elapsed:,.0f} jobs/s from the relay's start; first claim to last "
         f"completion {working:.2f}s = {args.jobs / working:,.0f} jobs/s (relay exit code {code})"
     )

@@ -76,8 +76,8 @@ class Settings:
     embedded_dir: Path = dataclasses.field(default_factory=_default_embedded_dir)
     #: Handlers a relay process runs at once (threads).
     concurrency: int = 16
-    #: Most jobs one claim takes.
-    claim_batch: int = 100
+    #: Most jobs one claim takes; claims follow the handlers' pace up to it (relay/pace.py).
+    claim_batch: int = 500
     #: How long a claim is good for without a heartbeat; a dead relay's jobs are rescued after it.
     lease: timedelta = timedelta(seconds=30)
     #: How often an idle relay looks for work when no notification wakes it.

@@ -68,18 +68,17 @@ class Running:
 class InFlight:
     """The ledger of one relay process (thread-safe)."""
 
-    def __init__(
-        self, claim_batch: int, wake: threading.Event, log: structlog.typing.FilteringBoundLogger
-    ) -> None:
+    def __init__(self, wake: threading.Event, log: structlog.typing.FilteringBoundLogger) -> None:
         self.guard = threading.Lock()
         #: Set whenever a place may have come free: a job finished, a thread came back.
         self.space = threading.Event()
-        self._claim_batch = claim_batch
         self._wake = wake
         self._log = log
         self._running: dict[UUID, Running] = {}
         self._stuck = 0  # handler threads still busy with abandoned jobs
         self._completing = 0  # jobs whose outcome waits for the completer
+        #: Jobs finished here so far (completed, failed or given up): the pace of claims.
+        self.finished_total = 0
 
     # -- claiming ----------------------------------------------------------------------
 
@@ -93,13 +92,14 @@ class InFlight:
             metrics.IN_FLIGHT.set(len(self._running))
         return fresh
 
-    def busy(self) -> int:
+    def busy(self, claim: int) -> int:
         """Jobs that hold a place: claimed and not yet run (or running), plus stuck threads.
-        Outcomes waiting for their completion batch hold none, up to two claim batches of
-        them, so claiming goes on while a completion is written (the pipeline never drains)."""
+        Outcomes waiting for their completion batch hold none, up to two claims (of ``claim``
+        jobs) of them, so claiming goes on while a completion is written (the pipeline never
+        drains)."""
         with self.guard:
             completing = self._completing
-            allowance = 2 * self._claim_batch
+            allowance = 2 * claim
             return len(self._running) - completing + self._stuck + max(0, completing - allowance)
 
     def alone(self) -> bool | None:
@@ -167,6 +167,7 @@ class InFlight:
                 del self._running[outcome.job.uuid]
                 if running.completing:
                     self._completing -= 1
+            self.finished_total += len(done) + len(lost)
             metrics.IN_FLIGHT.set(len(self._running))
         self.space.set()
         metrics.record_outcomes(done)

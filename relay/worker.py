@@ -37,6 +37,7 @@ from relay.inflight import InFlight
 from relay.leases import Heartbeat
 from relay.log import first_line
 from relay.notify import Listener
+from relay.pace import Pace
 from relay.rescue import Rescuer
 from relay.sealer import Sealer
 from relay.service import database_fault
@@ -103,7 +104,8 @@ class Worker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
-        self.inflight = InFlight(settings.claim_batch, self._wake, self.log)
+        self.inflight = InFlight(self._wake, self.log)
+        self.pace = Pace(settings.concurrency, settings.claim_batch)
         self.completer = Completer(self.fast, self.relay, registry, self.inflight)
         self.dispatcher = Dispatcher(
             self.inflight, self.completer, registry, self.engine, self.relay, settings, self.log
@@ -167,17 +169,18 @@ class Worker:
 
     def _produce(self) -> None:
         failures = 0
-        batch = self.settings.claim_batch
         busy_queue = False  # the last claim came back full: more work is waiting
         next_look = 0.0  # when to look again for jobs that must run alone
         while not self._stopping.is_set():
             if time.monotonic() >= next_look:
                 next_look = time.monotonic() + ISOLATION_LOOK
                 self._run_isolated()
-            # Claims run ahead of the handler threads by up to one batch, so that threads
-            # never wait for a claim round trip; the queued jobs' leases are renewed too.
+            # Claims run ahead of the handler threads by up to one claim, so that threads
+            # never wait for a claim round trip; the queued jobs' leases are renewed too. A
+            # claim takes about 50 ms of the handlers' recent pace (relay/pace.py).
+            batch = self.pace.limit(self.inflight.finished_total)
             self.inflight.space.clear()  # before counting: a job finishing after the count sets it
-            capacity = self.concurrency + batch - self.inflight.busy()
+            capacity = self.concurrency + batch - self.inflight.busy(batch)
             # While work is waiting, claim in large batches: the handlers free room quickly,
             # and each claim costs a commit whatever its size (a third of the claims of a
             # drain took a few jobs each). When the queue runs dry, claim whatever fits.

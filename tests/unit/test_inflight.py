@@ -12,6 +12,7 @@ import structlog
 
 import outbox
 from outbox.job import Job
+from relay import pace
 from relay.dispatch import Dispatcher
 from relay.execute import Outcome
 from relay.inflight import Group, GroupBroken, InFlight
@@ -29,9 +30,9 @@ def job(type_: str = "a.b", attempt: int = 1, key: str | None = None, **fields: 
     return Job(**{**made, **fields})
 
 
-def ledger(batch: int = 10) -> tuple[InFlight, threading.Event]:
+def ledger() -> tuple[InFlight, threading.Event]:
     wake = threading.Event()
-    return InFlight(batch, wake, LOG), wake
+    return InFlight(wake, LOG), wake
 
 
 REGISTRY = outbox.Registry()
@@ -55,21 +56,21 @@ class Completions:
 def test_claimed_jobs_hold_places_until_finished() -> None:
     inflight, _ = ledger()
     held = inflight.add([job(), job()], REGISTRY)
-    assert inflight.busy() == 2
+    assert inflight.busy(claim=10) == 2
     assert inflight.alone() is None
     inflight.finished([Outcome(held[0].job, 1.0)], [Outcome(held[1].job, 0.0)])
-    assert inflight.busy() == 0
+    assert inflight.busy(claim=10) == 0
     assert inflight.alone() is True
 
 
-def test_outcomes_awaiting_completion_hold_no_place_up_to_two_batches() -> None:
-    inflight, _ = ledger(batch=1)
+def test_outcomes_awaiting_completion_hold_no_place_up_to_two_claims() -> None:
+    inflight, _ = ledger()
     held = inflight.add([job() for _ in range(3)], REGISTRY)
     for running in held:
         assert inflight.begin(running, 30)
         inflight.complete_later(running)
-    # Three outcomes wait; two batches (2 x 1) of them hold no place, the third does.
-    assert inflight.busy() == 1
+    # Three outcomes wait; two claims (2 x 1) of them hold no place, the third does.
+    assert inflight.busy(claim=1) == 1
 
 
 def test_an_outcome_of_an_earlier_claim_does_not_release_a_later_one() -> None:
@@ -77,7 +78,7 @@ def test_an_outcome_of_an_earlier_claim_does_not_release_a_later_one() -> None:
     [later] = inflight.add([job(attempt=2)], REGISTRY)
     stale = Outcome(job(attempt=1, uuid=later.job.uuid), 0.0)
     inflight.finished([], [stale])
-    assert inflight.busy() == 1
+    assert inflight.busy(claim=10) == 1
 
 
 def test_a_success_of_a_keyed_job_wakes_the_producer() -> None:
@@ -217,3 +218,23 @@ def test_the_heartbeat_fails_a_handler_past_its_timeout_and_moves_the_jobs_behin
     finally:
         release.set()
         dispatch.shutdown()
+
+
+def test_claims_follow_the_handlers_pace_between_the_threads_and_the_ceiling(
+    monkeypatch: Any,
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(pace.time, "monotonic", lambda: clock[0])
+    claims = pace.Pace(floor=16, ceiling=500)
+    assert claims.limit(0) == 16  # nothing measured yet: one job per thread
+    clock[0] += 1.0
+    assert claims.limit(20_000) == 500  # 20,000 jobs/s: 50 ms of it is 1,000, capped
+    clock[0] += 1.0
+    slow = claims.limit(20_010)  # the handlers slowed to 10 jobs/s
+    clock[0] += 1.0
+    slower = claims.limit(20_020)
+    assert slow > slower >= 16
+    for _ in range(20):
+        clock[0] += 1.0
+        assert claims.limit(20_020) >= 16
+    assert claims.limit(20_020) == 16  # slow handlers: nothing claimed far ahead

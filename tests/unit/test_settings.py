@@ -24,7 +24,7 @@ def test_defaults_apply_when_nothing_is_set() -> None:
     assert settings.default_max_attempts == 25
     assert settings.embedded_dir.name == "embedded-pg"
     assert settings.concurrency == 16
-    assert settings.claim_batch == 100
+    assert settings.claim_batch == 500
     assert settings.lease == timedelta(seconds=30)
     assert settings.poll_interval == timedelta(seconds=1)
     assert settings.rescue_interval == timedelta(seconds=5)
