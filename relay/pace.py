@@ -19,6 +19,8 @@ HORIZON = 0.05
 #: Seconds over which the pace is measured, and how much each new measure counts.
 WINDOW = 0.25
 WEIGHT = 0.5
+#: Seconds after which the first moments' pace is used, before a whole window is measured.
+FIRST_MEASURE = 0.02
 
 
 class Pace:
@@ -34,11 +36,14 @@ class Pace:
         process has finished so far (completed, failed or given up)."""
         now = time.monotonic()
         elapsed = now - self._window_started
+        rate = self._rate
         if elapsed >= WINDOW:
             measured = (finished - self._window_first) / elapsed
-            if self._rate == 0.0:
-                self._rate = measured
-            else:
-                self._rate = WEIGHT * measured + (1 - WEIGHT) * self._rate
+            rate = measured if self._rate == 0.0 else WEIGHT * measured + (1 - WEIGHT) * rate
+            self._rate = rate
             self._window_started, self._window_first = now, finished
-        return max(self._floor, min(self._ceiling, int(self._rate * HORIZON)))
+        elif rate == 0.0 and elapsed >= FIRST_MEASURE:
+            # Nothing measured yet: what the first moments show, so that a backlog of fast
+            # jobs is not claimed a few at a time for a whole window.
+            rate = (finished - self._window_first) / elapsed
+        return max(self._floor, min(self._ceiling, int(rate * HORIZON)))

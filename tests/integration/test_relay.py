@@ -432,8 +432,9 @@ def test_jobs_queued_behind_a_stuck_handler_run_on_other_threads(db: sa.Engine, 
     enqueue(db, [outbox.NewJob("a.mixed", {"n": n}) for n in range(10)])
     with running_relay(registry, dsn, concurrency=2, claim_batch=10):
         wait_for(lambda: sorted(done) == list(range(1, 10)), timeout=20, what="the other nine")
+        wait_for(lambda: "past its timeout" in (scalar(db, "SELECT last_error FROM outbox_jobs")
+                                                or ""), what="the stuck one to fail")  # fmt: skip
         release.set()
-    assert "past its timeout" in scalar(db, "SELECT last_error FROM outbox_jobs")
 
 
 def test_lost_listen_connection_is_made_again(db: sa.Engine, dsn: str) -> None:
@@ -489,8 +490,8 @@ def test_unknown_types_in_a_mixed_batch_end_dead_and_the_rest_succeed(
 
 
 def test_a_backlog_is_claimed_in_large_batches_not_in_scraps(db: sa.Engine, dsn: str) -> None:
-    """While work waits, the relay waits for room for half a batch before claiming again:
-    each claim costs a commit, whatever its size."""
+    """While work waits, the relay waits for room for half a claim before claiming again, and
+    claims grow with the handlers' pace: each claim costs a commit, whatever its size."""
     registry = outbox.Registry()
     registry.register("a.b", lambda job: None)
     enqueue(db, [outbox.NewJob("a.b", {"n": n}) for n in range(3000)])
@@ -501,7 +502,11 @@ def test_a_backlog_is_claimed_in_large_batches_not_in_scraps(db: sa.Engine, dsn:
             "SELECT count(*) FROM outbox_history WHERE event = 'claimed' GROUP BY xid ORDER BY xid"
         )).scalars())  # fmt: skip
     assert sum(sizes) == 3000
-    assert all(size >= 100 for size in sizes[:-1]), sizes
+    # Claims grow with the pace the handlers show (relay/pace.py), then stay large: a few
+    # dozen claims in all, where claims of what a freed place allowed made hundreds.
+    assert len(sizes) < 60, sizes
+    later = sorted(sizes[len(sizes) // 2 : -1])
+    assert later[len(later) // 2] >= 100, sizes
 
 
 def test_a_trickle_is_claimed_as_it_comes(db: sa.Engine, dsn: str) -> None:
