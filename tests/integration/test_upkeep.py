@@ -23,6 +23,16 @@ def pile_up_dead_rows(db: sa.Engine, count: int) -> None:
         conn.execute(sa.text("SELECT pg_stat_force_next_flush()"))
 
 
+def looks_and_vacuums(engine: sa.Engine) -> bool:
+    """One look at the table by a relay that took the upkeep lock; True if it vacuumed."""
+    keeper = upkeep.Upkeep(engine)
+    assert keeper._leadership.take() is not None
+    try:
+        return keeper.look()
+    finally:
+        keeper._leadership.resign()
+
+
 def vacuums(db: sa.Engine) -> int:
     with db.connect() as conn:
         conn.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
@@ -39,12 +49,7 @@ def test_dead_rows_past_the_threshold_are_vacuumed(
     monkeypatch.setattr(upkeep, "QUIET", 0.0)
     pile_up_dead_rows(db, 1000)
     before = vacuums(db)
-    keeper = upkeep.Upkeep(db)
-    assert keeper._leadership.take() is not None
-    try:
-        assert keeper.look()
-    finally:
-        keeper._leadership.resign()
+    assert looks_and_vacuums(db)
     assert vacuums(db) == before + 1
     assert scalar(db, "SELECT count(*) FROM outbox_jobs") == 0
 
@@ -55,24 +60,14 @@ def test_few_dead_rows_are_left_to_autovacuum(
     monkeypatch.setattr(upkeep, "DEAD_ROWS", 1_000_000)
     monkeypatch.setattr(upkeep, "DEAD_RATIO", 1_000_000)
     pile_up_dead_rows(db, 100)
-    keeper = upkeep.Upkeep(db)
-    assert keeper._leadership.take() is not None
-    try:
-        assert not keeper.look()
-    finally:
-        keeper._leadership.resign()
+    assert not looks_and_vacuums(db)
 
 
 def test_a_small_table_in_a_steady_state_is_not_vacuumed_at_the_defaults(db: sa.Engine) -> None:
     # A few thousand jobs done, none waiting: dead rows are many times the live ones, and
     # still far too few to slow a claim.
     pile_up_dead_rows(db, 3000)
-    keeper = upkeep.Upkeep(db)
-    assert keeper._leadership.take() is not None
-    try:
-        assert not keeper.look()
-    finally:
-        keeper._leadership.resign()
+    assert not looks_and_vacuums(db)
 
 
 def test_no_vacuum_follows_another_within_the_quiet_period(
@@ -84,12 +79,7 @@ def test_no_vacuum_follows_another_within_the_quiet_period(
     with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM outbox_jobs"))
     pile_up_dead_rows(db, 1000)
-    keeper = upkeep.Upkeep(db)
-    assert keeper._leadership.take() is not None
-    try:
-        assert not keeper.look()
-    finally:
-        keeper._leadership.resign()
+    assert not looks_and_vacuums(db)
 
 
 def test_a_relay_that_may_not_vacuum_says_so_and_stops_trying(
