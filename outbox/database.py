@@ -6,14 +6,16 @@ import logging
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg.conninfo
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from outbox.errors import ConfigurationError
 from outbox.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 _ACCEPTED = ("postgresql", "postgres", "postgresql+psycopg")
 MULTI_HOST = "DSNs naming several hosts are not supported: give the one host to use"
@@ -94,6 +96,8 @@ def create_engine(dsn: str, **options: Any) -> sa.Engine:
 
 
 def create_engine_async(dsn: str, **options: Any) -> AsyncEngine:
+    from sqlalchemy.ext.asyncio import create_async_engine  # for applications that use it
+
     return create_async_engine(sqlalchemy_url(dsn), **options)
 
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard, cast, overload
 from uuid import UUID
 
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session, scoped_session
 
 from outbox import bulk, locks, validate
@@ -42,9 +42,22 @@ _POOLED = "outbox.behind_pooler"
 _RUNS = "outbox.enqueue_runs"
 _AS_IS = contextlib.nullcontext()
 
+if TYPE_CHECKING:
+    # Imported only by applications that use them: SQLAlchemy's asyncio extension costs a
+    # relay's start-up about 30 ms, and a session of it cannot exist unless it was imported.
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_scoped_session
+
+    AsyncTarget: TypeAlias = AsyncSession | async_scoped_session[AsyncSession] | AsyncConnection
+
 SyncTarget = Session | scoped_session[Session] | sa.Connection
-AsyncTarget = AsyncSession | async_scoped_session[AsyncSession] | AsyncConnection
-_ASYNC = (AsyncSession, async_scoped_session, AsyncConnection)
+
+
+def _is_async(session: object) -> TypeGuard[AsyncTarget]:
+    asyncio_ext = sys.modules.get("sqlalchemy.ext.asyncio")
+    return asyncio_ext is not None and isinstance(
+        session,
+        (asyncio_ext.AsyncSession, asyncio_ext.async_scoped_session, asyncio_ext.AsyncConnection),
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,9 +145,9 @@ def enqueue(
     job = NewJob(type, payload, key, idempotency_key, queue, priority, run_at, delay, max_attempts)
     settings = settings or default_settings()
     columns = _bind([job], registry, settings)
-    if isinstance(session, _ASYNC):
+    if _is_async(session):
         return _first(_execute_async(session, columns, settings))
-    return _execute(session, columns, settings)[0]
+    return _execute(cast(SyncTarget, session), columns, settings)[0]
 
 
 @overload
@@ -169,9 +182,9 @@ def enqueue_many(
     columns = _bind(list(jobs), registry, settings)
     if not columns.uuid:
         return _no_jobs(session)
-    if isinstance(session, _ASYNC):
+    if _is_async(session):
         return _execute_async(session, columns, settings)
-    return _execute(session, columns, settings)
+    return _execute(cast(SyncTarget, session), columns, settings)
 
 
 def _bind(batch: Sequence[NewJob], registry: Registry | None, settings: Settings) -> Columns:
@@ -293,6 +306,8 @@ def _execute(session: SyncTarget, columns: Columns, settings: Settings) -> list[
 async def _execute_async(
     session: AsyncTarget, columns: Columns, settings: Settings
 ) -> list[Enqueued]:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
     if isinstance(session, AsyncConnection):
         connection = session
     else:
@@ -396,7 +411,7 @@ async def _first(handles: Coroutine[Any, Any, list[Enqueued]]) -> Enqueued:
 
 
 def _no_jobs(session: object) -> list[Enqueued] | Coroutine[Any, Any, list[Enqueued]]:
-    if isinstance(session, _ASYNC):
+    if _is_async(session):
 
         async def nothing() -> list[Enqueued]:
             return []
