@@ -1,15 +1,22 @@
 """outbox under the workloads the peer drivers run, one JSON line at the end.
 
     python -m bench.ours --workload {enqueue_single,enqueue_bulk,drain,latency} --jobs N
-                         [--clients 4] [--processes 1] [--concurrency 16] [--batch-size B]
-                         [--rate 200] [--seconds 20] [--seal on|off] [--timeout 900]
+                         [--clients 4] [--processes 1] [--concurrency C] [--batch-size B]
+                         [--analyze] [--rate 200] [--seconds 20] [--seal on|off]
+                         [--timeout 900]
+
+The relay runs at its own defaults (``outbox relay --app ...`` and nothing else): no
+``OUTBOX_*`` variable but the DSN reaches it, unless ``--concurrency``, ``--batch-size`` or
+``--seal off`` asks for one.
 
 - enqueue_single: N jobs, ``--clients`` threads, each ``outbox.enqueue`` + commit per job.
 - enqueue_bulk: ``outbox.enqueue_many`` of N jobs in one transaction (timed with its commit).
-- drain: N ``bench.noop`` jobs enqueued first (not timed), then ``outbox relay`` started;
-  timed from its start until the queue is empty and, with sealing on (the default),
-  every history row is sealed. Peak RSS is the relay's supervisor plus its children,
-  sampled every 0.1 s. ``--batch-size`` sets OUTBOX_CLAIM_BATCH.
+- drain: N ``bench.noop`` jobs enqueued in one transaction first, then with ``--analyze``
+  an ANALYZE of the database (neither timed; ``bench.relay.fill``), then ``outbox relay``
+  started; timed from the moment before it is started until the queue is empty and, with
+  sealing on (the default), every history row is sealed (polled every 0.02 s, as the peer
+  drivers poll theirs). Peak RSS is the relay's supervisor plus its children, sampled every
+  0.1 s. ``--batch-size`` sets OUTBOX_CLAIM_BATCH (a ceiling; default: the relay's own).
 - latency: the relay started and idle first; then ``--rate`` jobs/s for ``--seconds``
   seconds, each enqueued and committed on its own; latency is from the moment the
   commit returned to the moment the handler started (see ``bench/latency.py``).
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -36,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -43,7 +52,8 @@ import outbox
 from bench import latency
 from bench.relay import UNSEALED, fill
 from outbox import distribution
-from outbox.database import create_engine
+from outbox.database import create_engine, libpq_dsn
+from outbox.settings import Settings
 from outbox.testing import server_dsn, temporary_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,28 +94,42 @@ class RssSampler(threading.Thread):
         return self.peak / MIB
 
 
-@contextlib.contextmanager
-def relay(
-    dsn: str, app: str, args: argparse.Namespace
-) -> Iterator[tuple[subprocess.Popen[bytes], RssSampler]]:
-    """``outbox relay`` running against ``dsn``, with an RSS sampler on it."""
-    env = {
-        **os.environ,
-        "OUTBOX_DSN": dsn,
-        "OUTBOX_SEAL_INTERVAL": "1s" if args.seal == "on" else "0",
-    }
+def relay_env(dsn: str, args: argparse.Namespace) -> dict[str, str]:
+    """The relay's environment: this one without any ``OUTBOX_*`` setting (a stray
+    ``OUTBOX_CLAIM_BATCH`` in the caller's shell must not tune it), the DSN, and what the
+    options ask for."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    env["OUTBOX_DSN"] = dsn  # never on a command line: it may hold a password
+    if args.seal == "off":
+        env["OUTBOX_SEAL_INTERVAL"] = "0"
     if args.batch_size:
         env["OUTBOX_CLAIM_BATCH"] = str(args.batch_size)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "outbox", "relay", "--app", app,
-         "--processes", str(args.processes), "--concurrency", str(args.concurrency),
-         "--metrics-addr", "off", "--log-level", "warning"],
-        cwd=ROOT, env=env,
-    )  # fmt: skip
+    if args.concurrency:
+        env["OUTBOX_CONCURRENCY"] = str(args.concurrency)
+    return env
+
+
+@dataclasses.dataclass
+class Relay:
+    process: subprocess.Popen[bytes]
+    sampler: RssSampler
+    #: perf_counter() just before the relay's process was started.
+    started: float
+
+
+@contextlib.contextmanager
+def relay(dsn: str, app: str, args: argparse.Namespace) -> Iterator[Relay]:
+    """``outbox relay`` running against ``dsn``, with an RSS sampler on it."""
+    command = [sys.executable, "-m", "outbox", "relay", "--app", app,
+               "--processes", str(args.processes), "--metrics-addr", "off",
+               "--log-level", "warning"]  # fmt: skip
+    env = relay_env(dsn, args)
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
     sampler = RssSampler(process.pid)
     sampler.start()
     try:
-        yield process, sampler
+        yield Relay(process, sampler, started)
     finally:
         try:
             if process.poll() is None:
@@ -165,27 +189,69 @@ def enqueue_bulk(engine: sa.Engine, args: argparse.Namespace) -> dict[str, Any]:
     return {"config": {"transactions": 1}, "seconds": elapsed}
 
 
-def relay_config(args: argparse.Namespace) -> dict[str, Any]:
+def relay_config(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the relay runs with, read as it reads them (defaults unless asked)."""
+    env = relay_env(dsn, args)
+    settings = Settings.load(env)
+    tuned = sorted(k for k in env if k.startswith("OUTBOX_") and k != "OUTBOX_DSN")
     return {
         "processes": args.processes,
-        "concurrency": args.concurrency,
-        "claim_batch": args.batch_size or 100,
-        "seal": args.seal,
+        "concurrency": settings.concurrency,
+        "claim_batch": settings.claim_batch,
+        "seal_interval": f"{settings.seal_interval.total_seconds():g}s",
+        "set": ",".join(tuned) or "nothing (defaults)",
     }
 
 
+#: Tables analysed so far, by ANALYZE or autovacuum: a rise during a drain is the relay's
+#: upkeep (VACUUM (ANALYZE) outbox_jobs once dead rows pile up, relay/upkeep.py).
+ANALYSES = "SELECT coalesce(sum(analyze_count + autoanalyze_count), 0) FROM pg_stat_user_tables"
+SUCCEEDED = "SELECT count(*) FROM outbox_history WHERE event = 'succeeded'"
+
+
+def scalar(probe: psycopg.Connection[Any], query: str) -> int:
+    row = probe.execute(query).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def poll(probe: psycopg.Connection[Any], query: str, deadline: float) -> None:
+    """Poll every 0.02 s until ``query`` answers false: one autocommit statement a look, as
+    the peer drivers' probe looks (``bench/peers/peer_common.py``)."""
+    while time.perf_counter() < deadline:
+        row = probe.execute(query).fetchone()
+        if row is not None and not row[0]:
+            return
+        time.sleep(0.02)
+    raise Timeout(f"still true at the deadline: {' '.join(query.split())}")
+
+
 def drain(engine: sa.Engine, dsn: str, args: argparse.Namespace) -> dict[str, Any]:
-    fill(engine, args.jobs)
-    with relay(dsn, "bench.noop:registry", args) as (process, sampler):
-        started = time.perf_counter()
-        deadline = started + args.timeout
-        wait_until(engine, "SELECT EXISTS (SELECT FROM outbox_jobs)", deadline, 0.02)
-        if args.seal == "on":
-            wait_until(engine, UNSEALED, deadline, 0.05)
-        elapsed = time.perf_counter() - started
-        if process.poll() is not None:
-            raise RuntimeError(f"the relay exited with code {process.returncode}")
-    return {"config": relay_config(args), "seconds": elapsed, "peak_rss_mib": sampler.peak / MIB}
+    fill(engine, args.jobs, analyze=args.analyze)
+    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as probe:
+        analyses = scalar(probe, ANALYSES)
+        with relay(dsn, "bench.noop:registry", args) as running:
+            deadline = running.started + args.timeout
+            poll(probe, "SELECT EXISTS (SELECT FROM outbox_jobs)", deadline)
+            emptied = time.perf_counter() - running.started
+            if args.seal == "on":
+                poll(probe, UNSEALED, deadline)
+            elapsed = time.perf_counter() - running.started
+            if running.process.poll() is not None:
+                raise RuntimeError(f"the relay exited with code {running.process.returncode}")
+        analyses = scalar(probe, ANALYSES) - analyses
+        succeeded = scalar(probe, SUCCEEDED)
+    if succeeded != args.jobs:
+        raise RuntimeError(f"{succeeded} of {args.jobs} jobs succeeded")
+    return {
+        "config": relay_config(dsn, args),
+        "preparation": "after ANALYZE" if args.analyze else "fresh burst, no ANALYZE",
+        "seconds": elapsed,
+        # the rate until the queue was empty, and the wait for the last seal after it
+        "empty_jobs_per_s": args.jobs / emptied,
+        "seal_wait_s": elapsed - emptied,
+        "peak_rss_mib": running.sampler.peak / MIB,
+        "analyses_during": analyses,
+    }
 
 
 def measure_latency(engine: sa.Engine, dsn: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -193,9 +259,10 @@ def measure_latency(engine: sa.Engine, dsn: str, args: argparse.Namespace) -> di
     os.environ["BENCH_LATENCY_DIR"] = str(folder)  # the relay inherits it
     committed: dict[Any, float] = {}
     with (
-        relay(dsn, "bench.latency:registry", args) as (process, sampler),
+        relay(dsn, "bench.latency:registry", args) as running,
         engine.connect() as producer,
     ):
+        process, sampler = running.process, running.sampler
         deadline = time.perf_counter() + args.timeout
         # The relay is up and idle once it has run a first job (not counted).
         outbox.enqueue(producer, latency.TYPE, {"warmup": True})
@@ -223,7 +290,7 @@ def measure_latency(engine: sa.Engine, dsn: str, args: argparse.Namespace) -> di
     ms = sorted((seen[uuid] - at) * 1000 for uuid, at in committed.items())
     return {
         "config": {
-            **relay_config(args),
+            **relay_config(dsn, args),
             "rate": f"{args.rate:g}/s",
             "seconds": f"{args.seconds:g}",
         },
@@ -266,7 +333,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "jobs": jobs,
         "seconds": round(seconds, 3),
         "jobs_per_s": round(jobs / seconds, 1),
-        **{key: round(value, 2) for key, value in result.items()},
+        **{
+            key: round(value, 2) if isinstance(value, float) else value
+            for key, value in result.items()
+        },
     }
 
 
@@ -280,8 +350,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--processes", type=int, default=1)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, help="OUTBOX_CLAIM_BATCH (default 100)")
+    parser.add_argument(
+        "--concurrency", type=int, help="OUTBOX_CONCURRENCY (default: the relay's own, 16)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, help="OUTBOX_CLAIM_BATCH (default: the relay's own, 500)"
+    )
+    parser.add_argument(
+        "--analyze", action="store_true", help="drain: ANALYZE after the fill (not timed)"
+    )
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--seal", choices=["on", "off"], default="on")

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     with temporary_database(server_dsn(), prefix="outbox_bench") as dsn:
         engine = create_engine(dsn)
         fast = create_engine(dsn, isolation_level="AUTOCOMMIT")
-        fill(engine, args.jobs)
+        fill(engine, args.jobs, analyze=True)
         with engine.connect() as conn:
             measure("seal (enqueued rows)", args.jobs, conn, lambda: seal_all(conn))
         claimed: list[list[outbox.Job]] = []

@@ -2,13 +2,14 @@
 
     python -m bench.relay [--jobs 50000] [--processes 1] [--concurrency 16] [--claim-batch N]
                           [--type bench.noop|bench.noop_session] [--seal on|off|both]
+                          [--no-analyze]
 
-Enqueues first (not timed), then starts the relay and times from its start until the
-queue is empty; with sealing on, also until every history row is sealed. It prints a second
-rate without the relay's start (imports, connections, schema check): from the first claim
-to the last completion, as history dates them. ``--seal both``
-runs the same workload with sealing off then on, each in a fresh database.
-Uses OUTBOX_DSN, else 127.0.0.1:5432, else the embedded server, in a
+Enqueues first and runs ANALYZE (neither timed; ``--no-analyze``: a fresh burst), then
+starts the relay and times from its start until the queue is empty; with sealing on, also
+until every history row is sealed. It prints a second rate without the relay's start
+(imports, connections, schema check): from the first claim to the last completion, as
+history dates them. ``--seal both`` runs the same workload with sealing off then on, each in
+a fresh database. Uses OUTBOX_DSN, else 127.0.0.1:5432, else the embedded server, in a
 database of its own.
 """
 
@@ -47,13 +48,20 @@ UNSEALED = """
 """
 
 
-def fill(engine: sa.Engine, jobs: int, job_type: str = "bench.noop") -> None:
-    """Enqueue ``jobs`` jobs in one transaction, then refresh the planner's statistics."""
+def fill(engine: sa.Engine, jobs: int, job_type: str = "bench.noop", *, analyze: bool) -> None:
+    """Enqueue ``jobs`` jobs in one transaction; with ``analyze``, then ANALYZE the database.
+
+    The two preparations of ``python -m bench``'s drain: "after ANALYZE" (planner statistics
+    of the filled tables) and "fresh burst, no ANALYZE" (tables never analysed, as a burst
+    into new tables finds them). The ANALYZE is of the whole (fresh) database, the statement
+    the peer drivers run on theirs with ``--analyze``.
+    """
     with Session(engine) as session:
         outbox.enqueue_many(session, [outbox.NewJob(job_type, {"n": n}) for n in range(jobs)])
         session.commit()
-    with engine.begin() as conn:
-        conn.execute(sa.text("ANALYZE outbox_jobs"))
+    if analyze:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ANALYZE"))
 
 
 def drain(dsn: str, args: argparse.Namespace, seal: bool) -> tuple[float, float, float | None, int]:
@@ -111,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         "--type", default="bench.noop", choices=["bench.noop", "bench.noop_session"]
     )
     parser.add_argument("--seal", choices=["on", "off", "both"], default="on")
+    parser.add_argument(
+        "--analyze",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ANALYZE after the fill, before the relay starts (default: on)",
+    )
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
     command = "python -m bench.relay " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -125,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_once(args: argparse.Namespace, seal: bool) -> int:
     with temporary_database(server_dsn(), prefix="outbox_bench") as dsn:
         engine = create_engine(dsn)
-        fill(engine, args.jobs, args.type)
+        fill(engine, args.jobs, args.type, analyze=args.analyze)
         engine.dispose()
         elapsed, working, sealed, code = drain(dsn, args, seal)
     sealing = f"sealing on, all sealed after {sealed:.2f}s" if sealed else "sealing off"

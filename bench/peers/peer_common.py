@@ -65,6 +65,12 @@ def parse_args(system: str, argv: Sequence[str] | None = None) -> argparse.Names
     parser.add_argument(
         "--batch-size", type=int, default=None, help="pgqueuer: jobs fetched per dequeue (50)"
     )
+    parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="drain: ANALYZE the database after the fill, before the workers start "
+        "(default: a fresh burst, no ANALYZE)",
+    )
     parser.add_argument("--rate", type=float, default=200.0, help="latency: jobs/s")
     parser.add_argument("--seconds", type=float, default=20.0, help="latency: seconds")
     parser.add_argument(
@@ -353,12 +359,25 @@ def rate(config: str, jobs: int, seconds: float) -> dict[str, object]:
     }
 
 
+#: Tables analysed so far, by ANALYZE or autovacuum (the same query as ``bench.ours``).
+ANALYSES = "SELECT coalesce(sum(analyze_count + autoanalyze_count), 0) FROM pg_stat_user_tables"
+#: How often the end of a drain is looked for (``bench.ours`` polls outbox's as often).
+DRAIN_POLL = 0.02
+
+
 def drain(
     args: argparse.Namespace, peer: Peer, finished: Callable[[Probe], None] | None = None
 ) -> dict[str, object]:
     """Start the workers on jobs enqueued already; time them until no job is live.
-    ``finished`` may check the jobs' end states before the workers stop."""
+
+    With ``--analyze`` the whole (fresh) database is analysed first, not timed: the
+    statement ``bench.relay.fill`` runs for outbox. ``finished`` may check the jobs' end
+    states before the workers stop."""
     with Probe(args.dsn) as probe, Workers(args.stop_timeout) as workers:
+        if args.analyze:
+            probe.conn.execute("ANALYZE")
+            log("analysed the database (not timed)")
+        analyses = int(probe.scalar(ANALYSES))
         started = time.perf_counter()
         workers.start(peer.argv, peer.env(None), args.processes)
         with RssSampler(lambda: [p.pid for p in workers.procs]) as rss:
@@ -366,12 +385,19 @@ def drain(
                 peer.live_what,
                 lambda: not probe.scalar(peer.live),
                 args.timeout,
+                interval=DRAIN_POLL,
                 check=workers.check_alive,
             )
             elapsed = time.perf_counter() - started
         if finished is not None:
             finished(probe)
-    return {**rate(peer.config, args.jobs, elapsed), "peak_rss_mib": rss.peak_mib}
+        analyses = int(probe.scalar(ANALYSES)) - analyses
+    return {
+        **rate(peer.config, args.jobs, elapsed),
+        "preparation": "after ANALYZE" if args.analyze else "fresh burst, no ANALYZE",
+        "peak_rss_mib": rss.peak_mib,
+        "analyses_during": analyses,
+    }
 
 
 async def latency(

@@ -2,16 +2,18 @@
 
     .bench-venv/bin/python bench/peers/procrastinate_driver.py --dsn postgresql://... \\
         --workload {enqueue_single,enqueue_bulk,drain,latency} --jobs N [--clients 4] \\
-        [--processes P] [--concurrency C] [--rate 200] [--seconds 20] [--timeout 600]
+        [--processes P] [--concurrency C] [--analyze] [--rate 200] [--seconds 20] \\
+        [--timeout 600]
 
 Applies procrastinate's schema to the (empty) database, then:
 
 - enqueue_single: ``--clients`` asyncio clients sharing one app (a pool of that many
   connections), each ``defer_async`` one job per call (one transaction) until N in all.
 - enqueue_bulk: one ``batch_defer_async`` call with N jobs (one INSERT of N rows).
-- drain: N jobs deferred in bulk (not timed), then P ``procrastinate worker --concurrency C``
-  processes, each with a pool of C connections (plus its LISTEN connection); timed from
-  their start until no row of ``procrastinate_jobs`` is ``todo`` or ``doing``.
+- drain: N jobs deferred in bulk, then with ``--analyze`` an ANALYZE of the database
+  (neither timed), then P ``procrastinate worker --concurrency C`` processes, each with a
+  pool of C connections (plus its LISTEN connection); timed from their start until no row
+  of ``procrastinate_jobs`` is ``todo`` or ``doing`` (polled every 0.02 s).
 - latency: P idle workers, then one producer defers at ``--rate`` for ``--seconds``; each
   job's latency is when the no-op task ran minus when ``defer_async`` returned.
 
