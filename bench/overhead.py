@@ -1,0 +1,95 @@
+"""What enqueue adds to an application's own transaction: the cost that matters for an outbox.
+
+    python -m bench.overhead [--transactions 4000] [--clients 4] [--rounds 5]
+
+Each of ``--clients`` threads runs transactions that insert one domain row (a ledger entry)
+and commit, with and without ``outbox.enqueue`` of one job in the same transaction (no key,
+no idempotency key: the plain case). The two kinds run in alternating rounds on the same
+database, and the report is the median time per transaction of each and their ratio: the
+share enqueue adds. DESIGN.md section 6 asks for at most 10%.
+
+Uses ``OUTBOX_DSN``, else PostgreSQL on 127.0.0.1:5432, else the embedded server, and a
+database of its own that it drops at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import threading
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+import outbox
+from outbox.database import create_engine
+from outbox.testing import server_dsn, temporary_database
+
+DOMAIN = sa.text("INSERT INTO bench_entries (account, amount) VALUES (:account, :amount)")
+
+
+def run(engine: sa.Engine, transactions: int, clients: int, enqueue: bool) -> float:
+    """Seconds per transaction, over ``transactions`` split among ``clients`` threads."""
+    per_client = transactions // clients
+
+    def client(c: int) -> None:
+        with Session(engine) as session:
+            for i in range(per_client):
+                session.execute(DOMAIN, {"account": f"acc-{c}-{i % 100}", "amount": i})
+                if enqueue:
+                    outbox.enqueue(session, "ledger.posted", {"entry": i, "client": c})
+                session.commit()
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    return elapsed / (per_client * clients)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--transactions", type=int, default=4000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    print("$ python -m bench.overhead " + shlex.join(sys.argv[1:] if argv is None else argv))
+    with temporary_database(server_dsn()) as dsn:
+        engine = create_engine(dsn, pool_size=args.clients + 2)
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "CREATE TABLE bench_entries (id bigserial PRIMARY KEY, account text NOT NULL, "
+                "amount bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())"
+            ))  # fmt: skip
+        run(engine, args.clients * 50, args.clients, enqueue=True)  # connections, plans warm
+        plain: list[float] = []
+        with_job: list[float] = []
+        for _ in range(args.rounds):
+            plain.append(run(engine, args.transactions, args.clients, enqueue=False))
+            with_job.append(run(engine, args.transactions, args.clients, enqueue=True))
+        engine.dispose()
+    base, both = statistics.median(plain), statistics.median(with_job)
+    print(
+        f"{args.clients} clients, {args.transactions} transactions a round, {args.rounds} rounds "
+        f"alternating; medians per transaction (min-max):"
+    )
+    print(
+        f"  domain row + commit:            {base * 1000:.3f} ms "
+        f"({min(plain) * 1000:.3f}-{max(plain) * 1000:.3f}), {1 / base:,.0f} tx/s"
+    )
+    print(
+        f"  domain row + enqueue + commit:  {both * 1000:.3f} ms "
+        f"({min(with_job) * 1000:.3f}-{max(with_job) * 1000:.3f}), {1 / both:,.0f} tx/s"
+    )
+    print(f"  enqueue adds {100 * (both / base - 1):.1f}% to the application's transaction")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
