@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import shlex
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -22,6 +24,18 @@ from sqlalchemy.orm import Session
 import outbox
 from outbox.database import create_engine
 from outbox.testing import server_dsn, temporary_database
+
+
+def timed_clients(clients: Sequence[Callable[[], None]]) -> float:
+    """Seconds from starting one thread per client until the last has returned."""
+    threads = [threading.Thread(target=client) for client in clients]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    return elapsed
 
 
 def bulk(engine: sa.Engine, jobs: int, keys: int) -> float:
@@ -52,13 +66,7 @@ def single(engine: sa.Engine, jobs: int, clients: int) -> float:
                 outbox.enqueue(session, "bench.noop", {"n": i}, key=f"c{c}-{i % 50}")
                 session.commit()
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = timed_clients([functools.partial(client, c) for c in range(clients)])
     _empty(engine)
     return per_client * clients / elapsed
 

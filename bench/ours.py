@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -50,6 +51,7 @@ from sqlalchemy.orm import Session
 
 import outbox
 from bench import latency
+from bench.enqueue import timed_clients
 from bench.relay import UNSEALED, fill
 from outbox import distribution
 from outbox.database import create_engine, libpq_dsn
@@ -167,13 +169,7 @@ def enqueue_single(engine: sa.Engine, args: argparse.Namespace) -> dict[str, Any
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=client, args=(count,)) for count in per_client]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = timed_clients([functools.partial(client, count) for count in per_client])
     if errors:
         raise errors[0]
     return {"config": {"clients": args.clients}, "seconds": elapsed}

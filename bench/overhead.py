@@ -15,16 +15,16 @@ database of its own that it drops at the end.
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import statistics
 import sys
-import threading
-import time
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import outbox
+from bench.enqueue import timed_clients
 from outbox.database import create_engine
 from outbox.testing import server_dsn, temporary_database
 
@@ -43,13 +43,7 @@ def run(engine: sa.Engine, transactions: int, clients: int, enqueue: bool) -> fl
                     outbox.enqueue(session, "ledger.posted", {"entry": i, "client": c})
                 session.commit()
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = timed_clients([functools.partial(client, c) for c in range(clients)])
     return elapsed / (per_client * clients)
 
 
