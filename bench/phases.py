@@ -28,7 +28,7 @@ from outbox.audit.seal import seal_all
 from outbox.database import create_engine
 from outbox.registry import Registry
 from outbox.testing import server_dsn, temporary_database
-from relay.claim import claim_batch
+from relay.claim import AttemptLimits, claim_batch
 from relay.complete import complete
 from relay.execute import Outcome
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         def claim_all(conn: sa.Connection) -> None:
             while jobs := claim_batch(
                 conn, queues=["default"], limit=args.batch, lease=timedelta(minutes=5),
-                relay="bench", default_max_attempts=5, max_attempts={},
+                relay="bench", limits=AttemptLimits(default=5),
             ):  # fmt: skip
                 claimed.append(jobs)
 

@@ -3,18 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from outbox.job import Job
+from outbox.registry import Registry
 from relay.sql import queries
 
 CLAIM = sa.text(queries["claim_batch"])
 CLAIM_ISOLATED = sa.text(queries["claim_isolated"])
 ISOLATED_READY = sa.text(queries["isolated_ready"])
 NEXT_RUN_AT = sa.text(queries["next_run_at"])
+
+
+@dataclass(frozen=True)
+class AttemptLimits:
+    """What a claim needs to settle a job's ``max_attempts``: the job's own, else its
+    handler's, else ``default``. The claim stores the result on the row (sql/claim.sql), so
+    every later attempt and every rescuer reads one number."""
+
+    default: int
+    types: tuple[str, ...] = ()
+    limits: tuple[int | None, ...] = ()
+
+    @classmethod
+    def of(cls, registry: Registry, default: int) -> AttemptLimits:
+        handlers = list(registry)
+        return cls(
+            default, tuple(h.type for h in handlers), tuple(h.max_attempts for h in handlers)
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {"types": list(self.types), "limits": list(self.limits), "default_max": self.default}
 
 
 def claim_batch(
@@ -24,18 +47,15 @@ def claim_batch(
     limit: int,
     lease: timedelta,
     relay: str,
-    default_max_attempts: int,
-    max_attempts: dict[str, int | None],
+    limits: AttemptLimits,
 ) -> list[Job]:
-    """Claim up to ``limit`` jobs and commit at once; the jobs come back in claim order.
-
-    ``max_attempts`` holds the registry's per-type defaults, for jobs enqueued without one.
-    """
+    """Claim up to ``limit`` jobs and commit at once; the jobs come back in claim order."""
     rows = connection.execute(
-        CLAIM, {"queues": list(queues), "limit": limit, "lease": lease, "relay": relay}
+        CLAIM,
+        {"queues": list(queues), "limit": limit, "lease": lease, "relay": relay, **limits.params()},
     ).all()
     connection.commit()
-    return _jobs(rows, default_max_attempts, max_attempts)
+    return _jobs(rows)
 
 
 def claim_isolated(
@@ -44,15 +64,15 @@ def claim_isolated(
     queues: Sequence[str],
     lease: timedelta,
     relay: str,
-    default_max_attempts: int,
-    max_attempts: dict[str, int | None],
+    limits: AttemptLimits,
 ) -> Job | None:
     """Claim one job that must run alone (it lost a lease beside others), if one is ready."""
     rows = connection.execute(
-        CLAIM_ISOLATED, {"queues": list(queues), "lease": lease, "relay": relay}
+        CLAIM_ISOLATED,
+        {"queues": list(queues), "lease": lease, "relay": relay, **limits.params()},
     ).all()
     connection.commit()
-    jobs = _jobs(rows, default_max_attempts, max_attempts)
+    jobs = _jobs(rows)
     return jobs[0] if jobs else None
 
 
@@ -63,9 +83,7 @@ def isolated_ready(connection: sa.Connection, queues: Sequence[str]) -> bool:
     return ready
 
 
-def _jobs(
-    rows: Sequence[Any], default_max_attempts: int, max_attempts: dict[str, int | None]
-) -> list[Job]:
+def _jobs(rows: Sequence[Any]) -> list[Job]:
     # Unpacked by position (the order of the statement's SELECT list): the per-row cost of a
     # claim in the relay is mostly here, and names cost a lookup each.
     return [
@@ -76,7 +94,7 @@ def _jobs(
             key=key,
             payload=payload,
             attempt=attempt,
-            max_attempts=most or max_attempts.get(type_) or default_max_attempts,
+            max_attempts=most,
             enqueued_at=enqueued_at,
             idempotency_key=idempotency_key or str(uuid),
         )

@@ -7,7 +7,6 @@ from datetime import timedelta
 import sqlalchemy as sa
 import structlog
 
-from outbox.registry import Registry
 from relay import metrics
 from relay.service import Service
 from relay.sql import queries
@@ -18,21 +17,10 @@ BATCH = 500
 log = structlog.get_logger("outbox.relay")
 
 
-def rescue_expired(
-    connection: sa.Connection, registry: Registry, default_max_attempts: int, limit: int = BATCH
-) -> int:
+def rescue_expired(connection: sa.Connection, limit: int = BATCH) -> int:
     """One pass; returns how many jobs it rescued (at most ``limit``)."""
-    handlers = list(registry)
     with connection.begin():
-        result = connection.execute(
-            RESCUE,
-            {
-                "type": [h.type for h in handlers],
-                "max": [h.max_attempts for h in handlers],
-                "default_max": default_max_attempts,
-                "limit": limit,
-            },
-        )
+        result = connection.execute(RESCUE, {"limit": limit})
     return sum(1 for event in result.scalars() if event == "rescued")
 
 
@@ -42,13 +30,9 @@ class Rescuer(Service):
     name = "rescue"
     failure = "rescue pass failed; will try again"
 
-    def __init__(
-        self, engine: sa.Engine, registry: Registry, default_max_attempts: int, every: timedelta
-    ) -> None:
+    def __init__(self, engine: sa.Engine, every: timedelta) -> None:
         super().__init__(every.total_seconds())
         self._engine = engine
-        self._registry = registry
-        self._default_max_attempts = default_max_attempts
 
     def tick(self) -> None:
         self.rescue_all()
@@ -57,7 +41,7 @@ class Rescuer(Service):
         rescued = 0
         with self._engine.connect() as connection:
             while True:
-                rows = rescue_expired(connection, self._registry, self._default_max_attempts)
+                rows = rescue_expired(connection)
                 rescued += rows
                 if rows < BATCH:
                     break

@@ -28,7 +28,13 @@ from outbox.job import Job
 from outbox.registry import Registry
 from outbox.settings import Settings
 from relay import leases, metrics, preflight, service
-from relay.claim import claim_batch, claim_isolated, isolated_ready, seconds_to_next_run
+from relay.claim import (
+    AttemptLimits,
+    claim_batch,
+    claim_isolated,
+    isolated_ready,
+    seconds_to_next_run,
+)
 from relay.complete import Completer
 from relay.dispatch import Dispatcher
 from relay.gauges import QueueGauges
@@ -123,7 +129,7 @@ class Worker:
         # Stopped in this order, after the grace period: the completer writes what it holds.
         self._services: list[service.Chore] = [
             self.completer,
-            Rescuer(self.engine, registry, settings.default_max_attempts, settings.rescue_interval),
+            Rescuer(self.engine, settings.rescue_interval),
             *([Sealer(self.engine, settings.seal_interval, self.relay)]
               if settings.seal_interval else []),
             Upkeep(self.engine),
@@ -140,7 +146,7 @@ class Worker:
                 metrics_addr, collectors, Readiness(self.engine), lambda: not self._stopped.is_set()
             )
             self._services.append(self.http)
-        self._max_attempts = {h.type: h.max_attempts for h in registry}
+        self._limits = AttemptLimits.of(registry, settings.default_max_attempts)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -213,8 +219,7 @@ class Worker:
                 limit=limit,
                 lease=self.settings.lease,
                 relay=self.relay,
-                default_max_attempts=self.settings.default_max_attempts,
-                max_attempts=self._max_attempts,
+                limits=self._limits,
             )
         metrics.CLAIM_BATCH.observe(len(jobs))
         return jobs
@@ -241,8 +246,7 @@ class Worker:
                         queues=self.queues,
                         lease=self.settings.lease,
                         relay=self.relay,
-                        default_max_attempts=self.settings.default_max_attempts,
-                        max_attempts=self._max_attempts,
+                        limits=self._limits,
                     )
             except sa.exc.DBAPIError as exc:
                 database_fault("claim", "claiming a job to run alone failed", exc)

@@ -10,7 +10,14 @@
 -- TID scan, never a join over the live table, whatever the planner thinks of its size.
 -- Jobs marked `isolated` (they lost a lease beside others, see rescue.sql) are left to
 -- claim_isolated. Every claim appends a `claimed` history row (G7).
-WITH candidates AS (
+-- The attempt limit is settled here, the one place it is decided: the job's own max_attempts,
+-- else its handler's (:types, :limits from this relay's registry), else :default_max. The claim
+-- stores it on the row, so every later attempt, relay and rescue (rescue.sql) reads the same
+-- number, whichever version of the registry they run.
+WITH limits AS (
+    SELECT * FROM unnest(CAST(:types AS text[]), CAST(:limits AS integer[])) AS l (type, most)
+),
+candidates AS (
     SELECT c.tid, c.priority, c.run_at, c.id
     FROM unnest(CAST(:queues AS text[])) AS q (queue)
     CROSS JOIN LATERAL (
@@ -40,7 +47,12 @@ claimed AS (
         attempt = j.attempt + 1,
         relay = :relay,
         claimed_at = now(),
-        lease_expires_at = now() + CAST(:lease AS interval)
+        lease_expires_at = now() + CAST(:lease AS interval),
+        max_attempts = coalesce(
+            j.max_attempts,
+            (SELECT limits.most FROM limits WHERE limits.type = j.type),
+            :default_max
+        )
     WHERE j.ctid = ANY(ARRAY(SELECT tid FROM chosen))
     RETURNING j.uuid, j.type, j.queue, j.key, j.idempotency_key, j.payload, j.attempt,
               j.max_attempts, j.enqueued_at, j.id
@@ -65,8 +77,12 @@ SELECT EXISTS (
 -- name: claim_isolated
 -- Claim one job that must run alone (G6: it lost a lease beside others, and a crash while it
 -- runs alone is its own). The caller runs nothing else in its process meanwhile. Otherwise as
--- claim_batch: the head of its key only (G4), a lease, a `claimed` history row (G7).
-WITH chosen AS (
+-- claim_batch: the head of its key only (G4), a lease, the attempt limit settled, a `claimed`
+-- history row (G7).
+WITH limits AS (
+    SELECT * FROM unnest(CAST(:types AS text[]), CAST(:limits AS integer[])) AS l (type, most)
+),
+chosen AS (
     SELECT j.ctid AS tid
     FROM outbox_jobs AS j
     WHERE j.state = 'pending'
@@ -87,7 +103,12 @@ claimed AS (
         attempt = j.attempt + 1,
         relay = :relay,
         claimed_at = now(),
-        lease_expires_at = now() + CAST(:lease AS interval)
+        lease_expires_at = now() + CAST(:lease AS interval),
+        max_attempts = coalesce(
+            j.max_attempts,
+            (SELECT limits.most FROM limits WHERE limits.type = j.type),
+            :default_max
+        )
     WHERE j.ctid = ANY(ARRAY(SELECT tid FROM chosen))
     RETURNING j.uuid, j.type, j.queue, j.key, j.idempotency_key, j.payload, j.attempt,
               j.max_attempts, j.enqueued_at

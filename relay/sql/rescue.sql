@@ -5,8 +5,10 @@
 -- on it runs alone; a job that lost its lease while isolated ran alone, its attempt counts, and
 -- once its attempts are spent it ends dead. A job that kills its relay every time therefore
 -- ends after max_attempts runs of its own, and its neighbours are never charged for it (G6).
--- Handler defaults for max_attempts come from the rescuing relay's registry (:type, :max),
--- then :default_max. Locked rows belong to a completion in progress and are skipped.
+-- The attempt limit is the one the claim stored on the row (claim.sql), so a rescuer whose
+-- registry differs (another version, mid-deploy) decides as the claiming relay would. A row
+-- claimed before limits were stored has none: it goes back to pending, and its next claim
+-- stores one. Locked rows belong to a completion in progress and are skipped.
 WITH expired AS (
     SELECT uuid, isolated AS alone, attempt AS lost_attempt
     FROM outbox_jobs
@@ -15,18 +17,10 @@ WITH expired AS (
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
 ),
-limits AS (
-    SELECT * FROM unnest(CAST(:type AS text[]), CAST(:max AS integer[])) AS h (type, max_attempts)
-),
 rescued AS (
     UPDATE outbox_jobs AS j
     SET state = CASE
-            WHEN expired.alone AND j.attempt >= coalesce(
-                j.max_attempts,
-                (SELECT limits.max_attempts FROM limits WHERE limits.type = j.type),
-                :default_max
-            )
-            THEN 'dead' ELSE 'pending' END,
+            WHEN expired.alone AND j.attempt >= j.max_attempts THEN 'dead' ELSE 'pending' END,
         attempt = CASE WHEN expired.alone THEN j.attempt ELSE j.attempt - 1 END,
         isolated = true,
         lease_expires_at = NULL,

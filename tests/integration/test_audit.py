@@ -21,12 +21,12 @@ from outbox.cli import cli
 from outbox.database import create_engine
 from outbox.errors import OutboxError
 from relay import complete, execute
-from relay.claim import claim_batch, claim_isolated
+from relay.claim import AttemptLimits, claim_batch, claim_isolated
 from relay.rescue import rescue_expired
 from tests.integration.relay_harness import SEALING, events, running_relay, scalar, wait_for
 
 CLAIM = {"queues": ["default"], "limit": 1, "lease": timedelta(seconds=30),
-         "default_max_attempts": 5, "max_attempts": {}}  # fmt: skip
+         "limits": AttemptLimits(default=5)}  # fmt: skip
 
 
 def enqueue(engine: sa.Engine, count: int, **options: Any) -> list[outbox.Enqueued]:
@@ -107,7 +107,7 @@ def test_history_of_a_job_that_failed_twice_was_rescued_once_then_succeeded(
     with db.begin() as conn:
         conn.execute(sa.text("UPDATE outbox_jobs SET lease_expires_at = now() - interval '1s'"))
     with db.connect() as conn:
-        assert rescue_expired(conn, registry, default_max_attempts=5) == 1
+        assert rescue_expired(conn) == 1
         # It lost its lease beside others for all we know: its attempt is given back, and
         # from now on it runs alone.
         job = claim_isolated(

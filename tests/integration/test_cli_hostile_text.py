@@ -24,11 +24,11 @@ from sqlalchemy.orm import Session
 import outbox
 from outbox.cli import cli
 from relay import complete, execute
-from relay.claim import claim_batch
+from relay.claim import AttemptLimits, claim_batch
 from tests.conftest import OUTBOX_TABLES
 
 CLAIM = {"queues": ["default"], "limit": 1, "lease": timedelta(seconds=30),
-         "default_max_attempts": 5, "max_attempts": {}}  # fmt: skip
+         "limits": AttemptLimits(default=5)}  # fmt: skip
 # Wide enough that no table wraps a value: each value must appear in one piece.
 WIDE = {"COLUMNS": "4000"}
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -197,7 +197,7 @@ def test_a_rescue_keeps_its_own_message_which_names_only_the_relay(
     with redaction.begin() as conn:
         conn.execute(sa.text("UPDATE outbox_jobs SET lease_expires_at = now() - interval '1s'"))
     with redaction.connect() as conn:
-        assert rescue_expired(conn, card_registry(), default_max_attempts=5) == 1
+        assert rescue_expired(conn) == 1
     assert last_error(redaction, uuid) == "lease expired on relay host:1:a"
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 import outbox
 from outbox.bulk import COPY_THRESHOLD
-from relay.claim import claim_batch
+from relay.claim import AttemptLimits, claim_batch
 from tests.integration.helpers import count
 
 QUEUE = "roundtrip"
@@ -56,7 +56,7 @@ def claimed_payloads(engine: sa.Engine, limit: int) -> dict[UUID, dict[str, Any]
     with engine.connect() as conn:
         jobs = claim_batch(
             conn, queues=[QUEUE], limit=limit, lease=timedelta(seconds=30), relay="host:1:a",
-            default_max_attempts=5, max_attempts={},
+            limits=AttemptLimits(default=5),
         )  # fmt: skip
     return {job.uuid: job.payload for job in jobs}
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 import outbox
 import outbox.operator
 from relay import complete, execute
-from relay.claim import claim_batch, claim_isolated
+from relay.claim import AttemptLimits, claim_batch, claim_isolated
 from relay.rescue import rescue_expired
 from tests.integration.relay_harness import events, live_jobs, running_relay, scalar, wait_for
 
@@ -149,7 +149,7 @@ def test_completion_of_a_job_whose_lease_was_lost_records_nothing(db: sa.Engine)
     enqueue(db, [outbox.NewJob("a.b", {})])
     with db.connect() as conn:
         [job] = claim_batch(conn, queues=["default"], limit=1, lease=timedelta(seconds=30),
-                            relay="stale", default_max_attempts=5, max_attempts={})  # fmt: skip
+                            relay="stale", limits=AttemptLimits(default=5))  # fmt: skip
     with db.begin() as conn:  # another relay took it over after the lease expired
         conn.execute(sa.text("UPDATE outbox_jobs SET relay = 'fresh', attempt = attempt + 1"))
     with db.connect() as conn:
@@ -166,7 +166,7 @@ def test_session_handler_of_a_lost_job_never_runs(effects: sa.Engine) -> None:
     enqueue(effects, [outbox.NewJob("a.b", {})])
     with effects.connect() as conn:
         [job] = claim_batch(conn, queues=["default"], limit=1, lease=timedelta(seconds=30),
-                            relay="stale", default_max_attempts=5, max_attempts={})  # fmt: skip
+                            relay="stale", limits=AttemptLimits(default=5))  # fmt: skip
     with effects.begin() as conn:
         conn.execute(sa.text("UPDATE outbox_jobs SET relay = 'fresh'"))
     with effects.connect() as conn:
@@ -258,13 +258,13 @@ def test_expired_lease_is_given_back_then_charged_alone_until_dead(db: sa.Engine
     registry.register("a.crash", lambda job: None, max_attempts=2)
     [handle] = enqueue(db, [outbox.NewJob("a.crash", {})])
     claims = {"queues": ["default"], "lease": timedelta(seconds=30), "relay": "gone",
-              "default_max_attempts": 5, "max_attempts": {}}  # fmt: skip
+              "limits": AttemptLimits.of(registry, default=5)}  # fmt: skip
 
     def expire_and_rescue() -> None:
         with db.begin() as conn:
             conn.execute(sa.text("UPDATE outbox_jobs SET lease_expires_at = now() - interval '1s'"))
         with db.connect() as conn:
-            assert rescue_expired(conn, registry, default_max_attempts=5) >= 1
+            assert rescue_expired(conn) >= 1
 
     with db.connect() as conn:
         assert len(claim_batch(conn, limit=10, **claims)) == 1
@@ -290,6 +290,44 @@ def test_expired_lease_is_given_back_then_charged_alone_until_dead(db: sa.Engine
         "rescued",
         "dead",
     ]
+
+
+def test_the_attempt_limit_is_settled_by_the_first_claim_and_kept_by_every_rescuer(
+    db: sa.Engine,
+) -> None:
+    # Mid-deploy, relays run different registries. The limit the claiming relay settled on
+    # (the handler's 2) stays the job's: a rescuer that has no handler for the type, and a
+    # default of 25, still ends it dead after 2 crashes of its own.
+    registry = outbox.Registry()
+    registry.register("a.crash", lambda job: None, max_attempts=2)
+    [handle] = enqueue(db, [outbox.NewJob("a.crash", {})])
+    with db.begin() as conn:
+        conn.execute(sa.text("UPDATE outbox_jobs SET isolated = true"))  # runs alone: charged
+    claims = {"queues": ["default"], "lease": timedelta(seconds=30), "relay": "r1",
+              "limits": AttemptLimits.of(registry, default=25)}  # fmt: skip
+    for expected in ("pending", "dead"):
+        with db.connect() as conn:
+            job = claim_isolated(conn, **claims)
+        assert job is not None
+        assert job.max_attempts == 2
+        assert scalar(db, "SELECT max_attempts FROM outbox_jobs") == 2
+        with db.begin() as conn:
+            conn.execute(sa.text("UPDATE outbox_jobs SET lease_expires_at = now() - interval '1s'"))
+        with db.connect() as conn:
+            assert rescue_expired(conn) == 1
+        assert scalar(db, "SELECT state FROM outbox_jobs") == expected
+    assert events(db, handle.uuid)[-1] == "dead"
+
+
+def test_a_job_enqueued_with_its_own_limit_keeps_it_and_others_take_the_default(
+    db: sa.Engine,
+) -> None:
+    enqueue(db, [outbox.NewJob("a.own", {}, max_attempts=7), outbox.NewJob("a.other", {})])
+    limits = AttemptLimits(default=25, types=("a.own",), limits=(3,))
+    with db.connect() as conn:
+        jobs = claim_batch(conn, queues=["default"], limit=10, lease=timedelta(seconds=30),
+                           relay="r1", limits=limits)  # fmt: skip
+    assert {job.type: job.max_attempts for job in jobs} == {"a.own": 7, "a.other": 25}
 
 
 def test_handler_past_its_timeout_fails_and_is_retried(db: sa.Engine, dsn: str) -> None:
@@ -347,7 +385,7 @@ def test_claim_plan_is_index_driven_right_after_a_burst(db: sa.Engine) -> None:
                 for row in conn.execute(
                     sa.text("EXPLAIN " + CLAIM.text),
                     {"queues": ["default"], "limit": 500, "lease": timedelta(seconds=30),
-                     "relay": "r"},
+                     "relay": "r", **AttemptLimits(default=5).params()},
                 )
             )  # fmt: skip
             conn.rollback()
@@ -365,7 +403,7 @@ def test_completion_plan_probes_each_job_whatever_the_statistics(db: sa.Engine) 
     with db.connect() as conn:
         jobs = [job for _ in range(10) for job in claim_batch(
             conn, queues=["default"], limit=500, lease=timedelta(seconds=30), relay="r",
-            default_max_attempts=5, max_attempts={})]  # fmt: skip
+            limits=AttemptLimits(default=5))]  # fmt: skip
         params = {
             "done_uuid": [j.uuid for j in jobs[:500]], "done_attempt": [1] * 500,
             "done_ms": [0.1] * 500, "failed_uuid": [j.uuid for j in jobs[500:600]],
@@ -396,7 +434,7 @@ def test_a_heartbeat_meeting_a_completion_loses_no_job(db: sa.Engine) -> None:
     enqueue(db, [outbox.NewJob("a.b", {})])
     with db.connect() as conn:
         [job] = claim_batch(conn, queues=["default"], limit=1, lease=timedelta(seconds=30),
-                            relay="r", default_max_attempts=5, max_attempts={})  # fmt: skip
+                            relay="r", limits=AttemptLimits(default=5))  # fmt: skip
     lost: list[Any] = []
     with db.connect() as heartbeat:
         heartbeat.execute(
