@@ -21,6 +21,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
+from outbox_relay.claim import AttemptLimits, claim_batch
+from outbox_relay.complete import complete
+from outbox_relay.execute import Outcome
 
 import outbox
 from bench.relay import fill
@@ -28,9 +31,6 @@ from outbox.audit.seal import seal_all
 from outbox.database import create_engine
 from outbox.registry import Registry
 from outbox.testing import server_dsn, temporary_database
-from relay.claim import AttemptLimits, claim_batch
-from relay.complete import complete
-from relay.execute import Outcome
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

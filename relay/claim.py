@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from outbox.job import Job
 from outbox.registry import Registry
-from relay.sql import queries
+
+from .sql import queries
 
 CLAIM = sa.text(queries["claim_batch"])
 CLAIM_ISOLATED = sa.text(queries["claim_isolated"])

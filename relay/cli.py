@@ -10,10 +10,11 @@ import sqlalchemy as sa
 
 from outbox import migrate
 from outbox.cli.context import Context, clear_errors
-from relay import log, preflight, supervisor
-from relay.app import load_registry
-from relay.http import DEFAULT_ADDR, parse_addr
-from relay.worker import Worker
+
+from . import log, preflight, supervisor
+from .app import load_registry
+from .http import DEFAULT_ADDR, parse_addr
+from .worker import Worker
 
 
 @click.command("relay")

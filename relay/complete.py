@@ -22,11 +22,12 @@ from sqlalchemy.orm import Session
 
 from outbox.job import Job
 from outbox.registry import Handler, Registry
-from relay import execute, metrics
-from relay.execute import Outcome
-from relay.inflight import InFlight
-from relay.log import first_line
-from relay.sql import queries
+
+from . import execute, metrics
+from .execute import Outcome
+from .inflight import InFlight
+from .log import first_line
+from .sql import queries
 
 FENCE = sa.text(queries["fence"])
 BATCH = sa.text(queries["complete_batch"])

@@ -19,12 +19,13 @@ import structlog
 from outbox.job import Job
 from outbox.registry import Handler, Registry
 from outbox.settings import Settings
-from relay import complete, execute, metrics
-from relay.complete import Completer
-from relay.execute import Outcome
-from relay.inflight import Group, InFlight, Running
-from relay.log import first_line
-from relay.service import database_fault
+
+from . import complete, execute, metrics
+from .complete import Completer
+from .execute import Outcome
+from .inflight import Group, InFlight, Running
+from .log import first_line
+from .service import database_fault
 
 SESSION_GROUP = 8  # session-handler jobs completed per transaction, at most
 HANDLER_THREAD_PREFIX = "outbox-handler"

@@ -17,8 +17,9 @@ from prometheus_client.registry import Collector
 from outbox import locks
 from outbox.audit import seal
 from outbox.status import snapshot
-from relay.leader import Leadership
-from relay.service import database_fault
+
+from .leader import Leadership
+from .service import database_fault
 
 #: Session-level advisory lock whose holder exports the queue gauges: (class, id).
 GAUGE_LOCK = locks.GAUGES

@@ -22,9 +22,10 @@ import structlog
 
 from outbox.job import Job
 from outbox.registry import Handler, Registry
-from relay import metrics
-from relay.execute import Outcome
-from relay.log import log_outcome
+
+from . import metrics
+from .execute import Outcome
+from .log import log_outcome
 
 
 @dataclasses.dataclass(slots=True, eq=False)

@@ -20,13 +20,14 @@ import structlog
 from outbox import distribution
 from outbox.job import Job
 from outbox.settings import Settings
-from relay import execute
-from relay.complete import Completer
-from relay.dispatch import Dispatcher
-from relay.execute import Outcome
-from relay.inflight import InFlight
-from relay.service import Service, database_fault
-from relay.sql import queries
+
+from . import execute
+from .complete import Completer
+from .dispatch import Dispatcher
+from .execute import Outcome
+from .inflight import InFlight
+from .service import Service, database_fault
+from .sql import queries
 
 EXTEND = sa.text(queries["extend_leases"])
 RELEASE = sa.text(queries["release"])

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 if TYPE_CHECKING:
-    from relay.execute import Outcome
+    from .execute import Outcome
 
 
 def configure(fmt: str = "auto", level: str = "info") -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
-    from relay.execute import Outcome
+    from .execute import Outcome
 
 JOBS_COMPLETED = Counter(
     "outbox_jobs_completed_total",

@@ -13,8 +13,8 @@ from collections.abc import Collection
 import psycopg
 import structlog
 
-from relay import metrics
-from relay.service import Service
+from . import metrics
+from .service import Service
 
 CHANNEL = "outbox_jobs"
 

@@ -32,7 +32,8 @@ import psycopg
 from outbox.database import libpq_dsn
 from outbox.errors import ConfigurationError
 from outbox.settings import Settings
-from relay.log import first_line
+
+from .log import first_line
 
 #: Rounds of the third question where a pooler is seen (its backend pid is its own):
 #: a pooler may give the same server session back a few times in a row.

@@ -7,9 +7,9 @@ from datetime import timedelta
 import sqlalchemy as sa
 import structlog
 
-from relay import metrics
-from relay.service import Service
-from relay.sql import queries
+from . import metrics
+from .service import Service
+from .sql import queries
 
 RESCUE = sa.text(queries["rescue_expired"])
 BATCH = 500

@@ -14,10 +14,11 @@ import structlog
 
 from outbox.audit.seal import SEALER_LOCK, seal_all
 from outbox.errors import OutboxError
-from relay import metrics
-from relay.leader import Leadership
-from relay.log import first_line
-from relay.service import Service
+
+from . import metrics
+from .leader import Leadership
+from .log import first_line
+from .service import Service
 
 #: How often a relay that does not seal tries to take over.
 TAKEOVER_EVERY = 5.0

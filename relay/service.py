@@ -14,8 +14,8 @@ import psycopg
 import sqlalchemy as sa
 import structlog
 
-from relay import metrics
-from relay.log import first_line
+from . import metrics
+from .log import first_line
 
 log = structlog.get_logger("outbox.relay")
 

@@ -26,10 +26,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from outbox.database import create_engine
-from relay.dispatch import HANDLER_THREAD_PREFIX
-from relay.gauges import QueueGauges
-from relay.http import HttpServer, Readiness, format_addr
-from relay.worker import Worker
+
+from .dispatch import HANDLER_THREAD_PREFIX
+from .gauges import QueueGauges
+from .http import HttpServer, Readiness, format_addr
+from .worker import Worker
 
 log = structlog.get_logger("outbox.relay")
 RESTART_BACKOFF_MAX = 10.0

@@ -17,8 +17,9 @@ import sqlalchemy as sa
 import structlog
 
 from outbox import locks
-from relay.leader import Leadership
-from relay.service import Service
+
+from .leader import Leadership
+from .service import Service
 
 #: Session-level advisory lock of the one relay that looks after the table: (class, id).
 UPKEEP_LOCK = locks.UPKEEP

@@ -27,27 +27,28 @@ from outbox.database import create_engine, libpq_dsn
 from outbox.job import Job
 from outbox.registry import Registry
 from outbox.settings import Settings
-from relay import leases, metrics, preflight, service
-from relay.claim import (
+
+from . import leases, metrics, preflight, service
+from .claim import (
     AttemptLimits,
     claim_batch,
     claim_isolated,
     isolated_ready,
     seconds_to_next_run,
 )
-from relay.complete import Completer
-from relay.dispatch import Dispatcher
-from relay.gauges import QueueGauges
-from relay.http import HttpServer, Readiness, format_addr
-from relay.inflight import InFlight
-from relay.leases import Heartbeat
-from relay.log import first_line
-from relay.notify import Listener
-from relay.pace import Pace
-from relay.rescue import Rescuer
-from relay.sealer import Sealer
-from relay.service import database_fault
-from relay.upkeep import Upkeep
+from .complete import Completer
+from .dispatch import Dispatcher
+from .gauges import QueueGauges
+from .http import HttpServer, Readiness, format_addr
+from .inflight import InFlight
+from .leases import Heartbeat
+from .log import first_line
+from .notify import Listener
+from .pace import Pace
+from .rescue import Rescuer
+from .sealer import Sealer
+from .service import database_fault
+from .upkeep import Upkeep
 
 GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest generation
 ISOLATION_LOOK = 1.0  # seconds between looks for jobs that must run alone, while busy

@@ -10,9 +10,9 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from outbox_relay.worker import Worker
 
 import outbox
-from relay.worker import Worker
 
 FAST = {
     "poll_interval": timedelta(seconds=0.2),

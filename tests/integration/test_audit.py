@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from outbox_relay import complete, execute
+from outbox_relay.claim import AttemptLimits, claim_batch, claim_isolated
+from outbox_relay.rescue import rescue_expired
 from sqlalchemy.orm import Session
 
 import outbox
@@ -20,9 +23,6 @@ from outbox.audit.verify import VerificationError
 from outbox.cli import cli
 from outbox.database import create_engine
 from outbox.errors import OutboxError
-from relay import complete, execute
-from relay.claim import AttemptLimits, claim_batch, claim_isolated
-from relay.rescue import rescue_expired
 from tests.integration.relay_harness import SEALING, events, running_relay, scalar, wait_for
 
 CLAIM = {"queues": ["default"], "limit": 1, "lease": timedelta(seconds=30),

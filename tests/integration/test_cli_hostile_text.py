@@ -19,12 +19,12 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from outbox_relay import complete, execute
+from outbox_relay.claim import AttemptLimits, claim_batch
 from sqlalchemy.orm import Session
 
 import outbox
 from outbox.cli import cli
-from relay import complete, execute
-from relay.claim import AttemptLimits, claim_batch
 from tests.conftest import OUTBOX_TABLES
 
 CLAIM = {"queues": ["default"], "limit": 1, "lease": timedelta(seconds=30),

@@ -15,6 +15,8 @@ import structlog
 import tenacity
 from alembic import command
 from click.testing import CliRunner
+from outbox_relay.claim import claim_batch
+from outbox_relay.rescue import rescue_expired
 from sqlalchemy.orm import Session
 
 import outbox
@@ -22,8 +24,6 @@ from outbox import migrate
 from outbox.cli import cli
 from outbox.database import create_engine
 from outbox.testing import temporary_database
-from relay.claim import claim_batch
-from relay.rescue import rescue_expired
 from tests.integration.relay_harness import events, running_relay, scalar, wait_for
 from tests.integration.test_append_only import as_role, login_role
 from tests.integration.test_audit import CLAIM, check, seal_everything

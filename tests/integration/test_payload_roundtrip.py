@@ -13,11 +13,11 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from outbox_relay.claim import AttemptLimits, claim_batch
 from sqlalchemy.orm import Session
 
 import outbox
 from outbox.bulk import COPY_THRESHOLD
-from relay.claim import AttemptLimits, claim_batch
 from tests.integration.helpers import count
 
 QUEUE = "roundtrip"

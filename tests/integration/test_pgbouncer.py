@@ -28,6 +28,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
+from outbox_relay import preflight
+from outbox_relay.worker import Worker
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -37,8 +39,6 @@ from outbox.cli import cli
 from outbox.database import create_engine, create_engine_async, sqlalchemy_url
 from outbox.enqueue import SERVER_PID
 from outbox.testing import temporary_database
-from relay import preflight
-from relay.worker import Worker
 
 
 def _find_pgbouncer() -> str | None:

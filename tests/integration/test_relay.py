@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import tenacity
+from outbox_relay import complete, execute
+from outbox_relay.claim import AttemptLimits, claim_batch, claim_isolated
+from outbox_relay.rescue import rescue_expired
 from sqlalchemy.orm import Session
 
 import outbox
 import outbox.operator
-from relay import complete, execute
-from relay.claim import AttemptLimits, claim_batch, claim_isolated
-from relay.rescue import rescue_expired
 from tests.integration.relay_harness import events, live_jobs, running_relay, scalar, wait_for
 
 
@@ -373,7 +373,7 @@ def test_claim_plan_is_index_driven_right_after_a_burst(db: sa.Engine) -> None:
         conn.execute(sa.text("ANALYZE outbox_jobs"))  # statistics of an empty table
     enqueue(db, [outbox.NewJob("a.burst", {"n": n}, key=f"k{n % 50}" if n % 2 else None)
                  for n in range(100_000)])  # fmt: skip
-    from relay.claim import CLAIM
+    from outbox_relay.claim import CLAIM
 
     for analysed in (False, True):  # before autovacuum, and after it (a large claim)
         if analysed:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from outbox_relay.sealer import Sealer
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
@@ -26,7 +27,6 @@ from outbox.audit.verify import VerificationError
 from outbox.cli import cli
 from outbox.database import create_engine, sqlalchemy_url
 from outbox.errors import OutboxError
-from relay.sealer import Sealer
 from tests.integration.relay_harness import SEALING, live_jobs, running_relay, scalar, wait_for
 
 #: Far past any transaction this cluster has started.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+from outbox_relay import upkeep
 from sqlalchemy.orm import Session
 
 import outbox
 from outbox.database import create_engine
-from relay import upkeep
 from tests.integration.relay_harness import scalar
 from tests.integration.test_append_only import as_role, login_role
 

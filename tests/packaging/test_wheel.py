@@ -92,42 +92,51 @@ def wheel_names(wheel: Path) -> list[str]:
         return archive.namelist()
 
 
+def package_folder(package: str) -> Path:
+    """The source folder of ``package``, through pyproject's package-dir mapping."""
+    mapped: dict[str, str] = SETUPTOOLS.get("package-dir", {})
+    top = max((p for p in mapped if package == p or package.startswith(f"{p}.")),
+              key=len, default=None)  # fmt: skip
+    if top is None:
+        return Path(*package.split("."))
+    return Path(mapped[top], *[part for part in package[len(top) + 1 :].split(".") if part])
+
+
+def source_folders() -> list[Path]:
+    return [package_folder(package) for package in SETUPTOOLS["packages"]]
+
+
 def source_files(pattern: str) -> Iterator[str]:
     """Where each source file matching ``pattern`` lands in the wheel, through pyproject's
     package list and package-dir mapping."""
-    mapped: dict[str, str] = SETUPTOOLS.get("package-dir", {})
     for package in SETUPTOOLS["packages"]:
-        top = max((p for p in mapped if package == p or package.startswith(f"{p}.")),
-                  key=len, default=None)  # fmt: skip
-        folder = Path(mapped[top], *package[len(top) + 1 :].split(".")) if top else None
-        folder = folder if folder is not None else Path(*package.split("."))
-        for path in sorted((ROOT / folder).glob(pattern)):
+        for path in sorted((ROOT / package_folder(package)).glob(pattern)):
             yield "/".join([*package.split("."), path.name])
 
 
 def test_wheel_holds_outbox_and_relay_and_nothing_else(wheel: Path) -> None:
     tops = {name.split("/")[0] for name in wheel_names(wheel)}
     dist_info = f"{DISTRIBUTION.replace('-', '_')}-{PROJECT['version']}.dist-info"
-    assert tops == {"outbox", "relay", dist_info}
+    assert tops == {"outbox", "outbox_relay", dist_info}
 
 
 def test_every_module_and_package_of_the_tree_is_in_the_wheel(wheel: Path) -> None:
     """A package missing from pyproject's list would be left out without a word."""
     names = set(wheel_names(wheel))
-    listed = [(ROOT / p.replace(".", "/")) for p in SETUPTOOLS["packages"]]
+    listed = [ROOT / folder for folder in source_folders()]
     for top in ("outbox", "relay"):
         for init in (ROOT / top).rglob("__init__.py"):
             if "__pycache__" not in init.parts:
                 assert init.parent in listed, f"{init.parent} is not in pyproject's packages"
     expected = set(source_files("*.py"))
-    assert {"outbox/migrations/env.py", "outbox/demo/run.py", "relay/cli.py"} <= expected
+    assert {"outbox/migrations/env.py", "outbox/demo/run.py", "outbox_relay/cli.py"} <= expected
     assert expected - names == set()
 
 
 def test_wheel_holds_the_sql_files_migrations_and_type_marker(wheel: Path) -> None:
     names = set(wheel_names(wheel))
     sql = set(source_files("*.sql"))
-    assert {"outbox/sql/enqueue.sql", "relay/sql/claim.sql"} <= sql
+    assert {"outbox/sql/enqueue.sql", "outbox_relay/sql/claim.sql"} <= sql
     versions = set(source_files("0*.py"))  # migrations/versions/0001_core.py, ...
     assert "outbox/migrations/versions/0001_core.py" in versions
     data = {"outbox/migrations/script.py.mako", "outbox/py.typed"}
@@ -144,12 +153,12 @@ def test_installed_distribution_is_known_by_its_name(bin_dir: Path) -> None:
     assert version == PROJECT["version"]
     assert entry_points.split() == [
         "console_scripts:outbox=outbox.cli:main",
-        "outbox.commands:relay=relay.cli:command",
+        "outbox.commands:relay=outbox_relay.cli:command",
     ]
 
 
 def test_installed_outbox_comes_from_the_environment_not_this_checkout(bin_dir: Path) -> None:
-    probe = "import outbox, relay; print(outbox.__file__); print(relay.__file__)"
+    probe = "import outbox, outbox_relay; print(outbox.__file__); print(outbox_relay.__file__)"
     done = run([bin_dir / "python", "-c", probe], env=clean_env())
     for line in done.stdout.splitlines():
         assert Path(line).is_relative_to(bin_dir.parent), line

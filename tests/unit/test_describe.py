@@ -10,11 +10,11 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from outbox_relay import execute
+from outbox_relay.execute import TRACEBACK_LIMIT, describe
 
 from outbox import Job, Registry, RegistryError
 from outbox.registry import error_frames, redact_messages
-from relay import execute
-from relay.execute import TRACEBACK_LIMIT, describe
 
 
 def raised(exc: BaseException) -> BaseException:

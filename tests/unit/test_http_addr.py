@@ -9,10 +9,10 @@ import threading
 import urllib.request
 
 import pytest
+from outbox_relay.http import HttpServer, format_addr, parse_addr
 from prometheus_client import CollectorRegistry
 
 from outbox.errors import ConfigurationError
-from relay.http import HttpServer, format_addr, parse_addr
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,14 @@ from typing import Any
 from uuid import uuid4
 
 import structlog
+from outbox_relay import pace
+from outbox_relay.dispatch import Dispatcher
+from outbox_relay.execute import Outcome
+from outbox_relay.inflight import Group, GroupBroken, InFlight
+from outbox_relay.leases import Heartbeat
 
 import outbox
 from outbox.job import Job
-from relay import pace
-from relay.dispatch import Dispatcher
-from relay.execute import Outcome
-from relay.inflight import Group, GroupBroken, InFlight
-from relay.leases import Heartbeat
 
 LOG = structlog.get_logger("test")
 

@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from outbox_relay.sql import queries as relay_queries
 
 from outbox.sql import queries as outbox_queries
-from relay.sql import queries as relay_queries
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-FORBIDDEN = "relay"
+# The daemon's source folder is relay/; it installs as outbox_relay (pyproject's package-dir).
+FORBIDDEN = ("relay", "outbox_relay")
 
 
 # -- outbox never imports relay (DESIGN 3) -------------------------------------------------
@@ -100,7 +101,45 @@ def test_outbox_never_imports_relay() -> None:
         f"{path.relative_to(ROOT)}:{line} imports {name}"
         for module, path in outbox_modules()
         for line, name in imported_modules(module, path)
-        if name == FORBIDDEN or name.startswith(f"{FORBIDDEN}.")
+        if name.split(".")[0] in FORBIDDEN
+    ]
+    assert found == []
+
+
+def modules_under(folder: Path, package: str) -> Iterator[tuple[str, Path]]:
+    for path in sorted(folder.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        parts = [*package.split("."), *path.relative_to(folder).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        yield ".".join(parts), path
+
+
+def test_the_relay_imports_itself_only_relatively() -> None:
+    """relay/ installs as outbox_relay: an absolute `from relay...` would fail in a wheel, and
+    an absolute `from outbox_relay...` would load a second copy when run from the source."""
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for _, path in modules_under(ROOT / "relay", "relay")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if (isinstance(node, ast.ImportFrom) and not node.level
+            and (node.module or "").split(".")[0] in FORBIDDEN)
+        or (isinstance(node, ast.Import)
+            and any(a.name.split(".")[0] in FORBIDDEN for a in node.names))
+    ]  # fmt: skip
+    assert found == []
+
+
+@pytest.mark.parametrize("folder", ["tests", "bench", "examples"])
+def test_nothing_imports_the_relay_by_its_source_folder_name(folder: str) -> None:
+    """Only outbox_relay is installed; `relay` resolves from a checkout's root alone, and beside
+    outbox_relay it would be a second copy of every module (and of every metric)."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for module, path in modules_under(ROOT / folder, folder)
+        for line, name in imported_modules(module, path)
+        if name.split(".")[0] == "relay"
     ]
     assert found == []
 

@@ -19,7 +19,7 @@ def test_the_cli_and_the_relay_start_without_alembic_or_the_asyncio_extension() 
     """A relay checks the schema's revision with one query; Alembic (70 ms of start-up) is for
     `outbox migrate`, SQLAlchemy's asyncio extension (30 ms) for applications that use it."""
     code = (
-        "import sys, outbox.cli, relay.worker; "
+        "import sys, outbox.cli, outbox_relay.worker; "
         "print(sorted(m for m in ('alembic', 'sqlalchemy.ext.asyncio') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
