@@ -140,6 +140,7 @@ relays = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("queues", ARRAY(sa.Text), nullable=False),
     sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("types", ARRAY(sa.Text), nullable=False, server_default="{}"),
     sa.Column("version", sa.Text, nullable=False),
     sa.Column(
         "started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
@@ -148,4 +149,24 @@ relays = sa.Table(
         "heartbeat_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: Periodic schedules, one row each: the last tick enqueued and the next one due.
+schedules = sa.Table(
+    "outbox_schedules",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("timezone", sa.Text, nullable=False, server_default="UTC"),
+    sa.Column("queue", sa.Text),
+    sa.Column("key", sa.Text),
+    sa.Column("payload", JSONB, nullable=False, server_default="{}"),
+    sa.Column("last_tick", sa.DateTime(timezone=True)),
+    sa.Column("last_job_uuid", UUID(as_uuid=True)),
+    sa.Column("next_tick", sa.DateTime(timezone=True)),
+    sa.Column("relay", sa.Text),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
 )
