@@ -14,7 +14,7 @@ from rich.table import Table
 
 from outbox import migrate
 from outbox.cli.context import Context, clear_errors
-from outbox.cli.terminal import literal
+from outbox.cli.terminal import console, duration, literal, table
 from outbox.status import Status, snapshot
 
 
@@ -51,46 +51,51 @@ def _show(current: Status, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(current.as_dict(), indent=2))
     else:
-        render(current, Console())
+        render(current, console())
 
 
-def render(current: Status, console: Console) -> None:
-    for table in tables(current):
-        console.print(table)
+def render(current: Status, out: Console) -> None:
+    for shown in tables(current):
+        out.print(shown)
 
 
 def tables(current: Status) -> list[Table]:
-    table = Table(title="outbox queues", title_justify="left")
-    for name in ("queue", "ready", "scheduled", "running", "dead", "oldest ready",
-                 "last minute: done / retried / dead"):  # fmt: skip
-        table.add_column(name, justify="left" if name == "queue" else "right")
+    """One table per concern, each fitting 80 columns: uuids whole, long text folded."""
+    queues = table(
+        "outbox queues", "queue", "ready", "scheduled", "running", "dead", "oldest\nready",
+        "last minute\ndone/retried/dead", right=("ready", "scheduled", "running", "dead",
+        "oldest\nready", "last minute\ndone/retried/dead"),
+    )  # fmt: skip
+    queues.columns[-1].min_width = len("done/retried/dead")
     names = sorted({q.queue for q in current.queues} | set(current.last_minute))
     depth = {q.queue: q for q in current.queues}
     for name in names:
         q = depth.get(name)
         counts = (q.ready, q.scheduled, q.running, q.dead) if q else (0, 0, 0, 0)
         age = (
-            "-" if q is None or q.oldest_ready_seconds is None else f"{q.oldest_ready_seconds:.1f}s"
+            "-" if q is None or q.oldest_ready_seconds is None else duration(q.oldest_ready_seconds)
         )
         minute = current.last_minute.get(name, {})
-        ends = " / ".join(str(minute.get(e, 0)) for e in ("succeeded", "retried", "dead"))
-        table.add_row(literal(name), *(str(n) for n in counts), age, ends)
+        ends = "/".join(str(minute.get(e, 0)) for e in ("succeeded", "retried", "dead"))
+        queues.add_row(literal(name), *(str(n) for n in counts), age, ends)
     if not names:
-        table.add_row("(no live jobs)", "", "", "", "", "", "")
-    shown = [table]
+        queues.add_row("(no live jobs)", "", "", "", "", "", "")
+    shown = [queues]
     if current.blocked_keys:
-        blocked = Table(title="keys blocked by a dead job", title_justify="left")
-        for name in ("queue", "key", "dead job", "type", "waiting"):
-            blocked.add_column(name)
+        blocked = table(
+            "keys blocked by a dead job", "queue", "key", "dead job", "type", "waiting",
+            uuid="dead job", right=("waiting",),
+        )  # fmt: skip
         for b in current.blocked_keys:
             blocked.add_row(*(literal(v) for v in (b.queue, b.key, b.uuid, b.type, b.waiting)))
         shown.append(blocked)
-    relays = Table(title="relays alive", title_justify="left")
-    for name in ("relay", "queues", "concurrency", "version", "last heartbeat"):
-        relays.add_column(name)
+    relays = table(
+        "relays alive", "relay", "queues", "concurrency", "version", "last heartbeat",
+        right=("concurrency",),
+    )  # fmt: skip
     for r in current.relays:
         relays.add_row(literal(r.relay), literal(",".join(r.queues)), str(r.concurrency),
-                       literal(r.version), f"{r.heartbeat_age_seconds:.1f}s ago")  # fmt: skip
+                       literal(r.version), f"{duration(r.heartbeat_age_seconds)} ago")  # fmt: skip
     if not current.relays:
         relays.add_row("(none)", "", "", "", "")
     shown.append(relays)

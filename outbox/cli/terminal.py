@@ -11,7 +11,12 @@ sees it. JSON and CSV, which tools read, keep values exact.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 # C0, DEL and C1: ESC and CSI (\x9b) begin every sequence a terminal obeys, the rest move the
@@ -34,3 +39,125 @@ def literal(value: object) -> Text:
     """A stored value for a rich table: never read as markup or emoji codes, controls escaped,
     and None shown as nothing."""
     return Text("" if value is None else escape_controls(str(value)))
+
+
+# -- times and durations: one printed form, read back by --since -------------------------
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def moment(value: datetime | None) -> str:
+    """A time as every table prints it: ISO 8601 in UTC to the second, ``2026-12-04T14:50:14Z``.
+
+    It is the form ``--since`` reads back, so an operator can paste it.
+    """
+    if value is None:
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def duration(seconds: float | None) -> str:
+    """A duration rounded for people: ``0.4ms``, ``12ms``, ``1.2s``, ``3m 4s``, ``2h 5m``,
+    ``3d 4h``."""
+    if seconds is None:
+        return ""
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f}ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 59.95:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    for big, big_name, small, small_name in (
+        (86_400, "d", 3600, "h"), (3600, "h", 60, "m"), (60, "m", 1, "s"),
+    ):  # fmt: skip
+        if whole >= big:
+            return f"{whole // big}{big_name} {whole % big // small}{small_name}"
+    return f"{whole}s"  # pragma: no cover - whole >= 60 here
+
+
+def parse_moment(text: str, *, now: datetime | None = None) -> datetime:
+    """A point in time as an operator writes it: an ISO 8601 time as the commands print it
+    (``2026-12-04T14:50:14Z``, ``2026-12-04 14:50:14.5+00:00``, ``2026-12-04``; UTC unless an
+    offset is given), or a time ago: ``90s``, ``30m``, ``1h``, ``2d``, ``1w``.
+
+    Raises ValueError saying which forms are accepted.
+    """
+    relative = _RELATIVE.match(text)
+    if relative is not None:
+        ago = timedelta(seconds=float(relative[1]) * _UNIT_SECONDS[relative[2]])
+        return (now or datetime.now(UTC)) - ago
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: write one as the commands print it "
+            "(2026-12-04T14:50:14Z, or 2026-12-04; UTC unless an offset is given) "
+            "or a time ago (90s, 30m, 1h, 2d, 1w)"
+        ) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+class Moment(click.ParamType[datetime]):
+    """``--since``/``--until``: see :func:`parse_moment`."""
+
+    name = "time"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "TIME"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_moment(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def json_default(value: object) -> object:
+    """For ``json.dumps``: times in ISO 8601 with their full precision, the rest as text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+# -- tables that fit 80 columns ------------------------------------------------------------
+
+
+def console() -> Console:
+    """The console of every table: the terminal's width, or ``COLUMNS`` (80 if unset) when
+    the output is piped."""
+    return Console(highlight=False)
+
+
+def table(
+    title: str | None, *columns: str, uuid: str | None = None, right: tuple[str, ...] = ()
+) -> Table:
+    """A table in the one style of the commands, every column folding its text rather than
+    cutting it; the column named ``uuid`` never wraps (it is what an operator pastes next),
+    and those named in ``right`` (counts) are right-aligned.
+    """
+    shown = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for name in columns:
+        whole = name == uuid
+        shown.add_column(
+            name,
+            justify="right" if name in right else "left",
+            no_wrap=whole,
+            min_width=36 if whole else None,
+            overflow="fold",
+        )
+    return shown
