@@ -27,6 +27,7 @@ class AttemptLimits:
     every later attempt and every rescuer reads one number."""
 
     default: int
+    #: The types the relay has handlers for: the only ones it claims (sql/claim.sql).
     types: tuple[str, ...] = ()
     limits: tuple[int | None, ...] = ()
 
@@ -77,9 +78,11 @@ def claim_isolated(
     return jobs[0] if jobs else None
 
 
-def isolated_ready(connection: sa.Connection, queues: Sequence[str]) -> bool:
-    """Whether a job that must run alone is ready in ``queues``."""
-    ready = bool(connection.execute(ISOLATED_READY, {"queues": list(queues)}).scalar())
+def isolated_ready(connection: sa.Connection, queues: Sequence[str], types: Sequence[str]) -> bool:
+    """Whether a job of ``types`` (those the relay can run) that must run alone is ready in
+    ``queues``."""
+    params = {"queues": list(queues), "types": list(types)}
+    ready = bool(connection.execute(ISOLATED_READY, params).scalar())
     connection.commit()
     return ready
 
@@ -103,9 +106,12 @@ def _jobs(rows: Sequence[Any]) -> list[Job]:
     ]
 
 
-def seconds_to_next_run(connection: sa.Connection, queues: Sequence[str]) -> float | None:
-    """Seconds until the earliest scheduled job of ``queues`` falls due, on the database's
-    clock (the relay's own may be off), if any is scheduled."""
-    seconds = connection.execute(NEXT_RUN_AT, {"queues": list(queues)}).scalar()
+def seconds_to_next_run(
+    connection: sa.Connection, queues: Sequence[str], types: Sequence[str]
+) -> float | None:
+    """Seconds until the earliest scheduled job of ``types`` in ``queues`` falls due, on the
+    database's clock (the relay's own may be off), if any is scheduled."""
+    params = {"queues": list(queues), "types": list(types)}
+    seconds = connection.execute(NEXT_RUN_AT, params).scalar()
     connection.commit()
     return None if seconds is None else float(seconds)

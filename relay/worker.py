@@ -237,7 +237,7 @@ class Worker:
         while not self._stopping.is_set() and time.monotonic() < turn_ends:
             try:
                 with self.fast.connect() as connection:
-                    if not isolated_ready(connection, self.queues):
+                    if not isolated_ready(connection, self.queues, self._limits.types):
                         return
                 if not self._wait_alone():
                     return
@@ -278,7 +278,7 @@ class Worker:
         wait = self.settings.poll_interval.total_seconds()
         try:
             with self.engine.connect() as connection:
-                due_in = seconds_to_next_run(connection, self.queues)
+                due_in = seconds_to_next_run(connection, self.queues, self._limits.types)
         except sa.exc.DBAPIError:
             return wait
         if due_in is not None:

@@ -10,6 +10,9 @@
 -- TID scan, never a join over the live table, whatever the planner thinks of its size.
 -- Jobs marked `isolated` (they lost a lease beside others, see rescue.sql) are left to
 -- claim_isolated. Every claim appends a `claimed` history row (G7).
+-- Only types this relay has a handler for (:types) are claimed: in a rolling deploy a job
+-- whose consumer is not deployed yet waits, untouched, for a relay that knows its type (G2),
+-- instead of ending dead here. Such jobs at the head of a queue are read past, not claimed.
 -- The attempt limit is settled here, the one place it is decided: the job's own max_attempts,
 -- else its handler's (:types, :limits from this relay's registry), else :default_max. The claim
 -- stores it on the row, so every later attempt, relay and rescue (rescue.sql) reads the same
@@ -27,6 +30,7 @@ candidates AS (
           AND j.queue = q.queue
           AND j.run_at <= now()
           AND NOT j.isolated
+          AND j.type = ANY(CAST(:types AS text[]))
           AND (
               j.key IS NULL
               OR NOT EXISTS (
@@ -67,18 +71,19 @@ ORDER BY id;
 
 -- name: isolated_ready
 -- Whether a job that must run alone is ready in :queues (outbox_jobs_isolated_idx: no read of
--- the ready jobs), so a busy relay knows to make room for it.
+-- the ready jobs), so a busy relay knows to make room for it. Only of :types, the ones it can
+-- claim: room made for a job it cannot run would be made again every look, for nothing.
 SELECT EXISTS (
     SELECT 1 FROM outbox_jobs
     WHERE state = 'pending' AND isolated AND queue = ANY(CAST(:queues AS text[]))
-      AND run_at <= now()
+      AND run_at <= now() AND type = ANY(CAST(:types AS text[]))
 );
 
 -- name: claim_isolated
 -- Claim one job that must run alone (G6: it lost a lease beside others, and a crash while it
 -- runs alone is its own). The caller runs nothing else in its process meanwhile. Otherwise as
--- claim_batch: the head of its key only (G4), a lease, the attempt limit settled, a `claimed`
--- history row (G7).
+-- claim_batch: only :types, the head of its key only (G4), a lease, the attempt limit
+-- settled, a `claimed` history row (G7).
 WITH limits AS (
     SELECT * FROM unnest(CAST(:types AS text[]), CAST(:limits AS integer[])) AS l (type, most)
 ),
@@ -89,6 +94,7 @@ chosen AS (
       AND j.isolated
       AND j.queue = ANY(CAST(:queues AS text[]))
       AND j.run_at <= now()
+      AND j.type = ANY(CAST(:types AS text[]))
       AND (
           j.key IS NULL
           OR NOT EXISTS (SELECT 1 FROM outbox_jobs AS p WHERE p.key = j.key AND p.id < j.id)
@@ -124,8 +130,10 @@ FROM claimed;
 -- How many seconds until the next scheduled job of :queues becomes ready, so an idle relay
 -- sleeps until then. Measured on the database's clock, the one run_at is written by: a relay
 -- whose own clock is off still wakes on time. Called only when nothing is ready, so the
--- pending rows it reads are the scheduled ones.
+-- pending rows it reads are the scheduled ones. Only of :types: a job this relay cannot
+-- claim must not wake it.
 SELECT extract(epoch FROM min(run_at) - now())
 FROM outbox_jobs
-WHERE state = 'pending' AND queue = ANY(CAST(:queues AS text[])) AND run_at > now();
+WHERE state = 'pending' AND queue = ANY(CAST(:queues AS text[])) AND run_at > now()
+  AND type = ANY(CAST(:types AS text[]));
 

@@ -26,7 +26,7 @@ from outbox.errors import OutboxError
 from tests.integration.relay_harness import SEALING, events, running_relay, scalar, wait_for
 
 CLAIM = {"queues": ["default"], "limit": 1, "lease": timedelta(seconds=30),
-         "limits": AttemptLimits(default=5)}  # fmt: skip
+         "limits": AttemptLimits(default=5, types=("a.b",))}  # fmt: skip
 
 
 def enqueue(engine: sa.Engine, count: int, **options: Any) -> list[outbox.Enqueued]:

@@ -28,7 +28,7 @@ from outbox.cli import cli
 from tests.conftest import OUTBOX_TABLES
 
 CLAIM = {"queues": ["default"], "limit": 1, "lease": timedelta(seconds=30),
-         "limits": AttemptLimits(default=5)}  # fmt: skip
+         "limits": AttemptLimits(default=5, types=("hostile.job",))}  # fmt: skip
 # Wide enough that no table wraps a value: each value must appear in one piece.
 WIDE = {"COLUMNS": "4000"}
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -13,11 +13,22 @@ import tenacity
 from outbox_relay import complete, execute
 from outbox_relay.claim import AttemptLimits, claim_batch, claim_isolated
 from outbox_relay.rescue import rescue_expired
+from outbox_relay.worker import Worker
 from sqlalchemy.orm import Session
 
 import outbox
 import outbox.operator
-from tests.integration.relay_harness import events, live_jobs, running_relay, scalar, wait_for
+from tests.integration.relay_harness import (
+    FAST,
+    events,
+    live_jobs,
+    running_relay,
+    scalar,
+    wait_for,
+)
+
+#: Claims by hand take the type the tests enqueue: a relay claims only types it can run.
+A_B = AttemptLimits(default=5, types=("a.b",))
 
 
 def enqueue(engine: sa.Engine, jobs: list[outbox.NewJob]) -> list[outbox.Enqueued]:
@@ -105,12 +116,24 @@ def test_permanent_failure_ends_dead_at_once(db: sa.Engine, dsn: str, error: Exc
     assert scalar(db, "SELECT last_error FROM outbox_jobs") == str(error)
 
 
-def test_unknown_type_ends_dead_with_a_clear_error(db: sa.Engine, dsn: str) -> None:
+def test_a_claimed_job_whose_type_has_no_handler_ends_dead_with_a_clear_error(
+    db: sa.Engine, dsn: str
+) -> None:
+    """Defence only: a relay claims just the types it has handlers for (rolling deploys,
+    tests/integration/test_rolling_deploys.py). Should a job of another type reach it anyway,
+    it fails for good with a clear error; it never runs."""
     registry = outbox.Registry()
     registry.register("a.known", lambda job: None)
     enqueue(db, [outbox.NewJob("a.unknown", {})])
-    with running_relay(registry, dsn, default_queue="default"):
+    worker = Worker(registry, dsn, outbox.Settings(dsn=dsn, **FAST))
+    worker._limits = AttemptLimits(default=5, types=("a.known", "a.unknown"))  # claims it
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
         wait_for(lambda: scalar(db, "SELECT state FROM outbox_jobs") == "dead", what="dead")
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
     assert "no handler is registered for job type 'a.unknown'" in scalar(
         db, "SELECT last_error FROM outbox_jobs"
     )
@@ -149,7 +172,7 @@ def test_completion_of_a_job_whose_lease_was_lost_records_nothing(db: sa.Engine)
     enqueue(db, [outbox.NewJob("a.b", {})])
     with db.connect() as conn:
         [job] = claim_batch(conn, queues=["default"], limit=1, lease=timedelta(seconds=30),
-                            relay="stale", limits=AttemptLimits(default=5))  # fmt: skip
+                            relay="stale", limits=A_B)  # fmt: skip
     with db.begin() as conn:  # another relay took it over after the lease expired
         conn.execute(sa.text("UPDATE outbox_jobs SET relay = 'fresh', attempt = attempt + 1"))
     with db.connect() as conn:
@@ -166,7 +189,7 @@ def test_session_handler_of_a_lost_job_never_runs(effects: sa.Engine) -> None:
     enqueue(effects, [outbox.NewJob("a.b", {})])
     with effects.connect() as conn:
         [job] = claim_batch(conn, queues=["default"], limit=1, lease=timedelta(seconds=30),
-                            relay="stale", limits=AttemptLimits(default=5))  # fmt: skip
+                            relay="stale", limits=A_B)  # fmt: skip
     with effects.begin() as conn:
         conn.execute(sa.text("UPDATE outbox_jobs SET relay = 'fresh'"))
     with effects.connect() as conn:
@@ -323,7 +346,8 @@ def test_a_job_enqueued_with_its_own_limit_keeps_it_and_others_take_the_default(
     db: sa.Engine,
 ) -> None:
     enqueue(db, [outbox.NewJob("a.own", {}, max_attempts=7), outbox.NewJob("a.other", {})])
-    limits = AttemptLimits(default=25, types=("a.own",), limits=(3,))
+    # a.own's handler sets 3, a.other's none: the job's own 7, then the default.
+    limits = AttemptLimits(default=25, types=("a.own", "a.other"), limits=(3, None))
     with db.connect() as conn:
         jobs = claim_batch(conn, queues=["default"], limit=10, lease=timedelta(seconds=30),
                            relay="r1", limits=limits)  # fmt: skip
@@ -385,7 +409,7 @@ def test_claim_plan_is_index_driven_right_after_a_burst(db: sa.Engine) -> None:
                 for row in conn.execute(
                     sa.text("EXPLAIN " + CLAIM.text),
                     {"queues": ["default"], "limit": 500, "lease": timedelta(seconds=30),
-                     "relay": "r", **AttemptLimits(default=5).params()},
+                     "relay": "r", **AttemptLimits(default=5, types=("a.burst",)).params()},
                 )
             )  # fmt: skip
             conn.rollback()
@@ -403,7 +427,7 @@ def test_completion_plan_probes_each_job_whatever_the_statistics(db: sa.Engine) 
     with db.connect() as conn:
         jobs = [job for _ in range(10) for job in claim_batch(
             conn, queues=["default"], limit=500, lease=timedelta(seconds=30), relay="r",
-            limits=AttemptLimits(default=5))]  # fmt: skip
+            limits=AttemptLimits(default=5, types=("a.b",)))]  # fmt: skip
         params = {
             "done_uuid": [j.uuid for j in jobs[:500]], "done_attempt": [1] * 500,
             "done_ms": [0.1] * 500, "failed_uuid": [j.uuid for j in jobs[500:600]],
@@ -434,7 +458,7 @@ def test_a_heartbeat_meeting_a_completion_loses_no_job(db: sa.Engine) -> None:
     enqueue(db, [outbox.NewJob("a.b", {})])
     with db.connect() as conn:
         [job] = claim_batch(conn, queues=["default"], limit=1, lease=timedelta(seconds=30),
-                            relay="r", limits=AttemptLimits(default=5))  # fmt: skip
+                            relay="r", limits=A_B)  # fmt: skip
     lost: list[Any] = []
     with db.connect() as heartbeat:
         heartbeat.execute(
@@ -509,21 +533,23 @@ def test_lost_listen_connection_is_made_again(db: sa.Engine, dsn: str) -> None:
     assert reconnections() == reconnects + 1
 
 
-def test_unknown_types_in_a_mixed_batch_end_dead_and_the_rest_succeed(
-    db: sa.Engine, dsn: str
-) -> None:
+def test_unknown_types_ahead_in_a_queue_wait_and_the_rest_succeed(db: sa.Engine, dsn: str) -> None:
     registry = outbox.Registry()
     registry.register("a.known", lambda job: None)
     jobs = [outbox.NewJob("a.unknown", {"n": n}) for n in range(2)]
     jobs += [outbox.NewJob("a.known", {"n": n}) for n in range(5)]
     handles = enqueue(db, jobs)
     with running_relay(registry, dsn, claim_batch=10):
-        wait_for(lambda: live_jobs(db) == 2 and scalar(
-            db, "SELECT count(*) FROM outbox_jobs WHERE state = 'dead'") == 2,
-            what="two dead, five done")  # fmt: skip
+        wait_for(lambda: scalar(
+            db, "SELECT count(*) FROM outbox_history WHERE event = 'succeeded'") == 5,
+            what="five done")  # fmt: skip
     with db.connect() as conn:
-        dead = set(conn.execute(sa.text("SELECT uuid FROM outbox_jobs")).scalars())
-    assert dead == {h.uuid for h in handles[:2]}
+        waiting = set(
+            conn.execute(
+                sa.text("SELECT uuid FROM outbox_jobs WHERE state = 'pending' AND attempt = 0")
+            ).scalars()
+        )
+    assert waiting == {h.uuid for h in handles[:2]}
     assert scalar(db, "SELECT count(*) FROM outbox_history WHERE event = 'succeeded'") == 5
 
 
