@@ -7,6 +7,7 @@ import inspect
 import math
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from datetime import timedelta
 from typing import Any
 
 import tenacity
@@ -15,6 +16,7 @@ from tenacity.wait import wait_base
 from outbox import validate
 from outbox.errors import DuplicateHandler, InvalidJob, RegistryError
 from outbox.job import Job
+from outbox.schedule import CatchUp, Schedule
 
 HandlerFunc = Callable[..., Any]
 #: A registry's ``redact_error`` hook: given the job, the exception its handler raised and the
@@ -67,6 +69,7 @@ class Registry:
         self.strict = strict
         self._redact_error = redact_error
         self._handlers: dict[str, Handler] = {}
+        self._schedules: dict[str, Schedule] = {}
 
     @property
     def redact_error(self) -> ErrorRedactor | None:
@@ -140,6 +143,43 @@ class Registry:
         )
         self._handlers[type] = handler
         return handler
+
+    def schedule(
+        self,
+        name: str,
+        type: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        payload: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        key: str | None = None,
+        timezone: str = "UTC",
+        catch_up: CatchUp = "latest",
+    ) -> Schedule:
+        """Enqueue a job of ``type`` at each tick of ``cron`` (in ``timezone``) or ``every``.
+
+        The relays that load this registry enqueue each tick exactly once between them; the
+        handler of ``type`` may live in this registry or in another relay's. The first tick
+        is the next one after the relay first sees the schedule. Ticks missed while no relay
+        ran are caught up by ``catch_up``: ``"latest"`` one job for the latest of them,
+        ``"none"`` none, ``"all"`` one job each (at most 100). See docs/howto/periodic-jobs.md.
+        """
+        declared = Schedule(
+            name, type, cron=cron, every=every, payload=payload, queue=queue, key=key,
+            timezone=timezone, catch_up=catch_up,
+        )  # fmt: skip
+        if name in self._schedules:
+            raise RegistryError(
+                f"schedule {name!r} is already declared; each name is declared once"
+            )
+        self._schedules[name] = declared
+        return declared
+
+    @property
+    def schedules(self) -> list[Schedule]:
+        """The declared schedules, in the order of declaration."""
+        return list(self._schedules.values())
 
     def get(self, type: str) -> Handler | None:
         return self._handlers.get(type)
