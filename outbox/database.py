@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import warnings
@@ -101,11 +102,64 @@ def create_engine_async(dsn: str, **options: Any) -> AsyncEngine:
     return create_async_engine(sqlalchemy_url(dsn), **options)
 
 
-def resolve_dsn(settings: Settings) -> str:
-    """``settings.dsn``, or the embedded server's when none is configured."""
+#: The server tried when no DSN is configured: the usual local PostgreSQL, no password.
+LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: Names outbox gives databases: a PostgreSQL identifier that needs no quoting care.
+_DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Server:
+    """The database a command uses, and how it was found."""
+
+    dsn: str
+    #: ``"dsn"`` (configured), ``"local"`` (LOCAL_SERVER answered) or ``"embedded"``.
+    source: str
+    #: For people: where it is, without a password.
+    where: str
+
+
+def find_server(settings: Settings) -> Server:
+    """The one rule for where the database is, when a command must choose.
+
+    ``settings.dsn`` if set (``--dsn`` or ``OUTBOX_DSN``); else PostgreSQL on
+    127.0.0.1:5432 as ``postgres`` if it accepts a connection within 2 seconds; else
+    the embedded server in ``settings.embedded_dir``, started if it is not running.
+    """
     if settings.dsn:
-        return settings.dsn
-    return start_embedded(settings.embedded_dir)
+        return Server(settings.dsn, "dsn", _redact(settings.dsn))
+    local = sqlalchemy_url(LOCAL_SERVER)
+    try:
+        psycopg.connect(LOCAL_SERVER, connect_timeout=2).close()
+    except psycopg.OperationalError:
+        dsn = start_embedded(settings.embedded_dir)
+        where = (
+            f"the embedded PostgreSQL in {settings.embedded_dir.expanduser()} "
+            f"(none answered at {local.host}:{local.port})"
+        )
+        return Server(dsn, "embedded", where)
+    return Server(LOCAL_SERVER, "local", f"the PostgreSQL at {local.host}:{local.port}")
+
+
+def resolve_dsn(settings: Settings) -> str:
+    """The DSN of :func:`find_server`'s choice."""
+    return find_server(settings).dsn
+
+
+def database_name(name: str) -> str:
+    """``name`` if it can name a database outbox makes or switches to, else a clear error."""
+    if not _DATABASE_NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"database name {name[:80]!r} is not a plain PostgreSQL identifier: use 1 to 63 "
+            "letters, digits and underscores, starting with a letter or an underscore"
+        )
+    return name
+
+
+def with_database(dsn: str, name: str) -> str:
+    """The same server as ``dsn``, database ``name``, as an SQLAlchemy URL."""
+    url = sqlalchemy_url(dsn).set(database=database_name(name))
+    return url.render_as_string(hide_password=False)
 
 
 def start_embedded(data_dir: Path) -> str:

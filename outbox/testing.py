@@ -3,6 +3,7 @@
 ``server_dsn()`` finds a server: ``OUTBOX_DSN`` if set, else PostgreSQL on
 127.0.0.1:5432 if one answers, else the embedded server. ``temporary_database``
 creates a database with a random name there, migrates it, and drops it after.
+``empty_tables`` empties outbox's tables between tests that commit.
 """
 
 from __future__ import annotations
@@ -15,22 +16,17 @@ from collections.abc import Iterator
 import psycopg
 import sqlalchemy as sa
 
-from outbox import migrate
-from outbox.database import create_engine, libpq_dsn, sqlalchemy_url, start_embedded
+from outbox import migrate, schema
+from outbox.database import LOCAL_SERVER, create_engine, find_server, libpq_dsn, sqlalchemy_url
+from outbox.errors import ConfigurationError
 from outbox.settings import Settings
 
-LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+__all__ = ["LOCAL_SERVER", "empty_tables", "server_dsn", "temporary_database"]
 
 
 def server_dsn(settings: Settings | None = None) -> str:
-    """A DSN of a server that answers, preferring the configured one."""
-    settings = settings or Settings.load()
-    if settings.dsn:
-        return settings.dsn
-    with contextlib.suppress(psycopg.OperationalError):
-        psycopg.connect(LOCAL_SERVER, connect_timeout=2).close()
-        return LOCAL_SERVER
-    return start_embedded(settings.embedded_dir)
+    """A DSN of a server that answers, by the command line's rule (``find_server``)."""
+    return find_server(settings or Settings.load()).dsn
 
 
 @contextlib.contextmanager
@@ -54,3 +50,25 @@ def temporary_database(
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def empty_tables(connection: sa.Connection) -> None:
+    """Empty every outbox table, in the transaction of ``connection``.
+
+    History and seals are append-only (G7): their triggers refuse ``TRUNCATE``. For this
+    transaction only, ``session_replication_role = replica`` sets those triggers aside,
+    which a superuser may do (or a role granted ``SET`` on that parameter).
+    """
+    tables = ", ".join(table.name for table in schema.metadata.sorted_tables)
+    try:
+        with connection.begin_nested():
+            connection.execute(sa.text("SET LOCAL session_replication_role = replica"))
+    except sa.exc.ProgrammingError as exc:
+        if not isinstance(exc.orig, psycopg.errors.InsufficientPrivilege):
+            raise
+        raise ConfigurationError(
+            "emptying outbox's tables sets session_replication_role, which this role may "
+            "not: use a superuser in tests, or GRANT SET ON PARAMETER "
+            "session_replication_role TO it (the append-only triggers refuse TRUNCATE)"
+        ) from None
+    connection.execute(sa.text(f"TRUNCATE {tables}"))

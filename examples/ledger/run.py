@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import psycopg
+import psycopg.sql
 import sqlalchemy as sa
 from rich.console import Console
 from rich.progress import Progress
@@ -23,7 +24,13 @@ import outbox.schema
 from outbox import migrate
 from outbox.audit import seal, verify
 from outbox.cli.status import render
-from outbox.database import create_engine, libpq_dsn, sqlalchemy_url
+from outbox.database import (
+    create_engine,
+    database_name,
+    libpq_dsn,
+    sqlalchemy_url,
+    with_database,
+)
 from outbox.demo.models import Base, Entry
 from outbox.demo.transfers import (
     open_account,
@@ -34,24 +41,57 @@ from outbox.demo.transfers import (
 from outbox.status import snapshot
 
 DATABASE = "outbox_demo"
+#: The comment the demo puts on its database: the only kind it will drop and remake.
+MARKER = "outbox demo"
 LIVE_JOBS = sa.text("SELECT count(*) FROM outbox_jobs")
 
 
 @contextlib.contextmanager
-def demo_database(server: str) -> Iterator[str]:
-    """A database of the demo's own on ``server``, made afresh, so no other data is touched."""
+def demo_database(server: str, name: str = DATABASE) -> Iterator[str]:
+    """A database of the demo's own on ``server``, made afresh, so no other data is touched.
+
+    An existing database of that name is dropped only if the demo made it (its comment is
+    ``MARKER``); any other is refused, so ``--database production`` loses nothing.
+    """
+    name = database_name(name)
+    admin = sqlalchemy_url(server)
+    if admin.database == name:  # a database cannot be dropped from a session inside it
+        admin = admin.set(database="postgres")
     try:
-        with psycopg.connect(libpq_dsn(server), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        with psycopg.connect(libpq_dsn(admin.render_as_string(hide_password=False))) as conn:
+            conn.autocommit = True
+            _make_afresh(conn, name)
     except psycopg.errors.InsufficientPrivilege:
         raise outbox.ConfigurationError(
-            f"the demo creates a database named {DATABASE}: give the role CREATEDB, "
+            f"the demo creates a database named {name}: give the role CREATEDB, "
             "or point OUTBOX_DSN at a server where it may"
         ) from None
     except psycopg.OperationalError as exc:
         raise outbox.ConfigurationError(f"cannot reach the database: {exc}") from None
-    yield sqlalchemy_url(server).set(database=DATABASE).render_as_string(hide_password=False)
+    yield with_database(server, name)
+
+
+def _make_afresh(conn: psycopg.Connection[tuple[object, ...]], name: str) -> None:
+    database = psycopg.sql.Identifier(name)
+    found = conn.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+        [name],
+    ).fetchone()
+    if found is not None:
+        if found[0] != MARKER:
+            raise outbox.ConfigurationError(
+                f"database {name} exists and the demo did not make it (it has no "
+                f"'{MARKER}' comment): the demo drops and remakes its database, so it "
+                "leaves this one alone. Choose another name with --database NAME, or drop "
+                "it yourself if it is an old demo's"
+            )
+        conn.execute(psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(database))
+    conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(database))
+    conn.execute(
+        psycopg.sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            database, psycopg.sql.Literal(MARKER)
+        )
+    )
 
 
 def run_relay(dsn: str, engine: sa.Engine, console: Console, timeout: float = 120) -> bool:
@@ -108,11 +148,20 @@ def audit(connection: sa.Connection, console: Console) -> bool:
 
 
 def run(
-    server: str, console: Console, *, transfers: int = 50, accounts: int = 5, embedded: bool = False
+    server: str,
+    console: Console,
+    *,
+    database: str = DATABASE,
+    transfers: int = 50,
+    accounts: int = 5,
+    inspect: str | None = None,
 ) -> bool:
-    """Run the demo; True when every check held."""
+    """Run the demo in ``database`` on ``server``; True when every check held.
+
+    ``inspect`` is the command that shows the demo's database, printed at the end.
+    """
     rng = random.Random(7)
-    with demo_database(server) as dsn:
+    with demo_database(server, database) as dsn:
         engine = create_engine(dsn)
         migrate.upgrade(engine)
         Base.metadata.create_all(engine)
@@ -132,11 +181,13 @@ def run(
                     progress.advance(task)
             console.print(f"{transfers} transfers committed, each with its entries and jobs")
 
-            retried = [transfer(session, f"T{n}", people[0], people[1], 1) for n in range(5)]
+            retries = min(5, transfers)  # earlier transfers, sent again by a client
+            retried = [transfer(session, f"T{n}", people[0], people[1], 1) for n in range(retries)]
             session.commit()
             duplicates = sum(h.duplicate for h in retried)
             console.print(
-                f"5 client retries of earlier transfers: {duplicates} recognised as duplicates"
+                f"{retries} client retries of earlier transfers: "
+                f"{duplicates} recognised as duplicates"
             )
 
             transfer(session, "T-rolled-back", people[0], people[1], 100)
@@ -164,7 +215,7 @@ def run(
             )
         engine.dispose()
 
-    ok = duplicates == 5 and left == 0 and not unbalanced and total == 0
+    ok = duplicates == retries and left == 0 and not unbalanced and total == 0
     ok = ok and drained and not mismatched and unposted == 0 and audited
     verdict = "[green]balanced[/]" if not unbalanced and total == 0 else "[red]UNBALANCED[/]"
     console.print(f"ledger: {verdict} (sum of all entries: {total})")
@@ -174,6 +225,6 @@ def run(
     )
     if not ok:
         console.print("[red]a demo check failed[/]")
-    elif not embedded:
-        console.print(f"inspect it with: OUTBOX_DSN='{libpq_dsn(dsn)}' outbox status")
+    if inspect:
+        console.print(f"inspect it with: {inspect}", markup=False, highlight=False, soft_wrap=True)
     return ok

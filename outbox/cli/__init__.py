@@ -17,18 +17,25 @@ from outbox.cli.context import Context, fail_clearly
     "--dsn",
     envvar="OUTBOX_DSN",
     metavar="URL",
-    help="The database: postgresql://... or postgresql+psycopg://... "
-    "[env OUTBOX_DSN; default: the embedded server]",
+    help="The database: postgresql://... or postgresql+psycopg://... [env "
+    "OUTBOX_DSN; default: postgres on 127.0.0.1:5432 if it answers, else the embedded "
+    "server]",
+)
+@click.option(
+    "--database",
+    metavar="NAME",
+    help="Use database NAME on that server in place of the DSN's (for example "
+    "outbox_demo, the demo's).",
 )
 @click.version_option(package_name=distribution.NAME)
 @click.pass_context
-def cli(ctx: click.Context, dsn: str | None) -> None:
+def cli(ctx: click.Context, dsn: str | None, database: str | None) -> None:
     """Transactional outbox and job relay on PostgreSQL.
 
     Applications enqueue jobs in the transaction of their own writes; relays run
     them; every step is kept in an append-only history.
     """
-    ctx.obj = Context.create(dsn)
+    ctx.obj = Context.create(dsn, database)
 
 
 cli.add_command(migrate.command)

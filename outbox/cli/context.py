@@ -12,7 +12,14 @@ import click
 import sqlalchemy as sa
 
 from outbox import migrate
-from outbox.database import create_engine, resolve_dsn, sqlalchemy_url
+from outbox.database import (
+    Server,
+    create_engine,
+    database_name,
+    find_server,
+    sqlalchemy_url,
+    with_database,
+)
 from outbox.errors import OutboxError
 from outbox.settings import Settings
 
@@ -22,25 +29,35 @@ F = TypeVar("F", bound=Callable[..., Any])
 @dataclasses.dataclass
 class Context:
     settings: Settings
+    #: ``--database``: this database on the server found, in place of the DSN's own.
+    database: str | None = None
 
     @classmethod
-    def create(cls, dsn: str | None) -> Context:
+    def create(cls, dsn: str | None, database: str | None = None) -> Context:
         try:
             settings = Settings.load(dsn=dsn)
             if settings.dsn:
                 sqlalchemy_url(settings.dsn)  # refuse a malformed DSN before any work
-            return cls(settings)
+            return cls(settings, None if database is None else database_name(database))
         except OutboxError as exc:
             raise click.UsageError(str(exc)) from None
 
     @functools.cached_property
-    def dsn(self) -> str:
-        if not self.settings.dsn:
+    def server(self) -> Server:
+        """The server by the one rule (``find_server``), said on stderr when not configured."""
+        server = find_server(self.settings)
+        if server.source != "dsn":
             click.echo(
-                f"No OUTBOX_DSN: using the embedded PostgreSQL in {self.settings.embedded_dir}",
+                f"No OUTBOX_DSN: using database {self.database or 'postgres'} on {server.where}",
                 err=True,
             )
-        return resolve_dsn(self.settings)
+        return server
+
+    @functools.cached_property
+    def dsn(self) -> str:
+        if self.database is None:
+            return self.server.dsn
+        return with_database(self.server.dsn, self.database)
 
     def engine(self, **options: Any) -> sa.Engine:
         return create_engine(self.dsn, **options)

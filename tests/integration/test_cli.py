@@ -43,7 +43,9 @@ def test_status_table_renders(db: sa.Engine, dsn: str) -> None:
 
 
 def test_demo_runs_the_ledger_and_reports_it_balanced(server: str) -> None:
-    result = CliRunner().invoke(cli, ["--dsn", server, "demo", "--transfers", "12"])
+    # A database of this test's own: a server's outbox_demo may be an older demo's.
+    args = ["--dsn", server, "demo", "--database", "outbox_demo_cli_test", "--transfers", "12"]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "12 transfers committed" in result.output
     assert "5 recognised as duplicates" in result.output
