@@ -7,21 +7,17 @@ import getpass
 import json
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from outbox.audit import chain, redaction, retention, seal, trail, verify
 from outbox.cli.context import Context, clear_errors, migrated_connection
-from outbox.cli.terminal import literal
+from outbox.cli.terminal import Moment, console, json_default, print_history
 from outbox.settings import parse_duration
-
-MOMENTS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M%z"]
 
 
 @click.group("audit")
@@ -143,10 +139,12 @@ def seal_command(ctx: Context) -> None:
 @click.option("--key", help="Every job of a key.")
 @click.option("--type", "job_type", help="Every job of a type.")
 @click.option("--actor", help="Operator actions by this actor.")
-@click.option("--since", type=click.DateTime(MOMENTS), help="From (UTC unless an offset is given).")
 @click.option(
-    "--until", type=click.DateTime(MOMENTS), help="Before (UTC unless an offset is given)."
-)
+    "--since", type=Moment(),
+    help="From TIME: 2026-12-04T14:50:14Z as printed (UTC unless an offset is given), or a "
+    "time ago (90s, 30m, 1h, 2d).",
+)  # fmt: skip
+@click.option("--until", type=Moment(), help="Before TIME, in the same forms.")
 @click.option("--limit", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
@@ -159,34 +157,23 @@ def trail_command(
     since: datetime | None, until: datetime | None, limit: int, fmt: str,
 ) -> None:  # fmt: skip
     """What happened to jobs: every history row matching all the filters, oldest first."""
-    since, until = (_utc(m) for m in (since, until))
     with migrated_connection(ctx) as connection:
         rows = trail.trail(
             connection, job=job, key=key, type=job_type, actor=actor, since=since, until=until,
             limit=limit,
         )  # fmt: skip
     if fmt == "json":
-        click.echo(json.dumps(rows, default=str, indent=2))
+        click.echo(json.dumps(rows, default=json_default, indent=2))
     elif fmt == "csv":
         # Exact values, control characters and all: CSV is data for the tools that read it.
         writer = csv.DictWriter(sys.stdout, fieldnames=list(trail.COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
     else:
-        table = Table(title=f"{len(rows)} history row(s)", title_justify="left")
-        shown = ("at", "job_uuid", "event", "type", "key", "attempt", "relay", "actor",
-                 "error_message", "duration_ms")  # fmt: skip
-        for name in shown:
-            table.add_column(name)
-        for row in rows:
-            table.add_row(*(literal(row[n]) for n in shown))
-        Console().print(table)
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
+        out = console()
+        more = "; that is --limit: there may be more" if len(rows) == limit else ""
+        out.print(f"{len(rows)} history row(s), oldest first{more}")
+        print_history(out, rows, with_job=True)
 
 
 @group.command("export")

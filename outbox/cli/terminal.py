@@ -11,11 +11,14 @@ sees it. JSON and CSV, which tools read, keep values exact.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import click
 from rich import box
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -161,3 +164,49 @@ def table(
             overflow="fold",
         )
     return shown
+
+
+# -- history, one block per row ------------------------------------------------------------
+
+
+def print_history(out: Console, rows: Iterable[Mapping[str, Any]], *, with_job: bool) -> None:
+    """History rows as blocks that fit any width: a first line with the time, the job's uuid
+    (``with_job``) and the event, then its fields as ``name=value``, then its reason and
+    error each on a line of their own, indented and folded.
+    """
+    for row in rows:
+        head = [moment(row["at"])]
+        if with_job:
+            head.append(str(row["job_uuid"]))
+        head.append(row["event"] + (f" attempt {row['attempt']}" if row["attempt"] else ""))
+        out.print(Text("  ".join(head)))
+        names = ("type", "queue", "key") if with_job else ()
+        fields = [(name, row.get(name)) for name in (*names, "relay", "actor")]
+        if row.get("duration_ms") is not None:
+            fields.append(("took", duration(row["duration_ms"] / 1000)))
+        run_at = row.get("run_at")
+        later = row["event"] == "enqueued" and run_at is not None and run_at > row["at"]
+        if run_at is not None and (row["event"] == "retried" or later):
+            fields.append(("runs_at", moment(run_at)))
+        error = ": ".join(str(p) for p in (row.get("error_type"), row.get("error_message")) if p)
+        print_details(out, fields, [("reason", row.get("reason")), ("error", error or None)])
+
+
+def print_details(
+    out: Console, fields: Iterable[tuple[str, object]], notes: Iterable[tuple[str, object]] = ()
+) -> None:
+    """Under a block's first line, indented: ``name=value`` fields on one folded line (a
+    value of None is left out), then each note (free text) on lines of its own."""
+    shown = [f"{name}={escape_controls(str(value))}" for name, value in fields if value is not None]
+    if shown:
+        out.print(Padding(Text("  ".join(shown)), (0, 0, 0, 4), expand=False))
+    for name, value in notes:
+        if value is not None:
+            out.print(
+                Padding(Text(f"{name}: {escape_controls(str(value))}"), (0, 0, 0, 4), expand=False)
+            )
+
+
+def plain_lines(text: str) -> list[str]:
+    """Multi-line stored text (a traceback) as lines for a terminal, each line escaped."""
+    return [escape_controls(line) for line in text.rstrip("\n").split("\n")]

@@ -7,7 +7,8 @@ WHERE uuid = :uuid;
 
 -- name: history_of_job
 -- Every transition of one job, oldest first (G7).
-SELECT id, event, attempt, at, relay, actor, reason, run_at, duration_ms, error
+SELECT id, event, type, queue, key, attempt, at, relay, actor, reason, run_at, duration_ms,
+       error
 FROM outbox_history
 WHERE job_uuid = :uuid
 ORDER BY id;
@@ -66,3 +67,28 @@ SELECT cancelled.uuid FROM cancelled, woken;
 -- name: states_of
 -- Where the named jobs are now, to explain to an operator why an action skipped them.
 SELECT uuid, state FROM outbox_jobs WHERE uuid = ANY(CAST(:uuid AS uuid[]));
+
+-- name: list_jobs
+-- Live jobs matching an operator's filters (each one left NULL matches every job), in id
+-- order after :after and at most :limit of them (NULL: all): keyset pages, never OFFSET and
+-- never a count over the table. A pending job whose run_at is still to come shows as
+-- scheduled, as `outbox status` counts it. `jobs retry` and `jobs cancel` act on the uuids
+-- this returned, never on jobs that arrived after it (what the operator confirmed).
+SELECT id, uuid, state, type, queue, key, priority, attempt, max_attempts, run_at,
+       enqueued_at, relay, lease_expires_at, last_error
+FROM (
+    SELECT id, uuid,
+           CASE WHEN state = 'pending' AND run_at > now() THEN 'scheduled' ELSE state END
+               AS state,
+           type, queue, key, priority, attempt, max_attempts, run_at, enqueued_at, relay,
+           lease_expires_at, last_error
+    FROM outbox_jobs
+    WHERE id > :after
+      AND (CAST(:queue AS text) IS NULL OR queue = :queue)
+      AND (CAST(:type AS text) IS NULL OR type = :type)
+      AND (CAST(:key AS text) IS NULL OR key = :key)
+      AND (CAST(:since AS timestamptz) IS NULL OR enqueued_at >= :since)
+) AS live
+WHERE CAST(:states AS text[]) IS NULL OR state = ANY(CAST(:states AS text[]))
+ORDER BY id
+LIMIT :limit;

@@ -135,7 +135,7 @@ def test_json_keeps_stored_text_exact(db: sa.Engine, dsn: str) -> None:
     job = dead_job(db, message, key="[/]k")
     shown = json.loads(terminal_output(run(dsn, "jobs", "show", str(job), "--json")))
     assert shown["job"]["key"] == "[/]k"
-    assert {h["error"]["message"] for h in shown["history"] if h["error"]} == {message}
+    assert {h["error_message"] for h in shown["history"] if h["error_message"]} == {message}
     rows = json.loads(terminal_output(run(dsn, "audit", "trail", "--job", str(job), "--format",
                                           "json")))  # fmt: skip
     assert {r["error_message"] for r in rows} == {None, message}
