@@ -124,9 +124,10 @@ class Moment(click.ParamType[datetime]):
 
 
 def json_default(value: object) -> object:
-    """For ``json.dumps``: times in ISO 8601 with their full precision, the rest as text."""
+    """For ``json.dumps``: times in ISO 8601 in UTC with their full precision, the rest (uuids)
+    as text."""
     if isinstance(value, datetime):
-        return value.isoformat()
+        return (value.astimezone(UTC) if value.tzinfo else value).isoformat()
     return str(value)
 
 
