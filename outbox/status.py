@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,6 +14,7 @@ DEPTH = sa.text(queries["status_depth"])
 BLOCKED = sa.text(queries["status_blocked_keys"])
 RELAYS = sa.text(queries["status_relays"])
 THROUGHPUT = sa.text(queries["status_throughput"])
+SCHEDULES = sa.text(queries["status_schedules"])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,12 +48,36 @@ class LiveRelay:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """A periodic schedule (``registry.schedule``) as its row holds it; times in ISO 8601."""
+
+    name: str
+    type: str
+    #: The cron expression (in ``timezone``) or ``every <interval>``, as declared.
+    spec: str
+    timezone: str
+    queue: str | None
+    key: str | None
+    #: The latest tick whose job was enqueued, and that job.
+    last_tick: str | None
+    last_job_uuid: str | None
+    #: The relay that enqueued it.
+    relay: str | None
+    next_tick: str | None
+    #: How long the next tick is past due; beyond a few seconds, no relay that declares the
+    #: schedule is running.
+    overdue_seconds: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Status:
     queues: list[QueueDepth]
     blocked_keys: list[BlockedKey]
     relays: list[LiveRelay] = dataclasses.field(default_factory=list)
     #: Ends of attempts over the last minute: {queue: {succeeded|retried|dead: count}}.
     last_minute: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    #: Periodic schedules, by name.
+    schedules: list[ScheduleState] = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,4 +111,16 @@ def snapshot(connection: sa.Connection, *, blocked_limit: int = 100) -> Status:
     last_minute: dict[str, dict[str, int]] = {}
     for row in connection.execute(THROUGHPUT):
         last_minute.setdefault(row.queue, {})[row.event] = row.jobs
-    return Status(depth, blocked, relays, last_minute)
+    schedules = [
+        ScheduleState(
+            row.name, row.type, row.spec, row.timezone, row.queue, row.key, _iso(row.last_tick),
+            None if row.last_job_uuid is None else str(row.last_job_uuid), row.relay,
+            _iso(row.next_tick), float(row.overdue_seconds),
+        )
+        for row in connection.execute(SCHEDULES)
+    ]  # fmt: skip
+    return Status(depth, blocked, relays, last_minute, schedules=schedules)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat()

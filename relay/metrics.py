@@ -94,3 +94,19 @@ SEALED_ROWS = Counter(
     "outbox_history_sealed_rows_total",
     "History rows this relay sealed into the digest chain (only the sealing relay counts).",
 )
+
+# Periodic jobs (relay/scheduler.py): read from each schedule's row by every relay that declares
+# it, so all of them report the same instants; "livemax" keeps the latest across processes.
+SCHEDULE_NEXT_TICK = Gauge(
+    "outbox_schedule_next_tick_timestamp_seconds",
+    "When a schedule's next tick is due (Unix time); past it by more than a few seconds, no "
+    "relay that declares the schedule is running.",
+    ["schedule"],
+    multiprocess_mode="livemax",
+)
+SCHEDULE_LAST_TICK = Gauge(
+    "outbox_schedule_last_tick_timestamp_seconds",
+    "The latest tick of a schedule whose job was enqueued (Unix time).",
+    ["schedule"],
+    multiprocess_mode="livemax",
+)

@@ -46,6 +46,7 @@ from .log import first_line
 from .notify import Listener
 from .pace import Pace
 from .rescue import Rescuer
+from .scheduler import Scheduler
 from .sealer import Sealer
 from .service import database_fault
 from .upkeep import Upkeep
@@ -134,6 +135,8 @@ class Worker:
             *([Sealer(self.engine, settings.seal_interval, self.relay)]
               if settings.seal_interval else []),
             Upkeep(self.engine),
+            *([Scheduler(self.engine, registry, settings, self.relay)]
+              if registry.schedules else []),
             self.listener,
             self.heartbeat,
         ]  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from datetime import datetime
 
 import click
 import sqlalchemy as sa
@@ -14,7 +15,8 @@ from rich.table import Table
 
 from outbox import migrate
 from outbox.cli.context import Context, clear_errors
-from outbox.cli.terminal import console, duration, literal, table
+from outbox.cli.terminal import console, duration, literal, moment, table
+from outbox.schedule import GRACE
 from outbox.status import Status, snapshot
 
 
@@ -89,6 +91,21 @@ def tables(current: Status) -> list[Table]:
         for b in current.blocked_keys:
             blocked.add_row(*(literal(v) for v in (b.queue, b.key, b.uuid, b.type, b.waiting)))
         shown.append(blocked)
+    if current.schedules:
+        # Periodic jobs; a next tick overdue means no relay that declares the schedule runs.
+        schedules = table("schedules", "schedule", "type", "spec", "last tick", "next tick")
+        for column in schedules.columns[3:]:  # times whole, as an operator pastes them
+            column.no_wrap, column.min_width = True, len("2026-12-04T14:50:14Z")
+        for s in current.schedules:
+            spec = literal(s.spec)
+            if s.timezone != "UTC":
+                spec.append("\n").append_text(literal(s.timezone))
+            late = GRACE.total_seconds() < s.overdue_seconds
+            schedules.add_row(
+                literal(s.name), literal(s.type), spec, _moment(s.last_tick) or "-",
+                _moment(s.next_tick) + (f"\noverdue {duration(s.overdue_seconds)}" if late else ""),
+            )  # fmt: skip
+        shown.append(schedules)
     relays = table(
         "relays alive", "relay", "queues", "concurrency", "version", "last heartbeat",
         right=("concurrency",),
@@ -100,3 +117,7 @@ def tables(current: Status) -> list[Table]:
         relays.add_row("(none)", "", "", "", "")
     shown.append(relays)
     return shown
+
+
+def _moment(iso: str | None) -> str:
+    return moment(None if iso is None else datetime.fromisoformat(iso))

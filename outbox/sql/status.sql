@@ -39,3 +39,13 @@ FROM outbox_history
 WHERE at > now() - interval '1 minute' AND event IN ('succeeded', 'retried', 'dead')
 GROUP BY queue, event
 ORDER BY queue, event;
+
+-- name: status_schedules
+-- Periodic schedules, from the rows relays keep (relay/sql/schedule.sql): each one's
+-- declaration, last tick and its job, next tick, and how long that is past due (no relay that
+-- declares the schedule runs). A row stays after its schedule leaves the code, and shows
+-- here, ever more overdue, until an operator deletes it.
+SELECT name, type, spec, timezone, queue, key, last_tick, last_job_uuid, relay, next_tick,
+       greatest(0, coalesce(extract(epoch FROM now() - next_tick), 0)) AS overdue_seconds
+FROM outbox_schedules
+ORDER BY name;
