@@ -13,6 +13,7 @@ from outbox.sql import queries
 DEPTH = sa.text(queries["status_depth"])
 BLOCKED = sa.text(queries["status_blocked_keys"])
 RELAYS = sa.text(queries["status_relays"])
+UNRUNNABLE = sa.text(queries["status_unrunnable"])
 THROUGHPUT = sa.text(queries["status_throughput"])
 SCHEDULES = sa.text(queries["status_schedules"])
 
@@ -45,6 +46,20 @@ class LiveRelay:
     concurrency: int
     version: str
     heartbeat_age_seconds: float
+    #: The job types it has handlers for: the only ones it claims.
+    types: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unrunnable:
+    """Ready jobs of one type and queue that no live relay can run: none alive takes the
+    queue with a handler for the type. They wait for a relay that can."""
+
+    queue: str
+    type: str
+    jobs: int
+    #: How long the oldest of them has been ready.
+    oldest_seconds: float
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,6 +91,8 @@ class Status:
     relays: list[LiveRelay] = dataclasses.field(default_factory=list)
     #: Ends of attempts over the last minute: {queue: {succeeded|retried|dead: count}}.
     last_minute: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    #: Ready jobs no live relay can run, by queue and type (rolling deploys).
+    unrunnable: list[Unrunnable] = dataclasses.field(default_factory=list)
     #: Periodic schedules, by name.
     schedules: list[ScheduleState] = dataclasses.field(default_factory=list)
 
@@ -104,13 +121,17 @@ def snapshot(connection: sa.Connection, *, blocked_limit: int = 100) -> Status:
     relays = [
         LiveRelay(
             row.relay, row.host, row.pid, list(row.queues), row.concurrency, row.version,
-            float(row.heartbeat_age_seconds),
+            float(row.heartbeat_age_seconds), list(row.types),
         )
         for row in connection.execute(RELAYS)
     ]  # fmt: skip
     last_minute: dict[str, dict[str, int]] = {}
     for row in connection.execute(THROUGHPUT):
         last_minute.setdefault(row.queue, {})[row.event] = row.jobs
+    unrunnable = [
+        Unrunnable(row.queue, row.type, row.jobs, float(row.oldest_seconds))
+        for row in connection.execute(UNRUNNABLE)
+    ]
     schedules = [
         ScheduleState(
             row.name, row.type, row.spec, row.timezone, row.queue, row.key, _iso(row.last_tick),
@@ -119,7 +140,7 @@ def snapshot(connection: sa.Connection, *, blocked_limit: int = 100) -> Status:
         )
         for row in connection.execute(SCHEDULES)
     ]  # fmt: skip
-    return Status(depth, blocked, relays, last_minute, schedules=schedules)
+    return Status(depth, blocked, relays, last_minute, unrunnable, schedules=schedules)
 
 
 def _iso(moment: datetime | None) -> str | None:

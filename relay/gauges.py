@@ -1,7 +1,8 @@
 """The queue gauges: depth by queue and state, the oldest ready job's age, dead jobs, blocked
-keys, live relays and the seal lag. They come from the database, read by one relay at a time
-(the holder of an advisory lock) when Prometheus scrapes, and cached for a few seconds, so
-that a fleet of relays does not read the same numbers many times over.
+keys, ready jobs no live relay can run, live relays and the seal lag. They come from the
+database, read by one relay at a time (the holder of an advisory lock) when Prometheus
+scrapes, and cached for a few seconds, so that a fleet of relays does not read the same
+numbers many times over.
 """
 
 from __future__ import annotations
@@ -81,6 +82,21 @@ class QueueGauges(Collector):
             "Relays whose heartbeat has not expired.",
             value=len(current.relays),
         )
+        # Relays claim only the types they have handlers for: these wait for one that does.
+        unrunnable = GaugeMetricFamily(
+            "outbox_unrunnable_jobs",
+            "Ready jobs no live relay can run: none takes their queue with a handler for "
+            "their type (a consumer not deployed yet).",
+            labels=["queue", "type"],
+        )
+        unrunnable_age = GaugeMetricFamily(
+            "outbox_unrunnable_job_age_seconds",
+            "How long the oldest ready job that no live relay can run has waited.",
+            labels=["queue", "type"],
+        )
+        for waiting in current.unrunnable:
+            unrunnable.add_metric([waiting.queue, waiting.type], waiting.jobs)
+            unrunnable_age.add_metric([waiting.queue, waiting.type], waiting.oldest_seconds)
         per_queue: dict[str, int] = {}
         for key in current.blocked_keys:
             per_queue[key.queue] = per_queue.get(key.queue, 0) + 1
@@ -93,4 +109,4 @@ class QueueGauges(Collector):
             oldest.add_metric([q.queue], q.oldest_ready_seconds or 0.0)
             dead.add_metric([q.queue], q.dead)
             blocked.add_metric([q.queue], per_queue.get(q.queue, 0))
-        return [depth, oldest, dead, blocked, live, lag]
+        return [depth, oldest, dead, blocked, unrunnable, unrunnable_age, live, lag]

@@ -50,6 +50,7 @@ class Heartbeat(Service):
         dispatcher: Dispatcher,
         completer: Completer,
         log: structlog.typing.FilteringBoundLogger,
+        types: Sequence[str] = (),
     ) -> None:
         super().__init__(EVERY)
         self._engine = engine
@@ -58,6 +59,7 @@ class Heartbeat(Service):
         self._renew_every = settings.lease.total_seconds() / 3
         self._next_renewal = time.monotonic() + self._renew_every
         self._queues = list(queues)
+        self._types = sorted(types)  # announced: the types this relay claims
         self._concurrency = settings.concurrency
         self._inflight = inflight
         self._dispatcher = dispatcher
@@ -101,12 +103,14 @@ class Heartbeat(Service):
             database_fault("heartbeat", "lease heartbeat failed", exc)
 
     def announce(self) -> None:
-        """Tell status and metrics this relay is alive, for one more lease."""
+        """Tell status and metrics this relay is alive, for one more lease, and which job
+        types it runs."""
         params = {
             "relay": self._relay,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "queues": self._queues,
+            "types": self._types,
             "concurrency": self._concurrency,
             "version": VERSION,
             "ttl": self._lease,

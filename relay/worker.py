@@ -127,6 +127,7 @@ class Worker:
         self.heartbeat = Heartbeat(
             self.engine, self.relay, settings, self.queues,
             self.inflight, self.dispatcher, self.completer, self.log,
+            types=[handler.type for handler in registry],
         )  # fmt: skip
         # Stopped in this order, after the grace period: the completer writes what it holds.
         self._services: list[service.Chore] = [

@@ -30,7 +30,7 @@ from outbox.status import Status, snapshot
 @clear_errors
 def command(ctx: Context, as_json: bool, watch: float | None) -> None:
     """Queues by state, the oldest ready job's age, the last minute's outcomes, dead jobs,
-    keys blocked by a dead job, and the relays alive now."""
+    keys blocked by a dead job, job types no live relay can run, and the relays alive now."""
     engine = ctx.engine(poolclass=sa.NullPool)
     try:
         with engine.connect() as connection:
@@ -91,6 +91,16 @@ def tables(current: Status) -> list[Table]:
         for b in current.blocked_keys:
             blocked.add_row(*(literal(v) for v in (b.queue, b.key, b.uuid, b.type, b.waiting)))
         shown.append(blocked)
+    if current.unrunnable:
+        # Relays claim only the types they have handlers for: these wait for one that does.
+        title = "job types no live relay can run"
+        waiting = table(title, "queue", "type", "jobs", "oldest\nwaiting",
+                        right=("jobs", "oldest\nwaiting"))  # fmt: skip
+        waiting.min_width = len(title)  # the title on one line
+        for u in current.unrunnable:
+            waiting.add_row(literal(u.queue), literal(u.type), str(u.jobs),
+                            duration(u.oldest_seconds))  # fmt: skip
+        shown.append(waiting)
     if current.schedules:
         # Periodic jobs; a next tick overdue means no relay that declares the schedule runs.
         schedules = table("schedules", "schedule", "type", "spec", "last tick", "next tick")

@@ -26,11 +26,30 @@ LIMIT :limit;
 
 -- name: status_relays
 -- Relays that announced themselves and whose heartbeat has not expired.
-SELECT relay, host, pid, queues, concurrency, version, started_at,
+SELECT relay, host, pid, queues, concurrency, version, started_at, types,
        extract(epoch FROM now() - heartbeat_at) AS heartbeat_age_seconds
 FROM outbox_relays
 WHERE expires_at > now()
 ORDER BY relay;
+
+-- name: status_unrunnable
+-- Ready jobs that no live relay can run, by queue and type: no relay alive takes their queue
+-- with a handler for their type. Relays claim only the types they name (relay claim.sql), so
+-- these wait, untouched, for a deploy (a producer shipped before its consumer) or a relay
+-- started with that queue. Scheduled jobs are not waiting yet; running and dead ones are
+-- counted elsewhere. While no relay is alive at all nothing is listed: every job waits then,
+-- and the relays say so. The relays' rows are few: the anti-join costs one probe per type.
+SELECT j.queue, j.type, count(*) AS jobs,
+       extract(epoch FROM now() - min(j.run_at)) AS oldest_seconds
+FROM outbox_jobs AS j
+WHERE j.state = 'pending' AND j.run_at <= now()
+  AND EXISTS (SELECT 1 FROM outbox_relays WHERE expires_at > now())
+GROUP BY j.queue, j.type
+HAVING NOT EXISTS (
+    SELECT 1 FROM outbox_relays AS r
+    WHERE r.expires_at > now() AND j.queue = ANY(r.queues) AND j.type = ANY(r.types)
+)
+ORDER BY j.queue, j.type;
 
 -- name: status_throughput
 -- What happened over the last minute, from history: ends of attempts by queue and outcome.

@@ -42,6 +42,12 @@ def plain(job: outbox.Job) -> None:
         time.sleep(pause)
 
 
+@registry.handler("chaos.crash_free_failure", timeout=30)
+def crash_free_failure(job: outbox.Job) -> None:
+    """Fails like any handler can, the process unharmed (its attempts: the relay's default)."""
+    raise RuntimeError("refused, without crashing")
+
+
 @registry.handler("chaos.segfault", max_attempts=3, timeout=30)
 def segfault(job: outbox.Job) -> None:
     """A real segmentation fault, in the handler's own thread: os.kill(SIGSEGV) would reach
