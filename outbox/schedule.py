@@ -251,6 +251,17 @@ def idempotency_key(name: str, tick: datetime) -> str:
     return f"schedule:{name}:{tick.astimezone(UTC).isoformat()}"
 
 
+def tick_of(key: str | None) -> datetime | None:
+    """The tick a job's idempotency key names, if a schedule enqueued the job, else None."""
+    if key is None or not key.startswith("schedule:") or len(key) < len("schedule:x:") + 25:
+        return None
+    try:
+        tick = datetime.fromisoformat(key[-25:])  # 2026-12-04T05:30:00+00:00
+    except ValueError:
+        return None
+    return tick if key[-26] == ":" and tick.utcoffset() == timedelta(0) else None
+
+
 def _check_name(name: object) -> None:
     if not isinstance(name, str):
         raise RegistryError(f"schedule name must be a str, not {type(name).__name__}")
@@ -285,4 +296,5 @@ __all__ = [
     "Due",
     "Schedule",
     "idempotency_key",
+    "tick_of",
 ]

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from outbox import Registry, RegistryError
-from outbox.schedule import CATCH_UP_MAX, GRACE, Schedule, idempotency_key
+from outbox.schedule import CATCH_UP_MAX, GRACE, Schedule, idempotency_key, tick_of
 
 PARIS = "Europe/Paris"
 PARIS_TZ = ZoneInfo(PARIS)
@@ -283,3 +283,18 @@ def _ticks(schedule: Schedule, after: datetime, count: int) -> list[datetime]:
         after = schedule.next_after(after)
         ticks.append(after)
     return ticks
+
+
+def test_the_tick_is_read_back_from_the_idempotency_key() -> None:
+    tick = at("2026-05-01 07:00")
+    assert tick_of(idempotency_key("odd:name:with:colons", tick)) == tick
+    assert tick_of(idempotency_key("nightly", tick)) == tick
+
+
+@pytest.mark.parametrize(
+    "key",
+    [None, "", "order:7", "schedule:", "schedule:x:2026-05-01T07:00:00+02:00",
+     "schedule:x:not a time at all, really", "other:x:2026-05-01T07:00:00+00:00"],
+)  # fmt: skip
+def test_a_key_no_schedule_made_names_no_tick(key: str | None) -> None:
+    assert tick_of(key) is None
