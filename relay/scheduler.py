@@ -158,7 +158,7 @@ class Scheduler(Service):
         due = schedule.due(row.next_tick, now)
         if due.skipped:
             log.info(
-                "schedule missed ticks while no relay ran; catching up",
+                "schedule missed ticks while no relay ran",
                 schedule=schedule.name, catch_up=schedule.catch_up,
                 since=row.next_tick.isoformat(), enqueued=len(due.ticks),
             )  # fmt: skip
