@@ -50,12 +50,13 @@ def claim_batch(
     lease: timedelta,
     relay: str,
     limits: AttemptLimits,
+    rooms: Sequence[int] | None = None,
 ) -> list[Job]:
-    """Claim up to ``limit`` jobs and commit at once; the jobs come back in claim order."""
-    rows = connection.execute(
-        CLAIM,
-        {"queues": list(queues), "limit": limit, "lease": lease, "relay": relay, **limits.params()},
-    ).all()
+    """Claim up to ``limit`` jobs and commit at once; the jobs come back in claim order.
+    ``rooms``: each queue's most jobs in this claim (per-queue limits), else ``limit``."""
+    rooms = list(rooms) if rooms is not None else [limit] * len(queues)
+    params = {"queues": list(queues), "rooms": rooms, "limit": limit, "lease": lease}
+    rows = connection.execute(CLAIM, {**params, "relay": relay, **limits.params()}).all()
     connection.commit()
     return _jobs(rows)
 

@@ -6,6 +6,9 @@
 -- one key runs one job at a time in commit order (G4).
 -- Each queue is read through outbox_jobs_ready_idx in claim order (a LATERAL per queue keeps
 -- the scan ordered and index-driven whatever the statistics say), then the best :limit win.
+-- A queue gives at most its :rooms entry (the same position as in :queues): with per-queue
+-- limits, its free places in this relay process, so a slow queue never fills the process
+-- (relay/queues.py); without, :limit for every queue.
 -- The chosen rows, locked by this statement, are updated by their physical address (ctid): a
 -- TID scan, never a join over the live table, whatever the planner thinks of its size.
 -- Jobs marked `isolated` (they lost a lease beside others, see rescue.sql) are left to
@@ -22,7 +25,7 @@ WITH limits AS (
 ),
 candidates AS (
     SELECT c.tid, c.priority, c.run_at, c.id
-    FROM unnest(CAST(:queues AS text[])) AS q (queue)
+    FROM unnest(CAST(:queues AS text[]), CAST(:rooms AS integer[])) AS q (queue, room)
     CROSS JOIN LATERAL (
         SELECT j.ctid AS tid, j.priority, j.run_at, j.id
         FROM outbox_jobs AS j
@@ -38,7 +41,7 @@ candidates AS (
               )
           )
         ORDER BY j.priority, j.run_at, j.id
-        LIMIT :limit
+        LIMIT least(:limit, q.room)
         FOR UPDATE OF j SKIP LOCKED
     ) AS c
 ),

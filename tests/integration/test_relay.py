@@ -409,7 +409,8 @@ def test_claim_plan_is_index_driven_right_after_a_burst(db: sa.Engine) -> None:
                 for row in conn.execute(
                     sa.text("EXPLAIN " + CLAIM.text),
                     {"queues": ["default"], "limit": 500, "lease": timedelta(seconds=30),
-                     "relay": "r", **AttemptLimits(default=5, types=("a.burst",)).params()},
+                     "rooms": [500], "relay": "r",
+                     **AttemptLimits(default=5, types=("a.burst",)).params()},
                 )
             )  # fmt: skip
             conn.rollback()
