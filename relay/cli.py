@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import click
 import psycopg
@@ -14,24 +15,44 @@ from outbox.cli.context import Context, clear_errors
 from . import log, preflight, supervisor
 from .app import load_registry
 from .http import DEFAULT_ADDR, parse_addr
+from .queues import MAX_THREADS, QueueChoice, parse_queues
 from .worker import Worker
+
+
+class QueuesParam(click.ParamType[QueueChoice]):
+    """``a,b`` (shared threads) or ``a=N,b=N`` (a limit per queue): relay/queues.py."""
+
+    name = "queues"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> QueueChoice:
+        if isinstance(value, QueueChoice):
+            return value
+        try:
+            return parse_queues(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 @click.command("relay")
 @click.option("--app", required=True, metavar="MODULE:REGISTRY", help="The outbox.Registry to run.")
 @click.option(
-    "--queues",
-    metavar="A,B",
-    help="Queues to take jobs from, comma-separated. [default: every queue the handlers name]",
-)
+    "--queues", type=QueuesParam(), envvar="OUTBOX_QUEUES", metavar="A,B|A=N,B=N",
+    help="Queues to take jobs from, comma-separated. A=N lets at most N jobs of queue A run "
+    "at once per process, and the threads are the limits' sum. "
+    "[env OUTBOX_QUEUES; default: every queue the handlers name]",
+)  # fmt: skip
 @click.option(
     "--concurrency",
-    type=click.IntRange(1, 1024),
-    help="Handlers run at once per process. [env OUTBOX_CONCURRENCY; default: 16]",
+    type=click.IntRange(1, MAX_THREADS),
+    help="Handlers run at once per process. [env OUTBOX_CONCURRENCY; default: 16, or the "
+    "sum of the queues' limits]",
 )
 @click.option(
     "--processes", type=click.IntRange(1, 64), default=1, show_default=True,
-    help="Relay processes under one supervisor, which restarts any that dies.",
+    help="Relay processes under one supervisor, which restarts any that dies. Concurrency "
+    "and queue limits apply to each process.",
 )  # fmt: skip
 @click.option(
     "--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
@@ -50,7 +71,7 @@ from .worker import Worker
 def command(
     ctx: Context,
     app: str,
-    queues: str | None,
+    queues: QueueChoice | None,
     concurrency: int | None,
     processes: int,
     log_format: str,
@@ -66,11 +87,13 @@ def command(
     """
     log.configure(log_format, log_level)
     addr = None if metrics_addr.lower() in ("off", "") else parse_addr(metrics_addr)
-    registry = load_registry(app)
     settings = ctx.settings
-    if concurrency is not None:
+    if queues is not None and queues.threads is not None:
+        threads = _threads_for_limits(queues, concurrency, settings.concurrency)
+        settings = dataclasses.replace(settings, concurrency=threads)
+    elif concurrency is not None:
         settings = dataclasses.replace(settings, concurrency=concurrency)
-    chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    registry = load_registry(app)
     dsn = ctx.dsn
     engine = ctx.engine(poolclass=sa.NullPool)
     try:
@@ -89,11 +112,42 @@ def command(
         child = ["-m", "outbox", "relay", "--app", app, "--processes", "1"]
         child += ["--metrics-addr", "off"]  # the supervisor serves them for all
         child += ["--log-format", log_format, "--log-level", log_level]
-        if queues:
-            child += ["--queues", queues]
+        if queues is not None:
+            child += ["--queues", str(queues)]
         if concurrency:
             child += ["--concurrency", str(concurrency)]
         grace = settings.shutdown_grace.total_seconds()
         raise SystemExit(supervisor.run_processes(child, processes, grace, dsn, addr))
-    worker = Worker(registry, dsn, settings, queues=chosen, metrics_addr=addr)
+    worker = Worker(
+        registry, dsn, settings,
+        queues=queues.names if queues is not None and queues.limits is None else None,
+        queue_limits=queues.limits if queues is not None else None,
+        metrics_addr=addr,
+    )  # fmt: skip
     raise SystemExit(supervisor.run_worker(worker))
+
+
+def _threads_for_limits(queues: QueueChoice, option: int | None, setting: int) -> int:
+    """The handler threads of a process whose queues have limits: their sum. A concurrency
+    given as well (--concurrency, else OUTBOX_CONCURRENCY) must agree with it, not be
+    dropped in silence."""
+    assert queues.threads is not None
+    threads = queues.threads
+    source = click.get_current_context().get_parameter_source("queues")
+    named = (
+        f"OUTBOX_QUEUES={queues}"
+        if source == click.core.ParameterSource.ENVIRONMENT
+        else f"--queues {queues}"
+    )
+    if option is not None:
+        given = f"--concurrency {option}"
+    elif os.environ.get("OUTBOX_CONCURRENCY", "").strip():
+        given = f"OUTBOX_CONCURRENCY={setting}"
+    else:
+        return threads
+    if (option if option is not None else setting) != threads:
+        raise click.UsageError(
+            f"{given} contradicts {named}: a process runs the sum of the queues' limits, "
+            f"{threads} handlers at once; leave the concurrency out, or make it {threads}"
+        )
+    return threads

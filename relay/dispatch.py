@@ -73,7 +73,9 @@ class Dispatcher:
             else:
                 plain.append(running)
         # Plain jobs go to the threads in even chunks: one hand-off per chunk, not per job.
-        size = max(1, -(-len(plain) // self._concurrency))
+        # With per-queue limits each job goes alone (a claim takes no more than the free
+        # threads then), so no job waits behind another queue's in a chunk.
+        size = 1 if self._inflight.limited else max(1, -(-len(plain) // self._concurrency))
         for start in range(0, len(plain), size):
             chunk = plain[start : start + size]
             future = self._submit(self._run_chunk, chunk, chunk)
@@ -83,10 +85,14 @@ class Dispatcher:
 
     def submit_groups(self, members: list[Running]) -> None:
         """Session jobs go in groups of up to SESSION_GROUP per transaction, each group of
-        one timeout, so that the transaction's statement timeout is every member's own."""
-        by_timeout: dict[float, list[Running]] = {}
+        one timeout, so that the transaction's statement timeout is every member's own. With
+        per-queue limits, each group holds one queue's jobs: a slow queue's handler never
+        holds up another queue's job in its transaction."""
+        by_timeout: dict[tuple[float, str], list[Running]] = {}
+        limited = self._inflight.limited
         for running in members:
-            by_timeout.setdefault(self.timeout(running.handler), []).append(running)
+            queue = running.job.queue if limited else ""
+            by_timeout.setdefault((self.timeout(running.handler), queue), []).append(running)
         for same in by_timeout.values():
             for start in range(0, len(same), SESSION_GROUP):
                 group = Group(same[start : start + SESSION_GROUP])
@@ -196,7 +202,7 @@ class Dispatcher:
                         connection.invalidate()
         except Exception as exc:  # the connection died, or the transaction could not end
             if broken:
-                self._inflight.broken_group_left()
+                self._inflight.broken_group_left(group)
                 return []
             # Nothing was committed; the leases expire and the jobs run again (G2).
             metrics.DATABASE_ERRORS.labels("complete").inc()
@@ -204,7 +210,7 @@ class Dispatcher:
             self._inflight.finished([], [Outcome(job, 0.0) for _, job in work])
             return []
         if broken:  # it committed as the heartbeat broke it: the reruns meet their fence
-            self._inflight.broken_group_left()
+            self._inflight.broken_group_left(group)
             return []
         for job in lost:
             self._log.warning("lease lost before running", uuid=str(job.uuid), type=job.type)

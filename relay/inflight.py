@@ -2,9 +2,11 @@
 
 The ledger is the one place that knows which claimed jobs have started, which are timed and
 when their timeouts end, which session jobs share a transaction, which outcomes wait for the
-completer, and how many handler threads are stuck in handlers past their timeouts. Every
-method takes the one lock, so the producer, the handler threads, the completer and the
-heartbeat can all use it.
+completer, and how many handler threads are stuck in handlers past their timeouts. With
+per-queue limits (relay/queues.py) it also counts, per queue, the jobs that hold one of the
+queue's places, so a claim takes no more of a queue than its free room. Every method takes
+the one lock, so the producer, the handler threads, the completer and the heartbeat can all
+use it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -69,10 +71,19 @@ class Running:
 class InFlight:
     """The ledger of one relay process (thread-safe)."""
 
-    def __init__(self, wake: threading.Event, log: structlog.typing.FilteringBoundLogger) -> None:
+    def __init__(
+        self,
+        wake: threading.Event,
+        log: structlog.typing.FilteringBoundLogger,
+        limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.guard = threading.Lock()
         #: Set whenever a place may have come free: a job finished, a thread came back.
         self.space = threading.Event()
+        #: Each queue's most jobs at once here, or None: the queues share every place.
+        self._limits = dict(limits) if limits is not None else None
+        #: Per limited queue: jobs held and not yet run (or running), plus stuck threads.
+        self._occupied = dict.fromkeys(limits, 0) if limits is not None else None
         self._wake = wake
         self._log = log
         self._running: dict[UUID, Running] = {}
@@ -90,6 +101,9 @@ class InFlight:
             fresh = [Running(job, registry.get(job.type)) for job in jobs]
             for running in fresh:
                 self._running[running.job.uuid] = running
+            if self._occupied is not None:
+                for running in fresh:
+                    self._occupy(running.job.queue, 1)
             metrics.IN_FLIGHT.set(len(self._running))
         return fresh
 
@@ -102,6 +116,21 @@ class InFlight:
             completing = self._completing
             allowance = 2 * claim
             return len(self._running) - completing + self._stuck + max(0, completing - allowance)
+
+    @property
+    def limited(self) -> bool:
+        """Whether the queues have limits of their own (else they share every place)."""
+        return self._limits is not None
+
+    def rooms(self) -> dict[str, int] | None:
+        """Per limited queue, how many more of its jobs may be claimed now; None without
+        limits. A job holds its queue's place from its claim until its handler returns (or,
+        stuck past its timeout, until its thread comes back): never more than the limit of
+        a queue's handlers run at once, and none waits for a thread another queue holds."""
+        with self.guard:
+            if self._limits is None or self._occupied is None:
+                return None
+            return {q: limit - self._occupied[q] for q, limit in self._limits.items()}
 
     def alone(self) -> bool | None:
         """True when nothing is held here, False when a thread is stuck in a handler past its
@@ -147,6 +176,8 @@ class InFlight:
             if not running.abandoned:
                 return False
             self._stuck -= 1
+            if self._occupied is not None:
+                self._occupy(running.job.queue, -1)
         self.space.set()
         return True
 
@@ -156,6 +187,8 @@ class InFlight:
             if self._running.get(running.job.uuid) is running and not running.completing:
                 running.completing = True
                 self._completing += 1
+                if self._occupied is not None:
+                    self._occupy(running.job.queue, -1)
         self.space.set()
 
     def finished(self, done: Sequence[Outcome], lost: Sequence[Outcome]) -> None:
@@ -168,6 +201,8 @@ class InFlight:
                 del self._running[outcome.job.uuid]
                 if running.completing:
                     self._completing -= 1
+                elif self._occupied is not None:
+                    self._occupy(running.job.queue, -1)
             self.finished_total += len(done) + len(lost)
             metrics.IN_FLIGHT.set(len(self._running))
         self.space.set()
@@ -191,10 +226,14 @@ class InFlight:
             group.done = True
             return group.broken
 
-    def broken_group_left(self) -> None:
+    def broken_group_left(self, group: Group) -> None:
         """The thread of a group the heartbeat broke is free again."""
         with self.guard:
             self._stuck -= 1
+            if self._occupied is not None:
+                for member in group.members:
+                    if member.abandoned:  # the one whose handler held the thread
+                        self._occupy(member.job.queue, -1)
         self.space.set()
 
     def regroup(self, group: Group) -> list[Running]:
@@ -229,6 +268,8 @@ class InFlight:
                     broken.append((group, group.backend_pid))
                 running.abandoned = True
                 self._stuck += 1
+                if self._occupied is not None:
+                    self._occupy(running.job.queue, 1)  # its thread, until it comes back
                 expired.append(running)
         return expired, broken
 
@@ -257,4 +298,19 @@ class InFlight:
             ]
             for running in unstarted:
                 del self._running[running.job.uuid]
+                if self._occupied is not None:
+                    self._occupy(running.job.queue, -1)
         return unstarted
+
+    def _occupy(self, queue: str, change: int) -> None:
+        """Count a place of ``queue`` taken (1) or given back (-1), under the guard. A queue
+        that was full and has room again wakes the producer: it may be waiting for work after
+        a claim that left that queue out."""
+        assert self._occupied is not None
+        assert self._limits is not None
+        if queue not in self._occupied:
+            return  # not one of this relay's limited queues (never claimed by it)
+        before = self._occupied[queue]
+        self._occupied[queue] = before + change
+        if change < 0 and before >= self._limits[queue] > before + change:
+            self._wake.set()

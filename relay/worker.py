@@ -1,22 +1,24 @@
 """One relay process: claim, and start and stop the services that do the rest.
 
-The producer loop here claims as many jobs as there are free places (relay/inflight.py) and
-hands them to the dispatcher (relay/dispatch.py); it sleeps when none is ready until a
-notification, the poll interval or the next scheduled job wakes it, and makes room now and
-then for a job that must run alone. The completer, heartbeat (relay/leases.py), rescuer,
-sealer, table upkeep, listener and metrics server each run in a thread of their own, and all
-stop the same way (relay/service.py).
+The producer loop here claims as many jobs as there are free places (relay/inflight.py), of
+each queue no more than its free room when the queues have limits of their own
+(relay/queues.py), and hands them to the dispatcher (relay/dispatch.py); it sleeps when none
+is ready until a notification, the poll interval or the next scheduled job wakes it, and
+makes room now and then for a job that must run alone. The completer, heartbeat
+(relay/leases.py), rescuer, sealer, table upkeep, listener and metrics server each run in a
+thread of their own, and all stop the same way (relay/service.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import prometheus_client
 import sqlalchemy as sa
@@ -64,7 +66,13 @@ def relay_identity() -> str:
 
 
 class Worker:
-    """A relay process. ``run()`` blocks until ``stop()``; both are thread-safe."""
+    """A relay process. ``run()`` blocks until ``stop()``; both are thread-safe.
+
+    ``queues`` share the handler threads (``settings.concurrency`` of them); or
+    ``queue_limits`` names the queues with each one's most jobs at once in this process, and
+    the process runs their sum of handler threads, whatever ``settings.concurrency`` says
+    (the command line refuses the two when they disagree).
+    """
 
     def __init__(
         self,
@@ -73,11 +81,18 @@ class Worker:
         settings: Settings,
         *,
         queues: Sequence[str] | None = None,
+        queue_limits: Mapping[str, int] | None = None,
         identity: str | None = None,
         metrics_addr: tuple[str, int] | None = None,
     ) -> None:
         self.registry = registry
+        if queue_limits is not None:
+            if queues is not None and list(queues) != list(queue_limits):
+                raise ValueError("queues and queue_limits name different queues")
+            queues = list(queue_limits)
+            settings = dataclasses.replace(settings, concurrency=sum(queue_limits.values()))
         self.settings = settings
+        self.queue_limits = dict(queue_limits) if queue_limits is not None else None
         self.queues = list(queues or registry.queues(settings.default_queue))
         self.relay = identity or relay_identity()
         self.concurrency = settings.concurrency
@@ -112,7 +127,7 @@ class Worker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
-        self.inflight = InFlight(self._wake, self.log)
+        self.inflight = InFlight(self._wake, self.log, self.queue_limits)
         self.pace = Pace(settings.concurrency, settings.claim_batch)
         self.completer = Completer(self.fast, self.relay, registry, self.inflight)
         self.dispatcher = Dispatcher(
@@ -156,7 +171,10 @@ class Worker:
     # -- lifecycle --------------------------------------------------------------------
 
     def run(self) -> None:
-        self.log.info("relay started", queues=self.queues, concurrency=self.concurrency)
+        self.log.info(
+            "relay started", queues=self.queues, concurrency=self.concurrency,
+            **({"queue_limits": self.queue_limits} if self.queue_limits else {}),
+        )  # fmt: skip
         _settle_garbage_collector()
         self.heartbeat.announce()
         service.start(self._services, self._threads)
@@ -198,9 +216,21 @@ class Worker:
             if capacity <= 0 or (busy_queue and capacity < batch // 2):
                 self.inflight.space.wait(0.5)
                 continue
+            limit = min(capacity, batch)
+            queues, rooms = self._open_queues()
+            if rooms is not None:
+                # Per-queue limits: only queues with free room are asked, each for no more
+                # than its room; a full queue's backlog waits, and so does the producer, for
+                # a place to come free (relay/inflight.py sets both events then).
+                limit = min(limit, sum(rooms))
+                if limit <= 0:
+                    self.inflight.space.wait(0.5)
+                    continue
             self._wake.clear()
+            if self._stopping.is_set():  # stop() set both before the clear: no wake is coming
+                break
             try:
-                jobs = self._claim(min(capacity, batch))
+                jobs = self._claim(limit, queues, rooms)
             except sa.exc.DBAPIError as exc:
                 failures += 1
                 delay = min(5.0, 0.1 * 2**failures)
@@ -208,7 +238,7 @@ class Worker:
                 self._stopping.wait(delay)
                 continue
             failures = 0
-            busy_queue = len(jobs) == min(capacity, batch)
+            busy_queue = len(jobs) == limit
             if jobs:
                 self.dispatcher.dispatch(jobs)
             else:
@@ -216,11 +246,21 @@ class Worker:
                 woken = self._wake.wait(self._idle_wait())
                 metrics.WAKEUPS.labels("notify" if woken else "poll").inc()
 
-    def _claim(self, limit: int) -> list[Job]:
+    def _open_queues(self) -> tuple[list[str], list[int] | None]:
+        """The queues to claim from and, with per-queue limits, each one's free room (only
+        queues with some)."""
+        rooms = self.inflight.rooms()
+        if rooms is None:
+            return self.queues, None
+        queues = [q for q in self.queues if rooms[q] > 0]
+        return queues, [rooms[q] for q in queues]
+
+    def _claim(self, limit: int, queues: list[str], rooms: list[int] | None) -> list[Job]:
         with metrics.CLAIM_DURATION.time(), self.fast.connect() as connection:
             jobs = claim_batch(
                 connection,
-                queues=self.queues,
+                queues=queues,
+                rooms=rooms,
                 limit=limit,
                 lease=self.settings.lease,
                 relay=self.relay,
