@@ -15,7 +15,9 @@ import prometheus_client
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from outbox_relay import scheduler
 from outbox_relay.scheduler import declare, enqueue_due
+from structlog.testing import capture_logs
 
 import outbox
 from outbox.cli import cli
@@ -280,3 +282,61 @@ def test_a_relay_enqueues_a_schedule_whose_handler_lives_elsewhere(
         "SELECT count(*) FROM outbox_jobs WHERE type = 'remote.job' AND queue = 'elsewhere'",
     )
     assert queued >= 1
+
+
+def test_the_relay_started_last_decides_and_an_older_one_takes_back_an_abandoned_row(
+    schedules: sa.Engine, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler, "TAKEOVER", timedelta(seconds=2))
+    old, new = outbox.Registry(), outbox.Registry()
+    for registry, version in ((old, 1), (new, 2)):
+        registry.handler("beat.tick")(lambda job: None)
+        registry.schedule("beat", "beat.tick", every=timedelta(seconds=1), payload={"v": version})
+
+    def versions_since(moment: datetime) -> set[int]:
+        with schedules.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT DISTINCT (payload->>'v')::int FROM outbox_history "
+                    "WHERE type = 'beat.tick' AND event = 'enqueued' AND at > :since"
+                ),
+                {"since": moment},
+            )
+            return set(rows.scalars())
+
+    with running_relay(old, dsn):
+        wait_for(lambda: versions_since(now(schedules) - timedelta(hours=1)) == {1}, 10, "v1")
+        with running_relay(new, dsn):
+            wait_for(lambda: row(schedules, "beat").payload == {"v": 2}, 10, "v2 declared")
+            switched = now(schedules)
+            wait_for(lambda: versions_since(switched) == {2}, 10, "ticks of v2")
+            stopped = now(schedules)
+            # Three ticks later the older relay has left every tick to the newer one.
+            wait_for(lambda: now(schedules) > stopped + timedelta(seconds=3), 10, "3 s")
+            assert versions_since(switched) == {2}
+        # The newer relay is gone: its row falls overdue, and the older relay takes it back.
+        wait_for(lambda: row(schedules, "beat").payload == {"v": 1}, 15, "v1 declared again")
+        back = now(schedules)
+        wait_for(lambda: versions_since(back) == {1}, 10, "ticks of v1 again")
+    keys = tick_keys(schedules, "beat")
+    assert len(keys) == len(set(keys))
+
+
+def test_a_tick_the_relay_cannot_enqueue_is_kept_due_and_reported_once(
+    schedules: sa.Engine, dsn: str
+) -> None:
+    registry = outbox.Registry()
+    registry.handler("beat.tick")(lambda job: None)
+    registry.schedule("beat", "beat.tick", every=timedelta(seconds=1), payload={"x": "y" * 50})
+    with capture_logs() as logs, running_relay(registry, dsn, payload_limit=20):
+        first = wait_for(lambda: row(schedules, "beat"), 10, "the schedule's row")
+        wait_for(lambda: now(schedules) > first.next_tick + timedelta(seconds=2), 10, "3 s")
+        state = row(schedules, "beat")
+    assert tick_keys(schedules, "beat") == []
+    assert scalar(schedules, "SELECT count(*) FROM outbox_jobs") == 0
+    # Nothing moved: the tick is still due, for a relay that can enqueue it.
+    assert state.next_tick == first.next_tick
+    assert state.last_tick is None
+    failures = [e for e in logs if e["event"].startswith("schedule tick could not be enqueued")]
+    assert len(failures) == 1
+    assert "payload is" in failures[0]["error"]
