@@ -145,7 +145,10 @@ def seal_command(ctx: Context) -> None:
     "time ago (90s, 30m, 1h, 2d).",
 )  # fmt: skip
 @click.option("--until", type=Moment(), help="Before TIME, in the same forms.")
-@click.option("--limit", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=10_000, show_default=True,
+    help="At most this many rows.",
+)  # fmt: skip
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
     show_default=True,
@@ -168,7 +171,10 @@ def trail_command(
         # Exact values, control characters and all: CSV is data for the tools that read it.
         writer = csv.DictWriter(sys.stdout, fieldnames=list(trail.COLUMNS))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(
+            {k: json_default(v) if isinstance(v, datetime) else v for k, v in row.items()}
+            for row in rows
+        )
     else:
         out = console()
         more = "; that is --limit: there may be more" if len(rows) == limit else ""

@@ -122,7 +122,8 @@ def print_jobs(out: Console, rows: list[dict[str, Any]]) -> None:
         tries = f"attempt {row['attempt']}/{row['max_attempts'] or '-'}"
         out.print(Text(f"{row['uuid']}  {row['state']:<9}  {tries}"))
         fields: list[tuple[str, object]] = [(name, row[name]) for name in ("queue", "type", "key")]
-        if row["state"] in ("pending", "scheduled"):
+        fields.append(("enqueued_at", moment(row["enqueued_at"])))
+        if row["state"] == "scheduled":
             fields.append(("runs_at", moment(row["run_at"])))
         if row["state"] == "running":
             fields += [("relay", row["relay"]), ("lease_until", moment(row["lease_expires_at"]))]
@@ -136,8 +137,11 @@ def print_jobs(out: Console, rows: list[dict[str, Any]]) -> None:
 @click.pass_obj
 @clear_errors
 def show(ctx: Context, uuid: UUID, as_json: bool) -> None:
-    """The job (while it is live) and every transition in its history, then the
-    tracebacks of its failed attempts."""
+    """One job: its row while it is live, its whole history, its tracebacks.
+
+    Times print in UTC to the second (2026-12-04T14:50:14Z), the form --since
+    reads; each failed attempt's traceback follows the history as plain text.
+    """
     with migrated_connection(ctx) as connection:
         job, trail = operator.show(connection, uuid)
     if job is None and not trail:

@@ -63,10 +63,12 @@ def moment(value: datetime | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """A duration rounded for people: ``0.4ms``, ``12ms``, ``1.2s``, ``3m 4s``, ``2h 5m``,
-    ``3d 4h``."""
+    """A duration rounded for people: ``<0.1ms``, ``0.4ms``, ``12ms``, ``1.2s``, ``3m 4s``,
+    ``2h 5m``, ``3d 4h``."""
     if seconds is None:
         return ""
+    if seconds < 0.00005:
+        return "<0.1ms"
     if seconds < 0.01:
         return f"{seconds * 1000:.1f}ms"
     if seconds < 1:

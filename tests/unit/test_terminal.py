@@ -15,6 +15,7 @@ NOW = datetime(2026, 12, 4, 14, 50, 14, 650714, tzinfo=UTC)
 @pytest.mark.parametrize(
     ("seconds", "shown"),
     [
+        (0.00001, "<0.1ms"),
         (0.00042, "0.4ms"),
         (0.0123, "12ms"),
         (1.234, "1.2s"),
