@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   runs the ledger demo (embedded PostgreSQL, or OUTBOX_DSN)
+#   make demo   runs the ledger demo (on OUTBOX_DSN, else 127.0.0.1:5432, else an embedded PostgreSQL)
 #   make test   runs the quality gates and the whole test suite
 # Both create and use a local virtual environment in .venv.
 

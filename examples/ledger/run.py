@@ -105,7 +105,7 @@ def run_relay(dsn: str, engine: sa.Engine, console: Console, timeout: float = 12
     )  # fmt: skip
     deadline = time.monotonic() + timeout
     try:
-        with Progress(console=console, transient=True) as progress:
+        with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
             task = progress.add_task("relay running the jobs", total=total)
             while time.monotonic() < deadline and relay.poll() is None:
                 with engine.connect() as connection:
@@ -142,8 +142,10 @@ def audit(connection: sa.Connection, console: Console) -> bool:
     history = connection.execute(sa.text("SELECT count(*) FROM outbox_history")).scalar_one()
     console.print(
         f"audit: digest chain verified: {report.seals} seal(s) over {report.rows} history rows "
-        f"(of {history}); latest digest {report.last_digest.hex() if report.last_digest else '-'}"
+        f"(of {history})"
     )
+    latest = report.last_digest.hex() if report.last_digest else "-"
+    console.print(f"latest digest: {latest}", highlight=False, soft_wrap=True)
     return report.rows == history
 
 
@@ -170,7 +172,9 @@ def run(
         with Session(engine) as session:
             people = [open_account(session, f"customer-{n}") for n in range(accounts)]
             session.commit()
-            with Progress(console=console, transient=True) as progress:
+            with Progress(
+                console=console, transient=True, disable=not console.is_terminal
+            ) as progress:
                 task = progress.add_task(
                     "transfers, each with its entries and jobs", total=transfers
                 )
