@@ -406,3 +406,15 @@ def test_list_and_status_fit_80_columns_with_whole_uuids(db: sa.Engine, dsn: str
     status = fits(run(dsn, "status"))
     [line] = [line for line in status.splitlines() if str(died) in line]
     assert "account:42" in line
+
+
+def test_list_prints_stored_text_literally_with_controls_escaped(db: sa.Engine, dsn: str) -> None:
+    died = dead(db, key="[red]k[/]")
+    with db.begin() as conn:
+        conn.execute(sa.text("UPDATE outbox_jobs SET last_error = :e"), {"e": "[bold]x\x1b[31m\n"})
+    result = run(dsn, "jobs", "list")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout
+    assert "key=[red]k[/]" in result.stdout
+    assert "error: [bold]x\\x1b[31m\\n" in result.stdout
+    assert listed(result) == [str(died)]
