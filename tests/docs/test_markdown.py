@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
-from tests.docs.markdown import Block, blocks, commands
+import outbox
+from tests.docs.markdown import ROOT, Block, blocks, commands
 from tests.docs.test_snippets import expected_status, parses, stable
 
 PAGE = """# A page
@@ -92,3 +95,11 @@ def test_a_fragments_command_must_still_parse(page: list[Block]) -> None:
     bad = type(verify)({}, ["audit", "verify", "--no-such-option"], "outbox audit verify", "")
     with pytest.raises(pytest.fail.Exception, match="does not parse: No such option"):
         parses(page[2], bad)
+
+
+def test_the_api_reference_lists_every_settings_field() -> None:
+    """Its `Settings` block is a signature, so nothing runs it: hold it to the dataclass."""
+    api = ROOT / "docs" / "reference" / "api.md"
+    [shown] = [b.text for b in blocks(api) if re.search(r"^class Settings:", b.text, re.M)]
+    listed = re.findall(r"^    (\w+): ", shown, flags=re.MULTILINE)
+    assert listed == [field.name for field in dataclasses.fields(outbox.Settings)]
