@@ -16,6 +16,7 @@ from outbox.errors import (
     PayloadTooLarge,
     PermanentFailure,
     RegistryError,
+    RetryLater,
     UnknownJobType,
     UnsupportedSession,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "PermanentFailure",
     "Registry",
     "RegistryError",
+    "RetryLater",
     "Settings",
     "UnknownJobType",
     "UnsupportedSession",

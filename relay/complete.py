@@ -20,6 +20,7 @@ import tenacity
 from psycopg.types.numeric import Int4
 from sqlalchemy.orm import Session
 
+from outbox.errors import RetryLater
 from outbox.job import Job
 from outbox.registry import Handler, Registry
 
@@ -53,12 +54,15 @@ def record(
     connection: sa.Connection, relay: str, outcomes: Sequence[Outcome], registry: Registry
 ) -> set[Any]:
     """Write outcomes in one statement (sql/complete.sql, `complete_batch`): delete the
-    succeeded jobs, retry or bury the failed, each only while still leased to ``relay`` at the
-    attempt that ran. Returns the uuids written; the others' leases were lost (G3)."""
+    succeeded jobs, retry or bury the failed, put the postponed back (``RetryLater``), each
+    only while still leased to ``relay`` at the attempt that ran. Returns the uuids written;
+    the others' leases were lost (G3). A postponement refused because the job asked too often
+    is turned into the failure it was recorded as, so logs and metrics say ``dead``."""
     if not outcomes:
         return set()
     done = [o for o in outcomes if o.succeeded]
-    failed = [o for o in outcomes if not o.succeeded]
+    failed = [o for o in outcomes if o.error is not None]
+    later = [o for o in outcomes if o.postponed]
     rows = connection.execute(
         BATCH,
         {
@@ -72,9 +76,37 @@ def record(
             "failed_ms": [o.duration_ms for o in failed],
             "relay": relay,
             **_failures(failed, registry),
+            **_postponements(later),
         },
-    ).scalars()
-    return {uuid for uuid in rows if uuid is not None}
+    ).all()
+    refused = {uuid for uuid, no in rows if no}
+    for outcome in later:
+        if outcome.job.uuid in refused:
+            outcome.error = {"type": "outbox.RetryLater", "message": _refused(), "traceback": None}
+            outcome.permanent = True
+    return {uuid for uuid, _ in rows if uuid is not None}
+
+
+def _refused() -> str:
+    """Why a job that asked to retry later once too often ended dead (last_error, history)."""
+    return (
+        f"asked to retry later more than {RetryLater.LIMIT} times, the most a job may: "
+        "it ends dead so that it cannot loop for ever"
+    )
+
+
+def _postponements(later: Sequence[Outcome]) -> dict[str, Any]:
+    """The jobs whose handler raised RetryLater: when each runs again, and the limit (G6)."""
+    return {
+        "later_uuid": [o.job.uuid for o in later],
+        "later_attempt": [Int4(o.job.attempt) for o in later],
+        "later_in": [o.later for o in later],
+        "later_ms": [o.duration_ms for o in later],
+        "later_reason": [str(RetryLater(o.later or 0.0)) for o in later],
+        "later_prefix": RetryLater.REASON,
+        "later_limit": RetryLater.LIMIT,
+        "later_refused": _refused(),
+    }
 
 
 def _failures(failed: Sequence[Outcome], registry: Registry) -> dict[str, list[Any]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from outbox.errors import PermanentFailure
+from outbox.errors import PermanentFailure, RetryLater
 from outbox.job import Job
 from outbox.registry import ErrorRedactor, Handler, redact_messages
 
@@ -20,7 +20,8 @@ MESSAGE_LIMIT = 2_000  # characters kept of a message
 
 @dataclasses.dataclass(slots=True)
 class Outcome:
-    """What one attempt came to: success, or an error and whether it may be retried."""
+    """What one attempt came to: success, a request to run again later, or an error and
+    whether it may be retried."""
 
     job: Job
     duration_ms: float
@@ -29,20 +30,35 @@ class Outcome:
     permanent: bool = False
     #: A deadlock or serialization failure: running it again, alone, may well succeed.
     transient: bool = False
+    #: Seconds after which the handler asked to run the job again (``outbox.RetryLater``):
+    #: not done, not failed.
+    later: float | None = None
 
     @property
     def succeeded(self) -> bool:
-        return self.error is None
+        return self.error is None and self.later is None
+
+    @property
+    def postponed(self) -> bool:
+        """The handler raised ``RetryLater``, and the job was not ended for asking too often."""
+        return self.error is None and self.later is not None
 
     @property
     def dead(self) -> bool:
         """Failed for good: it can never succeed, or this was its last attempt (G6)."""
-        return not self.succeeded and (self.permanent or self.job.attempt >= self.job.max_attempts)
+        return self.error is not None and (
+            self.permanent or self.job.attempt >= self.job.max_attempts
+        )
 
     @property
     def label(self) -> str:
-        """succeeded, retried (failed, will run again) or dead, as the metrics count it."""
-        return "succeeded" if self.succeeded else "dead" if self.dead else "retried"
+        """succeeded, postponed (RetryLater), retried (failed, will run again) or dead, as
+        the metrics count it."""
+        if self.succeeded:
+            return "succeeded"
+        if self.postponed:
+            return "postponed"
+        return "dead" if self.dead else "retried"
 
 
 def describe(exc: BaseException) -> dict[str, Any]:
@@ -110,7 +126,9 @@ def unknown_type(job: Job) -> Outcome:
 
 
 def run(handler: Handler, job: Job, session: Session | None = None) -> Outcome:
-    """Call the handler; any exception becomes a failed outcome of this job, never escapes.
+    """Call the handler; any exception becomes a failed outcome of this job, never escapes;
+    ``outbox.RetryLater`` becomes a postponed one (a session handler's writes are then
+    rolled back by the caller, as for a failure: the job is not done).
 
     Whatever it is: ``KeyboardInterrupt``, ``SystemExit`` or another ``BaseException`` raised
     by a handler fails its own attempt with the error kept (G6). Escaping, it would take the
@@ -126,6 +144,8 @@ def run(handler: Handler, job: Job, session: Session | None = None) -> Outcome:
             asyncio.run(result)
         if session is not None:
             session.flush()
+    except RetryLater as later:  # not done: again after the delay it asked for
+        return Outcome(job, _ms(started), later=later.seconds)
     except BaseException as exc:  # sys.exit(), KeyboardInterrupt: the job's failure (G6)
         return failed(handler, job, exc, _ms(started))
     return Outcome(job, _ms(started))

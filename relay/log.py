@@ -57,6 +57,8 @@ def log_outcome(log: structlog.typing.FilteringBoundLogger, outcome: Outcome) ->
     error = outcome.error or {}
     if outcome.succeeded:
         log.debug("job succeeded", **fields)
+    elif outcome.postponed:  # the handler raised outbox.RetryLater: not a failure
+        log.info("job postponed; runs again later", delay_s=outcome.later, **fields)
     elif outcome.dead:
         log.error("job dead", error=error.get("message"), traceback=error.get("traceback"),
                   error_type=error.get("type"), **fields)  # fmt: skip

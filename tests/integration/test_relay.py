@@ -434,6 +434,8 @@ def test_completion_plan_probes_each_job_whatever_the_statistics(db: sa.Engine) 
             "done_ms": [0.1] * 500, "failed_uuid": [j.uuid for j in jobs[500:600]],
             "failed_attempt": [1] * 100, "error": ["{}"] * 100, "retry_in": [1.0] * 100,
             "dead": [False] * 100, "failed_ms": [0.1] * 100, "relay": "r",
+            # and 100 whose handler raised RetryLater
+            **complete._postponements([execute.Outcome(j, 0.1, later=1.0) for j in jobs[600:700]]),
         }  # fmt: skip
         plan = "\n".join(
             row[0] for row in conn.execute(sa.text("EXPLAIN " + complete.BATCH.text), params)
@@ -441,7 +443,7 @@ def test_completion_plan_probes_each_job_whatever_the_statistics(db: sa.Engine) 
         conn.rollback()
     assert "Seq Scan on outbox_jobs" not in plan
     assert "outbox_jobs_lease_idx" not in plan
-    assert plan.count("outbox_jobs_pkey") == 2
+    assert plan.count("outbox_jobs_pkey") == 3
 
 
 WAITING = """
