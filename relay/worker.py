@@ -249,6 +249,8 @@ class Worker:
     def _open_queues(self) -> tuple[list[str], list[int] | None]:
         """The queues to claim from and, with per-queue limits, each one's free room (only
         queues with some)."""
+        if self.queue_limits is None:
+            return self.queues, None
         rooms = self.inflight.rooms()
         if rooms is None:
             return self.queues, None
