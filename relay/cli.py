@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from outbox import migrate
 from outbox.cli.context import Context, clear_errors
+from outbox.errors import ConfigurationError
 
 from . import log, preflight, supervisor
 from .app import load_registry
@@ -62,9 +63,9 @@ class QueuesParam(click.ParamType[QueueChoice]):
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
 )
 @click.option(
-    "--metrics-addr", default=DEFAULT_ADDR, show_default=True, metavar="HOST:PORT",
+    "--metrics-addr", envvar="OUTBOX_METRICS_ADDR", default=DEFAULT_ADDR, metavar="HOST:PORT",
     help="Where /metrics, /healthz and /readyz are served; 'off' for nowhere. "
-    "Bind to 0.0.0.0 only on purpose.",
+    f"Bind to 0.0.0.0 only on purpose. [env OUTBOX_METRICS_ADDR; default: {DEFAULT_ADDR}]",
 )  # fmt: skip
 @click.pass_obj
 @clear_errors
@@ -86,7 +87,7 @@ def command(
     lease (OUTBOX_LEASE) expires. Run as many relays, on as many machines, as you like.
     """
     log.configure(log_format, log_level)
-    addr = None if metrics_addr.lower() in ("off", "") else parse_addr(metrics_addr)
+    addr = _metrics_addr(metrics_addr)
     settings = ctx.settings
     if queues is not None and queues.threads is not None:
         threads = _threads_for_limits(queues, concurrency, settings.concurrency)
@@ -125,6 +126,22 @@ def command(
         metrics_addr=addr,
     )  # fmt: skip
     raise SystemExit(supervisor.run_worker(worker))
+
+
+def _metrics_addr(text: str) -> tuple[str, int] | None:
+    """Where to serve metrics, from --metrics-addr or else OUTBOX_METRICS_ADDR; None for
+    'off'. A bad value names where it came from."""
+    if text.strip().lower() in ("off", ""):
+        return None
+    try:
+        return parse_addr(text.strip())
+    except ConfigurationError as exc:
+        source = click.get_current_context().get_parameter_source("metrics_addr")
+        if source is not click.core.ParameterSource.ENVIRONMENT:
+            raise
+        raise ConfigurationError(
+            str(exc).replace("--metrics-addr", "OUTBOX_METRICS_ADDR", 1)
+        ) from None
 
 
 def _threads_for_limits(queues: QueueChoice, option: int | None, setting: int) -> int:
