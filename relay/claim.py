@@ -107,6 +107,25 @@ def _jobs(rows: Sequence[Any]) -> list[Job]:
     ]
 
 
+#: A claim that found nothing in less than this read past few jobs it cannot run: no pause.
+FRUITLESS_SLOW = 0.002
+#: After a slower one, the relay rests this many times as long before claiming again.
+FRUITLESS_REST = 4.0
+
+
+def fruitless_pause(seconds: float) -> float:
+    """How long to rest after a claim that took ``seconds`` and found nothing.
+
+    Such a claim read past jobs of types this relay has no handler for, at the head of its
+    queues (rolling deploys: they wait for a relay that knows them). Every enqueue of one
+    notifies the queue, so without a rest an idle relay would claim again at each: with
+    100,000 of them waiting, 77% of its time went to claims that found nothing. Resting four
+    times as long as the claim took bounds that to about a fifth, at the cost of as much
+    delay for a job it can run arriving meanwhile, and only while such jobs wait.
+    """
+    return 0.0 if seconds < FRUITLESS_SLOW else min(1.0, FRUITLESS_REST * seconds)
+
+
 def seconds_to_next_run(
     connection: sa.Connection, queues: Sequence[str], types: Sequence[str]
 ) -> float | None:

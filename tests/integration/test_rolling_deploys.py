@@ -181,3 +181,12 @@ def test_a_type_some_live_relay_can_run_is_not_listed(db: sa.Engine) -> None:
     with db.connect() as conn:
         listed = [(u.queue, u.type) for u in snapshot(conn).unrunnable]
     assert listed == [("mail", "a.new")]
+
+
+def test_claims_read_past_waiting_jobs_without_jit(db: sa.Engine, dsn: str) -> None:
+    """A claim reading past many waiting jobs looks costly to the planner; compiling it took
+    200 of its 215 ms. Claims and completions run on connections without JIT."""
+    registry = outbox.Registry()
+    registry.register("a.old", lambda job: None)
+    with running_relay(registry, dsn) as worker, worker.fast.connect() as conn:
+        assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
