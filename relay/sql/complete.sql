@@ -65,12 +65,16 @@ updated AS (
 ),
 asked AS (
     -- Jobs whose handler raised RetryLater, each with the requests it made before: its
-    -- `retried` rows whose reason begins with :later_prefix (outbox_history_job_idx). Empty,
-    -- and nearly free, when no handler asked.
+    -- `retried` rows whose reason begins with :later_prefix (outbox_history_job_idx), since
+    -- an operator last revived it (a revived job starts afresh). Empty, and nearly free, when
+    -- no handler asked.
     SELECT p.uuid, p.attempt, p.seconds, p.duration_ms, p.reason,
            (SELECT count(*) FROM outbox_history AS h
             WHERE h.job_uuid = p.uuid AND h.event = 'retried'
-              AND starts_with(h.reason, :later_prefix)) >= :later_limit AS refused
+              AND starts_with(h.reason, :later_prefix)
+              AND h.id > coalesce((SELECT max(r.id) FROM outbox_history AS r
+                                   WHERE r.job_uuid = p.uuid AND r.event = 'revived'), 0)
+           ) >= :later_limit AS refused
     FROM unnest(CAST(:later_uuid AS uuid[]), CAST(:later_attempt AS integer[]),
                 CAST(:later_in AS double precision[]), CAST(:later_ms AS double precision[]),
                 CAST(:later_reason AS text[])) AS p (uuid, attempt, seconds, duration_ms, reason)

@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy.orm import Session
 
 import outbox
+import outbox.operator
 from tests.integration.relay_harness import events, live_jobs, running_relay, scalar, wait_for
 
 
@@ -129,6 +130,31 @@ def test_a_job_that_keeps_asking_ends_dead_with_a_clear_reason(
     assert (failed.error["type"], failed.error["message"]) == ("outbox.RetryLater", message)
     assert scalar(db, "SELECT last_error FROM outbox_jobs") == message
     assert scalar(db, "SELECT attempt FROM outbox_jobs") == 1
+
+
+def test_a_revived_job_may_ask_again(
+    db: sa.Engine, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator who revives a job that asked too often gives it its requests back."""
+    monkeypatch.setattr(outbox.RetryLater, "LIMIT", 1)
+    calls: list[int] = []
+    registry = outbox.Registry()
+
+    @registry.handler("a.revived")
+    def revived(job: outbox.Job) -> None:
+        calls.append(job.attempt)
+        if len(calls) in (1, 2, 3):  # asks, is refused, then asks once more after revival
+            raise outbox.RetryLater(0)
+
+    handle = enqueue(db, "a.revived")
+    with running_relay(registry, dsn):
+        wait_for(lambda: scalar(db, "SELECT state FROM outbox_jobs") == "dead", what="dead")
+        with db.begin() as conn:
+            outbox.operator.revive(conn, [handle.uuid], actor="ops", reason="partner is back")
+        wait_for(lambda: live_jobs(db) == 0, what="the revived job to ask once and succeed")
+    assert events(db, handle.uuid)[-6:] == [
+        "dead", "revived", "claimed", "retried", "claimed", "succeeded",
+    ]  # fmt: skip
 
 
 def test_a_failure_after_a_later_retry_still_has_all_its_attempts(db: sa.Engine, dsn: str) -> None:
