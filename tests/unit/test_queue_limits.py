@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 from outbox_relay.execute import Outcome
 from outbox_relay.inflight import Group, InFlight
 from outbox_relay.queues import QueueChoice, parse_queues
+from outbox_relay.worker import Worker
 
 import outbox
 from outbox.cli import cli
@@ -229,3 +230,25 @@ def test_jobs_of_a_queue_without_a_limit_here_are_held_but_not_counted() -> None
     inflight.add([job("elsewhere")], REGISTRY)
     assert inflight.rooms() == {"slow": 1}
     assert inflight.busy(claim=10) == 1
+
+
+# -- the relay process ---------------------------------------------------------------------
+
+
+def test_a_relay_with_limits_runs_their_sum_of_threads_on_their_queues() -> None:
+    settings = outbox.Settings(dsn="postgresql://unused/none", concurrency=16)
+    worker = Worker(REGISTRY, "postgresql://unused/none", settings, queue_limits={"a": 2, "b": 3})
+    try:
+        assert worker.queues == ["a", "b"]
+        assert worker.concurrency == worker.settings.concurrency == 5
+        assert worker.inflight.rooms() == {"a": 2, "b": 3}
+    finally:
+        worker.dispatcher.shutdown()
+        worker.engine.dispose()
+        worker.fast.dispose()
+
+
+def test_a_relay_refuses_queues_that_its_limits_do_not_name() -> None:
+    settings = outbox.Settings(dsn="postgresql://unused/none")
+    with pytest.raises(ValueError, match="queues and queue_limits name different queues"):
+        Worker(REGISTRY, "postgresql://unused/none", settings, queues=["a"], queue_limits={"b": 1})
