@@ -22,6 +22,8 @@ from outbox_relay.worker import Worker
 from sqlalchemy.orm import Session
 
 import outbox
+from outbox.database import create_engine
+from outbox.testing import temporary_database
 from tests.integration.relay_harness import FAST, scalar, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,20 +100,30 @@ def test_a_claim_takes_no_more_of_a_queue_than_its_room(db: sa.Engine) -> None:
     assert (held(db, "a"), held(db, "b"), held(db, "c")) == (2 + 3, 5, 0)
 
 
-def test_the_claim_is_priced_by_its_size_whatever_the_room(db: sa.Engine) -> None:
+def test_the_claim_is_priced_by_its_size_whatever_the_room(server: str) -> None:
     """A LIMIT the planner cannot estimate (least(:limit, room)) prices each queue's scan at
     a tenth of the queue: past jit_above_cost, every claim was compiled (10 ms to 35 ms a
-    claim of 500, half a drain's speed). The room must cap the rows, not the estimate."""
-    enqueue(db, [outbox.NewJob("a.b", {"n": n}) for n in range(20_000)])
-    with db.begin() as conn:
-        conn.execute(sa.text("ANALYZE outbox_jobs"))
-    params = {
-        "queues": ["default"], "rooms": [3], "limit": 500, "lease": timedelta(seconds=30),
-        "relay": "r", **AttemptLimits(default=5, types=("a.b",)).params(),
-    }  # fmt: skip
-    with db.connect() as conn:
-        [plan] = conn.execute(sa.text("EXPLAIN (FORMAT JSON) " + CLAIM.text), params).scalar()
-        conn.rollback()
+    claim of 500, half a drain's speed). The room must cap the rows, not the estimate.
+
+    In a database of its own: autovacuum analyses these rows, and column statistics outlive
+    TRUNCATE, so other tests' plans would follow them."""
+    with temporary_database(server, prefix="outbox_test_priced") as dsn:
+        engine = create_engine(dsn, poolclass=sa.NullPool)
+        try:
+            enqueue(engine, [outbox.NewJob("a.b", {"n": n}) for n in range(20_000)])
+            with engine.begin() as conn:
+                conn.execute(sa.text("ANALYZE outbox_jobs"))
+            params = {
+                "queues": ["default"], "rooms": [3], "limit": 500,
+                "lease": timedelta(seconds=30), "relay": "r",
+                **AttemptLimits(default=5, types=("a.b",)).params(),
+            }  # fmt: skip
+            with engine.connect() as conn:
+                explain = sa.text("EXPLAIN (FORMAT JSON) " + CLAIM.text)
+                [plan] = conn.execute(explain, params).scalar()
+                conn.rollback()
+        finally:
+            engine.dispose()
 
     def nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield node
