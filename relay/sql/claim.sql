@@ -19,6 +19,11 @@
 -- Only types this relay has a handler for (:types) are claimed: in a rolling deploy a job
 -- whose consumer is not deployed yet waits, untouched, for a relay that knows its type (G2),
 -- instead of ending dead here. Such jobs at the head of a queue are read past, not claimed.
+-- The test is written as array_position(...) IS NOT NULL, which the planner cannot estimate
+-- and takes as true for nearly every row: `type = ANY(:types)` is estimated from column
+-- statistics, which right after a burst of a new type call it rare, and the claim was then
+-- costed at a million (an index read of every ready job, compiled by JIT) or planned as a
+-- sequential scan and a sort of the whole table.
 -- The attempt limit is settled here, the one place it is decided: the job's own max_attempts,
 -- else its handler's (:types, :limits from this relay's registry), else :default_max. The claim
 -- stores it on the row, so every later attempt, relay and rescue (rescue.sql) reads the same
@@ -37,7 +42,7 @@ candidates AS (
               AND j.queue = q.queue
               AND j.run_at <= now()
               AND NOT j.isolated
-              AND j.type = ANY(CAST(:types AS text[]))
+              AND array_position(CAST(:types AS text[]), j.type) IS NOT NULL
               AND (
                   j.key IS NULL
                   OR NOT EXISTS (

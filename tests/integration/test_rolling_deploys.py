@@ -8,13 +8,15 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from click.testing import CliRunner
-from outbox_relay.claim import isolated_ready, seconds_to_next_run
+from outbox_relay.claim import CLAIM, AttemptLimits, isolated_ready, seconds_to_next_run
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
 import outbox
 from outbox.cli import cli
+from outbox.database import create_engine
 from outbox.status import snapshot
+from outbox.testing import temporary_database
 from tests.integration.relay_harness import events, live_jobs, running_relay, scalar, wait_for
 from tests.integration.test_observability import get, samples
 
@@ -190,3 +192,37 @@ def test_claims_read_past_waiting_jobs_without_jit(db: sa.Engine, dsn: str) -> N
     registry.register("a.old", lambda job: None)
     with running_relay(registry, dsn) as worker, worker.fast.connect() as conn:
         assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
+
+
+def test_a_burst_of_a_type_the_statistics_never_saw_is_claimed_by_the_index(server: str) -> None:
+    """Statistics taken before a new type was deployed call it rare: a claim that filtered on
+    `type = ANY(:types)` was costed at a million (an index read of every ready job, compiled
+    by JIT). The type test must not steer the plan. In a database of its own: autovacuum
+    analyses these rows, and column statistics outlive TRUNCATE."""
+    with temporary_database(server, prefix="outbox_test_new_type") as dsn:
+        engine = create_engine(dsn, poolclass=sa.NullPool)
+        try:
+            with Session(engine) as session, session.begin():
+                outbox.enqueue_many(session, [outbox.NewJob("a.old", {"n": n})
+                                              for n in range(20_000)])  # fmt: skip
+            with engine.begin() as conn:
+                conn.execute(sa.text("ANALYZE outbox_jobs"))
+            with Session(engine) as session, session.begin():
+                outbox.enqueue_many(session, [outbox.NewJob("a.new", {"n": n})
+                                              for n in range(50_000)])  # fmt: skip
+            params = {
+                "queues": ["default"], "rooms": [500], "limit": 500,
+                "lease": timedelta(seconds=30), "relay": "r",
+                **AttemptLimits(default=5, types=("a.new",)).params(),
+            }  # fmt: skip
+            with engine.connect() as conn:
+                [plan] = conn.execute(
+                    sa.text("EXPLAIN (FORMAT JSON) " + CLAIM.text), params
+                ).scalar()
+                conn.rollback()
+        finally:
+            engine.dispose()
+    text = json.dumps(plan)
+    assert "outbox_jobs_ready_idx" in text
+    assert '"Seq Scan"' not in text
+    assert plan["Plan"]["Total Cost"] < 100_000  # jit_above_cost: never compiled
