@@ -15,7 +15,7 @@ import structlog
 import tenacity
 from alembic import command
 from click.testing import CliRunner
-from outbox_relay.claim import claim_batch
+from outbox_relay.claim import AttemptLimits, claim_batch
 from outbox_relay.rescue import rescue_expired
 from sqlalchemy.orm import Session
 
@@ -193,7 +193,9 @@ def test_a_rescue_keeps_its_own_message_which_names_only_the_relay(
 ) -> None:
     uuid = enqueue_card(redaction)
     with redaction.connect() as conn:
-        claim_batch(conn, relay="host:1:a", **CLAIM)
+        claim_batch(
+            conn, relay="host:1:a", **{**CLAIM, "limits": AttemptLimits(5, ("card.parse",))}
+        )
     with redaction.begin() as conn:
         conn.execute(sa.text("UPDATE outbox_jobs SET lease_expires_at = now() - interval '1s'"))
     with redaction.connect() as conn:
