@@ -31,6 +31,8 @@ def load_registry(spec: str) -> Registry:
         raise ConfigurationError(
             f"--app {spec!r} is a {type(registry).__name__}, not an outbox.Registry"
         )
-    if not len(registry):
-        raise ConfigurationError(f"--app {spec!r} has no handlers registered")
+    if not len(registry) and not registry.schedules:
+        raise ConfigurationError(
+            f"--app {spec!r} has no handlers and no schedules registered: nothing to run"
+        )
     return registry

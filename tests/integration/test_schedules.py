@@ -284,6 +284,17 @@ def test_a_relay_enqueues_a_schedule_whose_handler_lives_elsewhere(
     assert queued >= 1
 
 
+def test_a_relay_with_schedules_and_no_handlers_enqueues_ticks_and_claims_nothing(
+    schedules: sa.Engine, dsn: str
+) -> None:
+    """A relay kept for schedules only (the handlers run elsewhere) starts and ticks."""
+    registry = outbox.Registry()
+    registry.schedule("only", "remote.job", every=timedelta(seconds=1))
+    with running_relay(registry, dsn):
+        wait_for(lambda: len(tick_keys(schedules, "only")) >= 2, 10, "two ticks")
+    assert scalar(schedules, "SELECT count(*) FROM outbox_jobs WHERE state <> 'pending'") == 0
+
+
 def test_the_relay_started_last_decides_and_an_older_one_takes_back_an_abandoned_row(
     schedules: sa.Engine, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
