@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 import outbox
 from outbox.cli import cli
-from tests.conftest import OUTBOX_TABLES
+from outbox.testing import empty_tables
 
 CLAIM = {"queues": ["default"], "limit": 1, "lease": timedelta(seconds=30),
          "limits": AttemptLimits(default=5, types=("hostile.job",))}  # fmt: skip
@@ -56,8 +56,7 @@ def terminal_output(result: Result) -> str:
 
 def clean(engine: sa.Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
-        conn.execute(sa.text(f"TRUNCATE {OUTBOX_TABLES}"))
+        empty_tables(conn)
 
 
 def enqueue(engine: sa.Engine, key: str | None, max_attempts: int | None = None) -> uuid.UUID:
