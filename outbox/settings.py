@@ -62,7 +62,8 @@ class Settings:
     """Everything outbox can be configured with, resolved once."""
 
     #: Where the database is: a libpq URL (``postgresql://``) or an SQLAlchemy URL
-    #: (``postgresql+psycopg://``). ``None`` means the embedded server.
+    #: (``postgresql+psycopg://``). ``None``: PostgreSQL on 127.0.0.1:5432 if it answers,
+    #: else the embedded server (``outbox.database.find_server``).
     dsn: str | None = None
     #: The largest payload accepted at enqueue, in bytes of its JSON encoding.
     payload_limit: int = 1 * MIB
