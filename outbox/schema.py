@@ -170,3 +170,15 @@ schedules = sa.Table(
         "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
 )
+
+#: Message ids each consumer has received (``outbox.inbox``): a second receipt is a no-op.
+inbox = sa.Table(
+    "outbox_inbox",
+    metadata,
+    sa.Column("consumer", sa.Text, primary_key=True),
+    sa.Column("message_id", sa.Text, primary_key=True),
+    sa.Column(
+        "received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+)
+sa.Index("outbox_inbox_received_idx", inbox.c.received_at)
