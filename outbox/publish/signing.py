@@ -1,0 +1,181 @@
+"""Standard Webhooks signatures (https://www.standardwebhooks.com), both sides.
+
+A sender signs ``<webhook-id>.<webhook-timestamp>.<body>`` with HMAC-SHA256 under each of its
+secrets and sends ``webhook-signature: v1,<base64> v1,<base64>``; a receiver accepts the
+request when one of those matches one of its own secrets and the timestamp is recent. Several
+secrets on either side are how a secret is rotated without a window where deliveries fail.
+
+This module needs nothing beyond the standard library, so a receiver can verify without the
+``webhooks`` extra: ``from outbox.publish.signing import verify_webhook``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+from outbox.errors import ConfigurationError, OutboxError
+
+#: The prefix of a secret in its text form: ``whsec_`` then the key in base64.
+SECRET_PREFIX = "whsec_"
+#: Header names of the Standard Webhooks spec.
+ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER = (
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+)
+#: Seconds a receiver accepts between a request's timestamp and its own clock, either way.
+TOLERANCE = 300
+
+Secrets = str | bytes | Iterable[str | bytes]
+
+
+class InvalidSignature(OutboxError, ValueError):
+    """A webhook request is not signed by any of the receiver's secrets, is signed too long
+    ago (or too far ahead), or lacks the Standard Webhooks headers: do not act on it."""
+
+
+def secret_key(secret: str | bytes) -> bytes:
+    """The HMAC key of a secret: ``whsec_<base64>`` (or the base64 alone) decoded, or raw bytes.
+
+    Raises :class:`~outbox.errors.ConfigurationError` for an empty or malformed secret.
+    """
+    if isinstance(secret, bytes):
+        key = secret
+    elif isinstance(secret, str):
+        text = secret.removeprefix(SECRET_PREFIX)
+        try:
+            key = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigurationError(
+                "a webhook secret is 'whsec_' followed by base64 (as Standard Webhooks "
+                "providers show it), or raw bytes; this one is not valid base64"
+            ) from None
+    else:
+        raise ConfigurationError(
+            f"a webhook secret is a str ('whsec_...') or bytes, not {type(secret).__name__}"
+        )
+    if not key:
+        raise ConfigurationError("a webhook secret is empty: give at least one byte of key")
+    return key
+
+
+def secret_keys(secrets: Secrets) -> tuple[bytes, ...]:
+    """One secret or several (rotation), as HMAC keys; at least one."""
+    if isinstance(secrets, str | bytes):
+        return (secret_key(secrets),)
+    if not isinstance(secrets, Iterable):
+        raise ConfigurationError(
+            f"a webhook secret is a str ('whsec_...') or bytes, not {type(secrets).__name__}"
+        )
+    keys = tuple(secret_key(secret) for secret in secrets)
+    if not keys:
+        raise ConfigurationError("no webhook secret given: give one, or a list for rotation")
+    return keys
+
+
+def _timestamp(timestamp: int | datetime) -> int:
+    if isinstance(timestamp, datetime):
+        return int(timestamp.timestamp())
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int):
+        raise TypeError(f"timestamp is whole seconds (int) or a datetime, not {timestamp!r}")
+    return timestamp
+
+
+def _digest(key: bytes, msg_id: str, timestamp: int, body: bytes) -> bytes:
+    signed = b"%s.%d.%s" % (msg_id.encode(), timestamp, body)
+    return hmac.new(key, signed, hashlib.sha256).digest()
+
+
+def sign(secret: Secrets, msg_id: str, timestamp: int | datetime, body: bytes | str) -> str:
+    """The ``webhook-signature`` header value: ``v1,<base64>``, one per secret, space-separated.
+
+    ``timestamp`` is Unix seconds (what ``webhook-timestamp`` carries) or a datetime; ``body``
+    is the exact bytes sent (a str is encoded as UTF-8).
+    """
+    raw = body.encode() if isinstance(body, str) else body
+    at = _timestamp(timestamp)
+    return " ".join(
+        "v1," + base64.b64encode(_digest(key, msg_id, at, raw)).decode()
+        for key in secret_keys(secret)
+    )
+
+
+def verify_webhook(
+    body: bytes | str,
+    headers: Mapping[str, str],
+    secrets: Secrets,
+    *,
+    tolerance: float = TOLERANCE,
+    now: float | None = None,
+) -> str:
+    """Check a received webhook's signature and timestamp; return its ``webhook-id``.
+
+    ``body`` is the raw request body, exactly as received (not parsed and re-encoded);
+    ``headers`` the request's headers (names in any case); ``secrets`` the receiver's
+    secret, or several while one is being rotated. The id returned is the message id to
+    dedupe with: ``outbox.inbox(session, "billing", verify_webhook(...))``.
+
+    Raises :class:`InvalidSignature` saying what was wrong; the request must then be
+    refused (HTTP 400 or 401), never applied.
+    """
+    keys = secret_keys(secrets)
+    found = {name.lower(): value for name, value in headers.items()}
+    missing = [h for h in (ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER) if h not in found]
+    if missing:
+        raise InvalidSignature(
+            f"not a Standard Webhooks request: header {', '.join(missing)} missing"
+        )
+    msg_id, stamp, signatures = found[ID_HEADER], found[TIMESTAMP_HEADER], found[SIGNATURE_HEADER]
+    try:
+        at = int(stamp)
+    except ValueError:
+        raise InvalidSignature(
+            f"webhook-timestamp is not whole Unix seconds: {stamp[:40]!r}"
+        ) from None
+    skew = (time.time() if now is None else now) - at
+    if skew > tolerance:
+        raise InvalidSignature(
+            f"webhook-timestamp is {skew:.0f}s old, past the {tolerance:g}s tolerance: "
+            "a replay, or a clock out of step"
+        )
+    if skew < -tolerance:
+        raise InvalidSignature(
+            f"webhook-timestamp is {-skew:.0f}s ahead of this clock, past the "
+            f"{tolerance:g}s tolerance"
+        )
+    raw = body.encode() if isinstance(body, str) else body
+    expected = [_digest(key, msg_id, at, raw) for key in keys]
+    for entry in signatures.split():
+        version, _, encoded = entry.partition(",")
+        if version != "v1":
+            continue
+        try:
+            given = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if any(hmac.compare_digest(given, digest) for digest in expected):
+            return msg_id
+    raise InvalidSignature(
+        "no webhook-signature matches this body under the given secret(s): a wrong secret, "
+        "or a body changed on the way (verify the raw bytes, before any JSON parsing)"
+    )
+
+
+__all__ = [
+    "ID_HEADER",
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "TOLERANCE",
+    "InvalidSignature",
+    "Secrets",
+    "secret_key",
+    "secret_keys",
+    "sign",
+    "verify_webhook",
+]
