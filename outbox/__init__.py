@@ -4,12 +4,14 @@ Enqueue jobs in the same transaction as the domain rows that cause them; relays
 claim and run them; every transition is kept in an append-only history.
 """
 
+from outbox import publish
 from outbox.enqueue import Enqueued, NewJob, enqueue, enqueue_many
 from outbox.errors import (
     ConfigurationError,
     DuplicateHandler,
     InvalidJob,
     InvalidPayload,
+    InvalidReceipt,
     MigrationError,
     OutboxError,
     PayloadNotJSON,
@@ -20,6 +22,7 @@ from outbox.errors import (
     UnknownJobType,
     UnsupportedSession,
 )
+from outbox.inbox import inbox
 from outbox.job import Job
 from outbox.registry import Handler, Registry
 from outbox.settings import Settings
@@ -31,6 +34,7 @@ __all__ = [
     "Handler",
     "InvalidJob",
     "InvalidPayload",
+    "InvalidReceipt",
     "Job",
     "MigrationError",
     "NewJob",
@@ -46,4 +50,6 @@ __all__ = [
     "UnsupportedSession",
     "enqueue",
     "enqueue_many",
+    "inbox",
+    "publish",
 ]

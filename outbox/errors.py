@@ -47,6 +47,10 @@ class UnsupportedSession(OutboxError, TypeError):
     """enqueue was given something that is not a SQLAlchemy session or connection."""
 
 
+class InvalidReceipt(OutboxError, ValueError):
+    """outbox.inbox was given a bad consumer name or message id; nothing was written."""
+
+
 class MigrationError(OutboxError):
     """The database schema could not be brought to the version this code needs."""
 
@@ -81,16 +85,26 @@ class RetryLater(OutboxError):
     #: How history's ``reason`` begins for a job put back by a request (the relay counts these).
     REASON: ClassVar[str] = "retry later requested: "
 
-    def __init__(self, delay: float | timedelta) -> None:
+    def __init__(self, delay: float | timedelta, reason: str | None = None) -> None:
         self.seconds = _delay_seconds(delay)
-        super().__init__(f"{self.REASON}{_words(self.seconds)}")
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"RetryLater reason must be a str, not {type(reason).__name__}")
+        #: Why, in a few words (``HTTP 503 from the partner``): kept in history after the
+        #: delay, cut to :data:`REASON_MAX` characters.
+        self.reason = None if not reason else reason[:REASON_MAX]
+        why = f" ({self.reason})" if self.reason else ""
+        super().__init__(f"{self.REASON}{_words(self.seconds)}{why}")
 
     @property
     def delay(self) -> timedelta:
         return timedelta(seconds=self.seconds)
 
-    def __reduce__(self) -> tuple[type[RetryLater], tuple[float]]:
-        return type(self), (self.seconds,)
+    def __reduce__(self) -> tuple[type[RetryLater], tuple[float, str | None]]:
+        return type(self), (self.seconds, self.reason)
+
+
+#: The longest reason a RetryLater keeps.
+REASON_MAX = 500
 
 
 def _delay_seconds(delay: object) -> float:

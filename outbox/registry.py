@@ -8,7 +8,7 @@ import math
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tenacity
 from tenacity.wait import wait_base
@@ -17,6 +17,10 @@ from outbox import validate
 from outbox.errors import DuplicateHandler, InvalidJob, RegistryError
 from outbox.job import Job
 from outbox.schedule import CatchUp, Schedule
+
+if TYPE_CHECKING:  # imported where used: outbox.publish imports this module
+    from outbox.publish.deliver import Destination
+    from outbox.publish.target import Target
 
 HandlerFunc = Callable[..., Any]
 #: A registry's ``redact_error`` hook: given the job, the exception its handler raised and the
@@ -70,6 +74,7 @@ class Registry:
         self._redact_error = redact_error
         self._handlers: dict[str, Handler] = {}
         self._schedules: dict[str, Schedule] = {}
+        self._destinations: dict[str, Destination] = {}
 
     @property
     def redact_error(self) -> ErrorRedactor | None:
@@ -180,6 +185,51 @@ class Registry:
     def schedules(self) -> list[Schedule]:
         """The declared schedules, in the order of declaration."""
         return list(self._schedules.values())
+
+    def destination(
+        self,
+        name: str,
+        target: Target,
+        *,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        retry: wait_base | None = None,
+    ) -> Handler:
+        """Publish the messages of ``outbox.publish(session, name, ...)`` to ``target``
+        (``outbox.publish.RabbitMQ``, ``NatsJetStream``, ``Kafka`` or ``Webhook``).
+
+        Registers the handler of job type ``publish:<name>``; the options are a handler's.
+        The relay starts the target before it claims and closes it when it stops. See
+        docs/howto/publish.md.
+        """
+        from outbox.publish.api import job_type
+        from outbox.publish.deliver import Destination
+        from outbox.publish.target import Target as TargetProtocol
+
+        try:
+            type = job_type(name)
+        except InvalidJob as exc:
+            raise RegistryError(f"destination {name!r}: {exc}") from None
+        if not isinstance(target, TargetProtocol):
+            raise RegistryError(
+                f"destination {name!r}: {target!r} is not a publishing target; use one of "
+                "outbox.publish.RabbitMQ, NatsJetStream, Kafka or Webhook"
+            )
+        if name in self._destinations:
+            raise DuplicateHandler(f"destination {name!r} is already declared")
+        declared = Destination(name, target)
+        handler = self.register(
+            type, declared.deliver, queue=queue, max_attempts=max_attempts, timeout=timeout,
+            retry=retry,
+        )  # fmt: skip
+        self._destinations[name] = declared
+        return handler
+
+    @property
+    def destinations(self) -> dict[str, Destination]:
+        """The declared destinations by name."""
+        return dict(self._destinations)
 
     def get(self, type: str) -> Handler | None:
         return self._handlers.get(type)

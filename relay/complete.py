@@ -71,6 +71,7 @@ def record(
             # cast again for every row the statement reads.
             "done_attempt": [Int4(o.job.attempt) for o in done],
             "done_ms": [o.duration_ms for o in done],
+            "done_reason": [o.note for o in done],
             "failed_uuid": [o.job.uuid for o in failed],
             "failed_attempt": [Int4(o.job.attempt) for o in failed],
             "failed_ms": [o.duration_ms for o in failed],
@@ -102,7 +103,7 @@ def _postponements(later: Sequence[Outcome]) -> dict[str, Any]:
         "later_attempt": [Int4(o.job.attempt) for o in later],
         "later_in": [o.later for o in later],
         "later_ms": [o.duration_ms for o in later],
-        "later_reason": [str(RetryLater(o.later or 0.0)) for o in later],
+        "later_reason": [o.note or str(RetryLater(o.later or 0.0)) for o in later],
         "later_prefix": RetryLater.REASON,
         "later_limit": RetryLater.LIMIT,
         "later_refused": _refused(),

@@ -12,10 +12,12 @@ from sqlalchemy.orm import Session
 
 from outbox.errors import PermanentFailure, RetryLater
 from outbox.job import Job
+from outbox.publish.target import Delivery
 from outbox.registry import ErrorRedactor, Handler, redact_messages
 
 TRACEBACK_LIMIT = 8_000  # characters kept of a traceback (G6 keeps every error, bounded)
 MESSAGE_LIMIT = 2_000  # characters kept of a message
+NOTE_LIMIT = 500  # characters kept of a delivery's note
 
 
 @dataclasses.dataclass(slots=True)
@@ -33,6 +35,9 @@ class Outcome:
     #: Seconds after which the handler asked to run the job again (``outbox.RetryLater``):
     #: not done, not failed.
     later: float | None = None
+    #: What history's row of this outcome says besides the event: a publish's Delivery (the
+    #: broker's answer) when it succeeded, the request and its reason when postponed.
+    note: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -141,14 +146,16 @@ def run(handler: Handler, job: Job, session: Session | None = None) -> Outcome:
         args: tuple[Any, ...] = (job, session) if handler.takes_session else (job,)
         result = handler.func(*args)
         if handler.is_async or asyncio.iscoroutine(result):
-            asyncio.run(result)
+            result = asyncio.run(result)
         if session is not None:
             session.flush()
     except RetryLater as later:  # not done: again after the delay it asked for
-        return Outcome(job, _ms(started), later=later.seconds)
+        return Outcome(job, _ms(started), later=later.seconds, note=str(later))
     except BaseException as exc:  # sys.exit(), KeyboardInterrupt: the job's failure (G6)
         return failed(handler, job, exc, _ms(started))
-    return Outcome(job, _ms(started))
+    # Only a publish's Delivery is kept: other return values mean nothing to outbox.
+    note = str(result)[:NOTE_LIMIT] if isinstance(result, Delivery) else None
+    return Outcome(job, _ms(started), note=note)
 
 
 def failed(handler: Handler, job: Job, exc: BaseException, duration_ms: float) -> Outcome:

@@ -27,6 +27,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from outbox.database import create_engine, libpq_dsn
 from outbox.job import Job
+from outbox.publish import deliver as destinations
 from outbox.registry import Registry
 from outbox.settings import Settings
 
@@ -180,6 +181,7 @@ class Worker:
             **({"queue_limits": self.queue_limits} if self.queue_limits else {}),
         )  # fmt: skip
         _settle_garbage_collector()
+        destinations.start(self.registry, self.settings)  # publishing targets connect
         self.heartbeat.announce()
         service.start(self._services, self._threads)
         if self.http is not None:
@@ -355,6 +357,7 @@ class Worker:
                 break
             self.inflight.space.wait(0.1)
         left = self.inflight.running()
+        destinations.close(self.registry)  # after the last handler returned: flushes
         for chore in self._services:
             chore.stop()
         if self.http is not None:

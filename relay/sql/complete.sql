@@ -38,7 +38,9 @@ WITH deleted AS (
           array_position(CAST(:done_uuid AS uuid[]), j.uuid)]
     RETURNING j.uuid, j.type, j.queue, j.key, j.attempt,
               (CAST(:done_ms AS double precision[]))[
-                  array_position(CAST(:done_uuid AS uuid[]), j.uuid)] AS duration_ms
+                  array_position(CAST(:done_uuid AS uuid[]), j.uuid)] AS duration_ms,
+              (CAST(:done_reason AS text[]))[
+                  array_position(CAST(:done_uuid AS uuid[]), j.uuid)] AS reason
 ),
 updated AS (
     -- The same for failures: found by primary key, paired with their outcome by position
@@ -101,7 +103,8 @@ recorded AS (
     INSERT INTO outbox_history (
         job_uuid, event, type, queue, key, attempt, relay, error, duration_ms, run_at, reason
     )
-    SELECT uuid, 'succeeded', type, queue, key, attempt, :relay, NULL, duration_ms, NULL, NULL
+    -- A publish's delivery (the broker's answer) is the reason of its `succeeded` row.
+    SELECT uuid, 'succeeded', type, queue, key, attempt, :relay, NULL, duration_ms, NULL, reason
     FROM deleted
     UNION ALL
     SELECT uuid, e.event, type, queue, key, attempt, :relay,

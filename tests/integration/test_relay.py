@@ -431,7 +431,8 @@ def test_completion_plan_probes_each_job_whatever_the_statistics(db: sa.Engine) 
             limits=AttemptLimits(default=5, types=("a.b",)))]  # fmt: skip
         params = {
             "done_uuid": [j.uuid for j in jobs[:500]], "done_attempt": [1] * 500,
-            "done_ms": [0.1] * 500, "failed_uuid": [j.uuid for j in jobs[500:600]],
+            "done_ms": [0.1] * 500, "done_reason": [None] * 500,
+            "failed_uuid": [j.uuid for j in jobs[500:600]],
             "failed_attempt": [1] * 100, "error": ["{}"] * 100, "retry_in": [1.0] * 100,
             "dead": [False] * 100, "failed_ms": [0.1] * 100, "relay": "r",
             # and 100 whose handler raised RetryLater
