@@ -1,0 +1,490 @@
+"""Publishing to NATS JetStream: ``NatsJetStream(url, subject=...)``.
+
+The job's uuid is the ``Nats-Msg-Id`` header on every attempt, so JetStream itself drops a
+re-publish (after a relay died between the PubAck and the completion, or after an ack lost
+to a timeout) for as long as the stream's duplicate window lasts; such a PubAck says
+``duplicate`` and counts as delivered. ``start`` reads that window and warns when it is
+shorter than the relay's lease plus its longest backoff: past the window a re-publish would
+be stored a second time, and only the consumer's inbox would catch it.
+
+nats-py is an asyncio client. One connection serves every relay thread from an event loop
+of its own in a background thread: each :meth:`NatsJetStream.publish` hands its message to
+that loop and waits for its PubAck, so the acks of concurrent calls overlap on the one
+connection instead of queueing behind each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import os
+import re
+import string
+import threading
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+import structlog
+
+from outbox.errors import ConfigurationError
+from outbox.publish.target import (
+    Delivery,
+    Limits,
+    Message,
+    PublishFailed,
+    PublishRejected,
+    missing_extra,
+)
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js.client import JetStreamContext
+
+log = structlog.get_logger("outbox.publish")
+
+T = TypeVar("T")
+
+SCHEMES = ("nats", "tls", "ws", "wss")
+#: Fields a subject template may name.
+FIELDS = ("key", "event")
+#: A subject token: no whitespace, no dot; wildcards are refused separately.
+TOKEN = re.compile(r"[^\s.]+")
+#: Header names as NATS (and HTTP) accept them.
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: JetStream error codes that no retry can change: the message is larger than the stream
+#: accepts (10054), the stream that took the subject is not the one expected (10060).
+PERMANENT_ERRORS = frozenset({10054, 10060})
+
+
+class NatsJetStream:
+    """Publishes each message to a JetStream subject and waits for its PubAck.
+
+    ``subject`` is a subject, or a template naming ``{key}`` or ``{event}``
+    (``"orders.{key}"``): a message whose key (or event) the template needs but lacks, or
+    whose key is not a valid subject token, is rejected and its job ends dead with the reason.
+    ``timeout`` bounds the connection and each PubAck, in seconds. Other keyword arguments go
+    to ``nats.connect`` (``user_credentials``, ``tls``, ``token``...).
+    """
+
+    extra = "nats"
+
+    def __init__(self, url: str, subject: str, *, timeout: float = 5.0, **options: Any) -> None:
+        try:
+            import nats  # noqa: F401
+        except ImportError:
+            raise missing_extra("nats", "nats-py") from None
+        self.servers = _servers(url)
+        self.subject = subject
+        self._parts = _template(subject)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigurationError(
+                f"NatsJetStream timeout must be a number of seconds above 0, not {timeout!r}"
+            )
+        self.timeout = float(timeout)
+        self.options = options
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        # Touched only on the loop's thread.
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._limits: Limits | None = None
+        self._window_checked = False
+        self._queue: list[tuple[str, bytes, dict[str, str], concurrent.futures.Future[Any]]] = []
+        self._sending = False
+        self._sender: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"NatsJetStream({','.join(self.servers)!r}, subject={self.subject!r})"
+
+    # -- the Target protocol ------------------------------------------------------------
+
+    def start(self, limits: Limits) -> None:
+        """Connect, and check the stream's duplicate window against ``limits``. A NATS that
+        does not answer yet is not an error: publishes fail and are retried until it does,
+        and the window is checked at the first connection."""
+        self._limits = limits
+        try:
+            self._run(self._connected(), self.timeout + 1)
+        except PublishFailed as error:
+            log.warning(
+                "nats unreachable at start; publishes will be retried until it answers",
+                target=repr(self),
+                error=error.detail,
+            )
+
+    def publish(self, message: Message) -> Delivery:
+        subject = self.subject_for(message)
+        headers = _headers(message)
+        loop = self._running_loop()
+        acked: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        # Calls from all threads queue here; the loop sends each queue in one go, so a
+        # burst costs one wake-up of the loop, not one per message.
+        with self._lock:
+            self._queue.append((subject, message.body, headers, acked))
+            wake, self._sending = not self._sending, True
+        if wake:
+            loop.call_soon_threadsafe(self._send_queue)
+        try:
+            ack = acked.result(self.timeout * 2 + 1)
+        except concurrent.futures.TimeoutError:
+            raise PublishFailed(f"no PubAck from JetStream within {self.timeout:g}s") from None
+        detail = f"stream {ack.stream} seq {ack.seq}"
+        return Delivery("duplicate" if ack.duplicate else "delivered", detail)
+
+    def close(self) -> None:
+        """Send what is buffered, close the connection and stop the loop's thread."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None or self._pid != os.getpid():
+            return
+        future = asyncio.run_coroutine_threadsafe(self._disconnect(), loop)
+        try:
+            future.result(self.timeout + 1)
+        except Exception as error:  # closing must not raise: the relay is stopping
+            log.warning(
+                "nats connection did not close cleanly", target=repr(self), error=str(error)
+            )
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(self.timeout)
+        if not thread.is_alive():
+            loop.close()
+
+    # -- subjects and headers -----------------------------------------------------------
+
+    def subject_for(self, message: Message) -> str:
+        """The subject ``message`` goes to; PublishRejected when the template cannot make one."""
+        pieces: list[str] = []
+        for literal, field in self._parts:
+            pieces.append(literal)
+            if field is None:
+                continue
+            value = message.key if field == "key" else message.event
+            if value is None:
+                raise PublishRejected(
+                    f"subject {self.subject!r} needs the message's {field}, and it has none:"
+                    f" publish it with {field}=..."
+                )
+            if not all(TOKEN.fullmatch(t) and t not in ("*", ">") for t in value.split(".")):
+                raise PublishRejected(
+                    f"{field} {value!r} cannot be part of subject {self.subject!r}: a NATS"
+                    " subject token has no whitespace, is not * or >, and dots may not"
+                    " begin, end or repeat"
+                )
+            pieces.append(value)
+        return "".join(pieces)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _run(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._running_loop())
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise PublishFailed(f"no answer from NATS within {timeout:g}s") from None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            # A loop made before a fork has no thread in the child: make another.
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="outbox-nats", daemon=True)
+                thread.start()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
+                self._nc = self._js = None
+                self._connecting = None
+                self._window_checked = False
+                self._queue, self._sending, self._closing = [], False, False
+            return self._loop
+
+    async def _connected(self) -> JetStreamContext:
+        """The JetStream context, connecting first when there is no open connection (at
+        the first publish, and after nats-py gave up reconnecting)."""
+        import nats
+
+        if self._js is not None and self._nc is not None and not self._nc.is_closed:
+            return self._js
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._js is not None and self._nc is not None and not self._nc.is_closed:
+                return self._js
+            options: dict[str, Any] = {
+                "connect_timeout": self.timeout,
+                "reconnect_time_wait": 0.5,
+                "max_reconnect_attempts": -1,
+                "error_cb": self._on_error,
+                "disconnected_cb": self._on_disconnected,
+                "reconnected_cb": self._on_reconnected,
+                **self.options,
+            }
+            try:
+                nc = await asyncio.wait_for(
+                    nats.connect(self.servers, allow_reconnect=True, **options),
+                    self.timeout,
+                )
+            except Exception as error:
+                raise PublishFailed(
+                    f"cannot connect to NATS at {','.join(self.servers)}: {_describe(error)}"
+                ) from None
+            self._nc, self._js = nc, nc.jetstream(timeout=self.timeout)
+        if not self._window_checked and self._limits is not None:
+            self._window_checked = True
+            await self._check_window(self._limits)
+        return self._js
+
+    def _send_queue(self) -> None:
+        self._sender = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        """Send every queued message without waiting for acks in between: JetStream's
+        async publish, each ack resolving its caller's future when it comes."""
+        batch: list[tuple[str, bytes, dict[str, str], concurrent.futures.Future[Any]]] = []
+        try:
+            while True:
+                with self._lock:
+                    batch, self._queue = self._queue, []
+                    if not batch:
+                        self._sending = False
+                        return
+                try:
+                    js = await self._connected()
+                except PublishFailed as error:
+                    for *_, acked in batch:
+                        _settle(acked, error=error)
+                    continue
+                loop = asyncio.get_running_loop()
+                for subject, body, headers, acked in batch:
+                    try:
+                        pending = await js.publish_async(subject, body, headers=headers)
+                    except Exception as error:
+                        _settle(acked, error=self._failure(error, subject))
+                        continue
+                    timer = loop.call_later(self.timeout, _expire, pending)
+                    pending.add_done_callback(
+                        functools.partial(self._acked, acked=acked, timer=timer, subject=subject)
+                    )
+        except BaseException as error:
+            # Never leave callers waiting on a sender that is gone.
+            with self._lock:
+                batch, self._queue, self._sending = batch + self._queue, [], False
+            for *_, acked in batch:
+                _settle(acked, error=PublishFailed(f"publish to NATS failed: {_describe(error)}"))
+            raise
+
+    def _acked(
+        self,
+        done: asyncio.Future[Any],
+        *,
+        acked: concurrent.futures.Future[Any],
+        timer: asyncio.TimerHandle,
+        subject: str,
+    ) -> None:
+        timer.cancel()
+        if done.cancelled():
+            _settle(acked, error=PublishFailed("publish cancelled: the target is closing"))
+        elif (error := done.exception()) is not None:
+            _settle(acked, error=self._failure(error, subject))
+        else:
+            _settle(acked, result=done.result())
+
+    def _failure(self, error: BaseException, subject: str) -> PublishFailed | PublishRejected:
+        """What a nats-py error means for the job: retried, or dead with the reason."""
+        import nats.errors
+        import nats.js.errors
+
+        if isinstance(error, nats.js.errors.NoStreamResponseError):
+            return PublishFailed(
+                f"no JetStream stream takes subject {subject!r}: create one whose subjects"
+                " cover it; the job is retried until then"
+            )
+        if isinstance(error, nats.js.errors.APIError):
+            detail = f"JetStream refused the message: {error.description} (error {error.err_code})"
+            if error.err_code in PERMANENT_ERRORS:
+                return PublishRejected(detail, status=error.code)
+            return PublishFailed(detail, status=error.code)
+        if isinstance(
+            error,
+            nats.errors.MaxPayloadError | nats.errors.BadSubjectError | nats.errors.BadHeaderError,
+        ):
+            return PublishRejected(f"NATS refused the message: {_describe(error)}")
+        if isinstance(error, nats.errors.TimeoutError | asyncio.TimeoutError):
+            return PublishFailed(
+                f"no PubAck from JetStream within {self.timeout:g}s (subject {subject!r})"
+            )
+        return PublishFailed(f"publish to NATS failed: {_describe(error)}")
+
+    async def _check_window(self, limits: Limits) -> None:
+        """Warn when a re-publish could come after the stream forgot the first one."""
+        import nats.js.errors
+
+        assert self._js is not None
+        probe = "".join(literal + ("*" if field else "") for literal, field in self._parts)
+        try:
+            name = await self._js.find_stream_name_by_subject(probe)
+            info = await self._js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            log.warning(
+                "no JetStream stream takes this subject; publishes fail until one does",
+                target=repr(self),
+                subject=probe,
+            )
+            return
+        except Exception as error:
+            log.warning(
+                "could not read the stream's duplicate window",
+                target=repr(self),
+                error=_describe(error),
+            )
+            return
+        window = info.config.duplicate_window or 0.0
+        needed = limits.lease_seconds + limits.longest_backoff_seconds
+        if window < needed:
+            log.warning(
+                f"JetStream stream {name!r} forgets message ids after {window:g}s, but a"
+                f" message may be published again up to {needed:g}s after its first publish"
+                " (the relay's lease plus its longest backoff): such a re-publish would be"
+                f" stored twice. Set the stream's duplicate_window to at least {needed:g}s,"
+                " or dedupe with outbox.inbox on the consumer side",
+                target=repr(self),
+                stream=name,
+                duplicate_window_seconds=window,
+                needed_seconds=needed,
+            )
+
+    async def _disconnect(self) -> None:
+        """Wait (a bounded time) for the acks in flight, then drain and close."""
+        self._closing = True
+        nc, js, self._nc, self._js = self._nc, self._js, None, None
+        with self._lock:
+            queued, self._queue = self._queue, []
+        for *_, acked in queued:
+            _settle(acked, error=PublishFailed("the NATS target closed before sending this"))
+        if nc is None or nc.is_closed:
+            return
+        try:
+            if js is not None:
+                await asyncio.wait_for(js.publish_async_completed(), self.timeout)
+            await asyncio.wait_for(nc.drain(), self.timeout)
+        except Exception:
+            await nc.close()
+
+    async def _on_error(self, error: Exception) -> None:
+        log.debug("nats connection error", target=repr(self), error=_describe(error))
+
+    async def _on_disconnected(self) -> None:
+        if self._closing:
+            return
+        log.warning("nats disconnected; reconnecting", target=repr(self))
+
+    async def _on_reconnected(self) -> None:
+        log.info("nats reconnected", target=repr(self))
+
+
+def _servers(url: str) -> list[str]:
+    """The server URLs of ``url`` (several may be given, comma-separated)."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(
+            f"NatsJetStream needs a server URL such as nats://127.0.0.1:4222, not {url!r}"
+        )
+    servers = [part.strip() for part in url.split(",")]
+    for server in servers:
+        try:
+            parts = urlsplit(server)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as error:
+            raise ConfigurationError(
+                f"NatsJetStream URL {server!r} is not usable: {error}"
+            ) from None
+        if parts.scheme not in SCHEMES or not parts.hostname:
+            raise ConfigurationError(
+                f"NatsJetStream URL {server!r} is not usable: expected"
+                f" {'|'.join(SCHEMES)}://host[:port], e.g. nats://127.0.0.1:4222"
+            )
+    return servers
+
+
+def _template(subject: str) -> list[tuple[str, str | None]]:
+    """The literal pieces and fields of a subject template, checked: the subject it makes
+    must be one NATS accepts for publishing (no wildcards, no empty tokens)."""
+    if not isinstance(subject, str) or not subject:
+        raise ConfigurationError(
+            f"NatsJetStream needs a subject such as 'orders' or 'orders.{{key}}', not {subject!r}"
+        )
+    try:
+        parsed = list(string.Formatter().parse(subject))
+    except ValueError as error:
+        raise ConfigurationError(
+            f"NatsJetStream subject {subject!r} is not a valid template: {error}"
+        ) from None
+    parts: list[tuple[str, str | None]] = []
+    for literal, field, spec, conversion in parsed:
+        if field is not None and (field not in FIELDS or spec or conversion):
+            named = field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise ConfigurationError(
+                f"NatsJetStream subject {subject!r} may name only {{key}} and {{event}},"
+                f" not {{{named}}}"
+            )
+        parts.append((literal, field))
+    sample = "".join(literal + ("x" if field else "") for literal, field in parts)
+    tokens = sample.split(".")
+    if not all(TOKEN.fullmatch(token) for token in tokens) or {"*", ">"} & set(tokens):
+        raise ConfigurationError(
+            f"NatsJetStream subject {subject!r} is not a subject messages can be published to:"
+            " tokens separated by single dots, no whitespace, no wildcards * or >"
+        )
+    return parts
+
+
+def _headers(message: Message) -> dict[str, str]:
+    """The message's headers on the wire, with ``Nats-Msg-Id``; PublishRejected for a
+    header NATS cannot carry, or one that would steer JetStream (``Nats-*``)."""
+    headers = message.wire_headers()
+    for name, value in headers.items():
+        if not HEADER_NAME.fullmatch(name):
+            raise PublishRejected(f"header name {name!r} cannot be sent over NATS")
+        if name.lower().startswith("nats-"):
+            raise PublishRejected(f"header {name!r} is reserved: Nats-* headers steer JetStream")
+        if "\r" in value or "\n" in value:
+            raise PublishRejected(f"header {name!r} has a line break, which NATS cannot carry")
+    headers["Nats-Msg-Id"] = message.id
+    headers["Content-Type"] = "application/json"
+    return headers
+
+
+def _expire(pending: asyncio.Future[Any]) -> None:
+    """An ack that never came (a lost connection): fail the publish, and free its place
+    among nats-py's pending async publishes."""
+    import nats.errors
+
+    if not pending.done():
+        pending.set_exception(nats.errors.TimeoutError())
+
+
+def _settle(
+    acked: concurrent.futures.Future[Any],
+    *,
+    result: Any = None,
+    error: BaseException | None = None,
+) -> None:
+    if acked.done():
+        return
+    if error is not None:
+        acked.set_exception(error)
+    else:
+        acked.set_result(result)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+__all__ = ["NatsJetStream"]
