@@ -69,6 +69,9 @@ class Settings:
     payload_limit: int = 1 * MIB
     #: How long an idempotency key is remembered after its first enqueue (G5).
     idempotency_retention: timedelta = timedelta(days=7)
+    #: How long a consumer's inbox remembers a message id it received (``outbox.inbox``);
+    #: ``outbox prune`` keeps receipts for this or ``idempotency_retention``, the longer.
+    inbox_retention: timedelta = timedelta(days=7)
     #: The queue of a job enqueued without one and without a handler that names one.
     default_queue: str = "default"
     #: Attempts for a job whose enqueue and handler both leave ``max_attempts`` unset.
@@ -104,6 +107,8 @@ class Settings:
             )
         if self.idempotency_retention <= timedelta(0):
             raise ConfigurationError("idempotency_retention must be longer than zero")
+        if self.inbox_retention <= timedelta(0):
+            raise ConfigurationError("inbox_retention must be longer than zero")
         if self.default_max_attempts < 1:
             raise ConfigurationError(
                 f"default_max_attempts must be at least 1, not {self.default_max_attempts}"
@@ -137,6 +142,8 @@ class Settings:
             values["idempotency_retention"] = parse_duration(
                 retention, name="OUTBOX_IDEMPOTENCY_RETENTION"
             )
+        if retention := env.get("OUTBOX_INBOX_RETENTION"):
+            values["inbox_retention"] = parse_duration(retention, name="OUTBOX_INBOX_RETENTION")
         if queue := env.get("OUTBOX_DEFAULT_QUEUE"):
             values["default_queue"] = queue
         if attempts := env.get("OUTBOX_DEFAULT_MAX_ATTEMPTS"):

@@ -16,7 +16,8 @@ import click
 
 from outbox.audit import chain, redaction, retention, seal, trail, verify
 from outbox.cli.context import Context, clear_errors, migrated_connection
-from outbox.cli.terminal import Moment, console, json_default, print_history
+from outbox.cli.terminal import Moment, console, duration, json_default, print_history
+from outbox.inbox import prune as prune_inbox
 from outbox.settings import parse_duration
 
 
@@ -244,7 +245,7 @@ def redaction_command(ctx: Context, state: str) -> None:
 @click.option(
     "--export", "export_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The export (from `outbox audit export`) that holds what may be removed; without "
-    "it only expired idempotency keys are removed.",
+    "it only expired idempotency keys and inbox receipts are removed.",
 )  # fmt: skip
 @click.option(
     "--older-than", default="365d", show_default=True, metavar="DURATION",
@@ -257,7 +258,8 @@ def redaction_command(ctx: Context, state: str) -> None:
 @click.pass_obj
 @clear_errors
 def prune_command(ctx: Context, export_path: Path | None, older_than: str, actor: str) -> None:
-    """Remove whole sealed ranges of history that an export holds, and expired idempotency keys.
+    """Remove whole sealed ranges of history that an export holds, expired idempotency keys,
+    and inbox receipts past their retention.
 
     The export is verified first and must agree with the database's seals. The prune is
     recorded as a link of the digest chain, so `audit verify` still holds across the gap.
@@ -268,6 +270,9 @@ def prune_command(ctx: Context, export_path: Path | None, older_than: str, actor
         raise click.UsageError(str(exc)) from None
     with migrated_connection(ctx) as connection:
         done = retention.prune(connection, export_path=export_path, older_than=keep, actor=actor)
+        settings = ctx.settings
+        receipts_kept = max(settings.inbox_retention, settings.idempotency_retention)
+        receipts = prune_inbox(connection, receipts_kept)
     if export_path is None:
         click.echo("history kept: no --export given")
     elif done.prune_seal is None:
@@ -278,3 +283,6 @@ def prune_command(ctx: Context, export_path: Path | None, older_than: str, actor
             f"{done.prune_seal}"
         )
     click.echo(f"removed {done.idempotency_keys} expired idempotency key(s)")
+    click.echo(
+        f"removed {receipts} inbox receipt(s) older than {duration(receipts_kept.total_seconds())}"
+    )
