@@ -35,7 +35,7 @@ TOLERANCE = 300
 Secrets = str | bytes | Iterable[str | bytes]
 
 
-class InvalidSignature(OutboxError, ValueError):
+class WebhookVerificationError(OutboxError, ValueError):
     """A webhook request is not signed by any of the receiver's secrets, is signed too long
     ago (or too far ahead), or lacks the Standard Webhooks headers: do not act on it."""
 
@@ -106,6 +106,10 @@ def sign(secret: Secrets, msg_id: str, timestamp: int | datetime, body: bytes | 
     )
 
 
+#: The name :mod:`outbox.publish` exports :func:`sign` under.
+sign_webhook = sign
+
+
 def verify_webhook(
     body: bytes | str,
     headers: Mapping[str, str],
@@ -121,31 +125,31 @@ def verify_webhook(
     secret, or several while one is being rotated. The id returned is the message id to
     dedupe with: ``outbox.inbox(session, "billing", verify_webhook(...))``.
 
-    Raises :class:`InvalidSignature` saying what was wrong; the request must then be
+    Raises :class:`WebhookVerificationError` saying what was wrong; the request must then be
     refused (HTTP 400 or 401), never applied.
     """
     keys = secret_keys(secrets)
     found = {name.lower(): value for name, value in headers.items()}
     missing = [h for h in (ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER) if h not in found]
     if missing:
-        raise InvalidSignature(
+        raise WebhookVerificationError(
             f"not a Standard Webhooks request: header {', '.join(missing)} missing"
         )
     msg_id, stamp, signatures = found[ID_HEADER], found[TIMESTAMP_HEADER], found[SIGNATURE_HEADER]
     try:
         at = int(stamp)
     except ValueError:
-        raise InvalidSignature(
+        raise WebhookVerificationError(
             f"webhook-timestamp is not whole Unix seconds: {stamp[:40]!r}"
         ) from None
     skew = (time.time() if now is None else now) - at
     if skew > tolerance:
-        raise InvalidSignature(
+        raise WebhookVerificationError(
             f"webhook-timestamp is {skew:.0f}s old, past the {tolerance:g}s tolerance: "
             "a replay, or a clock out of step"
         )
     if skew < -tolerance:
-        raise InvalidSignature(
+        raise WebhookVerificationError(
             f"webhook-timestamp is {-skew:.0f}s ahead of this clock, past the "
             f"{tolerance:g}s tolerance"
         )
@@ -161,7 +165,7 @@ def verify_webhook(
             continue
         if any(hmac.compare_digest(given, digest) for digest in expected):
             return msg_id
-    raise InvalidSignature(
+    raise WebhookVerificationError(
         "no webhook-signature matches this body under the given secret(s): a wrong secret, "
         "or a body changed on the way (verify the raw bytes, before any JSON parsing)"
     )
@@ -172,10 +176,11 @@ __all__ = [
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
     "TOLERANCE",
-    "InvalidSignature",
     "Secrets",
+    "WebhookVerificationError",
     "secret_key",
     "secret_keys",
     "sign",
+    "sign_webhook",
     "verify_webhook",
 ]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from outbox.errors import ConfigurationError
-from outbox.publish.signing import InvalidSignature, secret_key, sign, verify_webhook
+from outbox.publish.signing import WebhookVerificationError, secret_key, sign, verify_webhook
 
 # The worked example of the Standard Webhooks specification (and of its reference libraries).
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -62,25 +62,25 @@ def test_rotation_any_one_matching_signature_and_secret_is_enough() -> None:
 
 
 def test_a_changed_body_is_refused() -> None:
-    with pytest.raises(InvalidSignature, match="no webhook-signature matches"):
+    with pytest.raises(WebhookVerificationError, match="no webhook-signature matches"):
         verify_webhook(b'{"test": 2432232315}', headers(), SECRET, now=TIMESTAMP)
 
 
 def test_a_wrong_secret_is_refused() -> None:
-    with pytest.raises(InvalidSignature, match="under the given secret"):
+    with pytest.raises(WebhookVerificationError, match="under the given secret"):
         verify_webhook(BODY, headers(), OTHER, now=TIMESTAMP)
 
 
 def test_another_message_id_is_refused() -> None:
     forged = {**headers(), "webhook-id": "msg_other"}
-    with pytest.raises(InvalidSignature, match="no webhook-signature matches"):
+    with pytest.raises(WebhookVerificationError, match="no webhook-signature matches"):
         verify_webhook(BODY, forged, SECRET, now=TIMESTAMP)
 
 
 def test_an_old_or_future_timestamp_is_refused() -> None:
-    with pytest.raises(InvalidSignature, match="old, past the 300s tolerance"):
+    with pytest.raises(WebhookVerificationError, match="old, past the 300s tolerance"):
         verify_webhook(BODY, headers(), SECRET, now=TIMESTAMP + 301)
-    with pytest.raises(InvalidSignature, match="ahead of this clock"):
+    with pytest.raises(WebhookVerificationError, match="ahead of this clock"):
         verify_webhook(BODY, headers(), SECRET, now=TIMESTAMP - 301)
     assert verify_webhook(BODY, headers(), SECRET, now=TIMESTAMP + 3000, tolerance=3600)
 
@@ -96,14 +96,14 @@ def test_a_request_signed_now_verifies_with_the_real_clock() -> None:
 @pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
 def test_a_missing_header_is_named(missing: str) -> None:
     given = {k: v for k, v in headers().items() if k != missing}
-    with pytest.raises(InvalidSignature, match=f"header {missing} missing"):
+    with pytest.raises(WebhookVerificationError, match=f"header {missing} missing"):
         verify_webhook(BODY, given, SECRET, now=TIMESTAMP)
 
 
 @pytest.mark.parametrize("stamp", ["", "soon", "1614265330.5", "1e9"])
 def test_a_timestamp_that_is_not_whole_seconds_is_refused(stamp: str) -> None:
     given = {**headers(), "webhook-timestamp": stamp}
-    with pytest.raises(InvalidSignature, match="not whole Unix seconds"):
+    with pytest.raises(WebhookVerificationError, match="not whole Unix seconds"):
         verify_webhook(BODY, given, SECRET, now=TIMESTAMP)
 
 
@@ -111,7 +111,7 @@ def test_a_timestamp_that_is_not_whole_seconds_is_refused(stamp: str) -> None:
     "signature", ["", "v1,", "v1,!!!", "g0hM9SsE+OTPJTGt", "v2," + SIGNATURE[3:]]
 )
 def test_malformed_signatures_are_refused(signature: str) -> None:
-    with pytest.raises(InvalidSignature):
+    with pytest.raises(WebhookVerificationError):
         verify_webhook(BODY, headers(signature), SECRET, now=TIMESTAMP)
 
 
