@@ -213,11 +213,11 @@ class Kafka:
         with self._lock:
             if self._producer is not None and self._fatal is None:
                 return self._producer
-            old, old_poller = self._producer, self._poller
+            old, old_poller, fatal = self._producer, self._poller, self._fatal
             if old is not None:
                 log.warning(
                     "Kafka producer replaced after a fatal error",
-                    topic=self.topic, error=self._fatal.str(),
+                    topic=self.topic, error=fatal.str() if fatal is not None else "",
                 )  # fmt: skip
                 self._stop.set()
             self._stop = threading.Event()
@@ -271,7 +271,8 @@ class Kafka:
 
         if error.fatal() or error.code() == KafkaError._FATAL:
             self._fatal = self._fatal or error
-            return PublishFailed(f"Kafka producer failed and is replaced: {error.str()}")
+        if (fatal := self._fatal) is not None:  # its messages are purged, or refused
+            return PublishFailed(f"the Kafka producer failed and is replaced: {fatal.str()}")
         if error.name() in _REJECTED:
             return PublishRejected(f"Kafka refused the message: {error.name()}: {error.str()}")
         return PublishFailed(f"Kafka did not take the message: {error.name()}: {error.str()}")

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import confluent_kafka
 
 _P = ctypes.c_void_p
-#: Kafka's API key of Produce requests.
-PRODUCE = 0
+#: Kafka's API keys of Produce and InitProducerId requests.
+PRODUCE, INIT_PRODUCER_ID = 0, 22
 
 
 def _library() -> ctypes.CDLL:
@@ -87,9 +87,13 @@ class MockCluster:
     def fail_produce(self, *errors: int) -> None:
         """The next Produce requests (one per error, on any broker) answer these Kafka error
         codes instead of appending."""
+        self.fail_requests(PRODUCE, *errors)
+
+    def fail_requests(self, api_key: int, *errors: int) -> None:
+        """The next requests of ``api_key`` answer these Kafka error codes."""
         codes = (ctypes.c_int * len(errors))(*errors)
         self._lib.rd_kafka_mock_push_request_errors_array(
-            self._cluster, PRODUCE, len(errors), codes
+            self._cluster, api_key, len(errors), codes
         )
 
     def close(self) -> None:

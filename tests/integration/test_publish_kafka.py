@@ -35,13 +35,13 @@ from outbox.errors import ConfigurationError
 from outbox.publish import Kafka, Limits, Message, PublishFailed, PublishRejected
 
 from .helpers import history
-from .kafka_mock import MockCluster, read_topic
+from .kafka_mock import INIT_PRODUCER_ID, MockCluster, read_topic
 from .relay_harness import live_jobs, running_relay, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMITS = Limits(lease_seconds=30, longest_backoff_seconds=3600)
 #: Kafka error codes the mock brokers answer with.
-MSG_SIZE_TOO_LARGE, INVALID_RECORD = 10, 87
+MSG_SIZE_TOO_LARGE, INVALID_RECORD, CLUSTER_AUTHORIZATION_FAILED = 10, 87, 31
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +174,24 @@ def test_a_message_larger_than_the_producer_sends_is_rejected(
         assert str(target.publish(message({"small": 1}))).startswith("delivered")
     finally:
         target.close()
+
+
+def test_a_producer_that_failed_for_good_is_replaced_by_the_next_publish(
+    cluster: MockCluster, topic: str
+) -> None:
+    # Refused a producer id, an idempotent producer cannot go on (a fatal error).
+    cluster.fail_requests(INIT_PRODUCER_ID, CLUSTER_AUTHORIZATION_FAILED)
+    target = Kafka(cluster.bootstrap, topic=topic, timeout=2)
+    try:
+        with pytest.raises(
+            PublishFailed, match=r"producer failed and is replaced: .*authorization"
+        ):
+            target.publish(message({"n": 1}))
+        assert str(target.publish(message({"n": 2}))).startswith("delivered")
+    finally:
+        target.close()
+    [record] = read_topic(cluster.bootstrap, topic, 1, timeout=10)
+    assert json.loads(record.value()) == {"n": 2}
 
 
 def test_publishes_to_an_unreachable_cluster_fail_within_the_timeout() -> None:
