@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
+import itertools
+import json
 import os
 import re
 import string
@@ -98,6 +99,9 @@ class NatsJetStream:
         self._sending = False
         self._sender: asyncio.Task[None] | None = None
         self._closing = False
+        self._inbox = ""
+        self._tokens = itertools.count()
+        self._acks: dict[str, tuple[concurrent.futures.Future[Any], str, asyncio.TimerHandle]] = {}
 
     def __repr__(self) -> str:
         return f"NatsJetStream({','.join(self.servers)!r}, subject={self.subject!r})"
@@ -202,6 +206,7 @@ class NatsJetStream:
                 self._connecting = None
                 self._window_checked = False
                 self._queue, self._sending, self._closing = [], False, False
+                self._acks = {}
             return self._loop
 
     async def _connected(self) -> JetStreamContext:
@@ -234,6 +239,10 @@ class NatsJetStream:
                 raise PublishFailed(
                     f"cannot connect to NATS at {','.join(self.servers)}: {_describe(error)}"
                 ) from None
+            # PubAcks come back to one subscription of this connection, each to the token
+            # its message was sent with (nats-py restores the subscription on reconnecting).
+            self._inbox = f"{nc.new_inbox()}."
+            await nc.subscribe(f"{self._inbox}*", cb=self._on_ack)
             self._nc, self._js = nc, nc.jetstream(timeout=self.timeout)
         if not self._window_checked and self._limits is not None:
             self._window_checked = True
@@ -255,22 +264,24 @@ class NatsJetStream:
                         self._sending = False
                         return
                 try:
-                    js = await self._connected()
+                    await self._connected()
                 except PublishFailed as error:
                     for *_, acked in batch:
                         _settle(acked, error=error)
                     continue
+                nc = self._nc
+                assert nc is not None
                 loop = asyncio.get_running_loop()
                 for subject, body, headers, acked in batch:
+                    token = str(next(self._tokens))
+                    timer = loop.call_later(self.timeout, self._expire, token)
+                    self._acks[token] = (acked, subject, timer)
                     try:
-                        pending = await js.publish_async(subject, body, headers=headers)
+                        await nc.publish(subject, body, reply=self._inbox + token, headers=headers)
                     except Exception as error:
+                        timer.cancel()
+                        self._acks.pop(token, None)
                         _settle(acked, error=self._failure(error, subject))
-                        continue
-                    timer = loop.call_later(self.timeout, _expire, pending)
-                    pending.add_done_callback(
-                        functools.partial(self._acked, acked=acked, timer=timer, subject=subject)
-                    )
         except BaseException as error:
             # Never leave callers waiting on a sender that is gone.
             with self._lock:
@@ -279,21 +290,45 @@ class NatsJetStream:
                 _settle(acked, error=PublishFailed(f"publish to NATS failed: {_describe(error)}"))
             raise
 
-    def _acked(
-        self,
-        done: asyncio.Future[Any],
-        *,
-        acked: concurrent.futures.Future[Any],
-        timer: asyncio.TimerHandle,
-        subject: str,
-    ) -> None:
+    async def _on_ack(self, reply: Any) -> None:
+        import nats.js.api
+        import nats.js.errors
+
+        entry = self._acks.pop(reply.subject[len(self._inbox) :], None)
+        if entry is None:  # expired already
+            return
+        acked, subject, timer = entry
         timer.cancel()
-        if done.cancelled():
-            _settle(acked, error=PublishFailed("publish cancelled: the target is closing"))
-        elif (error := done.exception()) is not None:
-            _settle(acked, error=self._failure(error, subject))
-        else:
-            _settle(acked, result=done.result())
+        if reply.headers and reply.headers.get(nats.js.api.Header.STATUS) == "503":
+            _settle(acked, error=self._failure(nats.js.errors.NoStreamResponseError(), subject))
+            return
+        try:
+            answer = json.loads(reply.data)
+            if "error" in answer:
+                error = answer["error"]
+                refused = nats.js.errors.APIError(
+                    code=error.get("code"),
+                    description=error.get("description"),
+                    err_code=error.get("err_code"),
+                )
+                _settle(acked, error=self._failure(refused, subject))
+            else:
+                _settle(acked, result=nats.js.api.PubAck.from_response(answer))
+        except Exception as error:  # an answer that is no PubAck
+            _settle(acked, error=PublishFailed(f"unreadable PubAck: {_describe(error)}"))
+
+    def _expire(self, token: str) -> None:
+        """An ack that never came (the server down, the connection lost): the publish fails
+        and is retried; if the message was stored after all, the retry is a duplicate."""
+        entry = self._acks.pop(token, None)
+        if entry is not None:
+            acked, subject, _ = entry
+            _settle(
+                acked,
+                error=PublishFailed(
+                    f"no PubAck from JetStream within {self.timeout:g}s (subject {subject!r})"
+                ),
+            )
 
     def _failure(self, error: BaseException, subject: str) -> PublishFailed | PublishRejected:
         """What a nats-py error means for the job: retried, or dead with the reason."""
@@ -362,7 +397,7 @@ class NatsJetStream:
     async def _disconnect(self) -> None:
         """Wait (a bounded time) for the acks in flight, then drain and close."""
         self._closing = True
-        nc, js, self._nc, self._js = self._nc, self._js, None, None
+        nc, self._nc, self._js = self._nc, None, None
         with self._lock:
             queued, self._queue = self._queue, []
         for *_, acked in queued:
@@ -370,8 +405,9 @@ class NatsJetStream:
         if nc is None or nc.is_closed:
             return
         try:
-            if js is not None:
-                await asyncio.wait_for(js.publish_async_completed(), self.timeout)
+            deadline = asyncio.get_running_loop().time() + self.timeout
+            while self._acks and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
             await asyncio.wait_for(nc.drain(), self.timeout)
         except Exception:
             await nc.close()
@@ -457,15 +493,6 @@ def _headers(message: Message) -> dict[str, str]:
     headers["Nats-Msg-Id"] = message.id
     headers["Content-Type"] = "application/json"
     return headers
-
-
-def _expire(pending: asyncio.Future[Any]) -> None:
-    """An ack that never came (a lost connection): fail the publish, and free its place
-    among nats-py's pending async publishes."""
-    import nats.errors
-
-    if not pending.done():
-        pending.set_exception(nats.errors.TimeoutError())
 
 
 def _settle(
