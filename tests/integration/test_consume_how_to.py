@@ -1,5 +1,6 @@
-"""The consumers docs/howto/consume-messages.md shows work: run against the real brokers, each
-applies a message that arrives twice under one id once, and acknowledges both copies.
+"""The consumers docs/howto/consume-messages.md shows work: run against the real RabbitMQ and
+NATS, librdkafka's mock cluster and a local HTTP server, each applies a message that arrives
+twice under one id once, and acknowledges both copies.
 
 The page's first block (``receive``: the inbox and the effect in one transaction) runs as
 written; each broker's block is the page's text, its ``__main__`` part left out, called here
@@ -270,12 +271,66 @@ def test_the_webhook_receiver_applies_a_redelivered_message_once_and_refuses_bad
     assert "header webhook-id, webhook-timestamp, webhook-signature missing" in unsigned.text
 
 
-def test_the_kafka_consumer_block_reads_the_id_from_the_outbox_id_header() -> None:
-    """librdkafka's mock cluster is not shared with this file: the Kafka block is held to the
-    header the Kafka target writes, and compiled."""
-    from outbox.publish.target import ID_HEADER
+class _Stop(Exception):
+    """Raised from a consumer's poll to end the page's endless loop."""
 
-    text = _block_defining("consume_kafka")
-    assert f'headers["{ID_HEADER}"].decode()' in text
-    assert '"enable.auto.commit": False' in text
-    compile(text, str(PAGE), "exec")
+
+def test_the_kafka_consumer_applies_a_republished_message_once_and_commits_both_offsets(
+    page: dict[str, Any], db: sa.Engine
+) -> None:
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    from outbox.publish import Kafka
+    from tests.integration.kafka_mock import MockCluster
+
+    cluster = MockCluster(brokers=3)
+    topic = f"orders-{secrets.token_hex(6)}"
+    cluster.create_topic(topic, partitions=1)  # one key: one partition, in order
+    stop = threading.Event()
+
+    class Consumer(confluent_kafka.Consumer):  # type: ignore[misc,name-defined]
+        """The page's Consumer, whose poll ends the loop once the test is done."""
+
+        def poll(self, timeout: float) -> Any:
+            if stop.is_set():
+                raise _Stop
+            return super().poll(min(timeout, 0.2))
+
+    target = Kafka(cluster.bootstrap, topic=topic, timeout=5)
+    try:
+        target.start(LIMITS)
+        sent, expected = twice_and_another("stream")
+        for each in sent:
+            assert target.publish(each).outcome == "delivered"
+        consume = load(page, "consume_kafka")
+        page["Consumer"] = Consumer
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                consume(cluster.bootstrap, topic)
+            except _Stop:
+                pass
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        consuming = threading.Thread(target=run, daemon=True)
+        consuming.start()
+        try:
+            wait_for(lambda: len(page["received"]) == 3 or errors, 30, "three deliveries")
+        finally:
+            stop.set()
+            consuming.join(15)
+        assert not errors, errors
+        checker = confluent_kafka.Consumer(
+            {"bootstrap.servers": cluster.bootstrap, "group.id": "billing"}
+        )
+        try:
+            [committed] = checker.committed([confluent_kafka.TopicPartition(topic, 0)], 10)
+        finally:
+            checker.close()
+    finally:
+        target.close()
+        cluster.close()
+    assert page["received"] == expected
+    assert balance(db) == 1500
+    assert committed.offset == 3  # the duplicate's offset committed too: it is not read again
