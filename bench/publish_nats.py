@@ -1,0 +1,215 @@
+"""NATS JetStream publish throughput: the raw nats-py client beside outbox, to one server.
+
+    python -m bench.publish_nats [--messages 20000] [--keys 0] [--url nats://127.0.0.1:4222]
+
+Each run publishes to a stream of its own (file storage, the server's defaults), deleted
+after, while a no-op consumer (an ordered push consumer that counts) reads it. (a) raw:
+``js.publish_async`` for every message with its ``Nats-Msg-Id``, then waiting for all the
+PubAcks: the client the fastest way it can, the limit. (b) outbox: N publish jobs enqueued
+with ``publish_many`` (not timed), ANALYZE, then ``outbox relay`` at its defaults with one
+``NatsJetStream`` destination, timed from the relay's start until every job is done and
+every message stored, and again from its first claim to its last completion as history
+dates them. ``--keys K`` gives the messages K keys (0: none), so the relay keeps each key's
+order. Prints both rates and the ratio. Uses OUTBOX_DSN, else 127.0.0.1:5432, else the
+embedded server, in a database of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import nats
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+import outbox
+from outbox.database import create_engine
+from outbox.publish import NatsJetStream, Publish
+from outbox.testing import server_dsn, temporary_database
+
+ROOT = Path(__file__).resolve().parents[1]
+BODY = {"transfer_id": 12345, "amount": "10.50", "currency": "EUR", "account": "customer-3"}
+RAW_BODY = b'{"transfer_id":12345,"amount":"10.50","currency":"EUR","account":"customer-3"}'
+
+#: The relay's application (``--app bench.publish_nats:registry``): one destination to the
+#: server and subject that ``BENCH_NATS_URL`` and ``BENCH_NATS_SUBJECT`` name.
+registry = outbox.Registry()
+if subject := os.environ.get("BENCH_NATS_SUBJECT"):
+    registry.destination(
+        "bench", NatsJetStream(os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222"), subject)
+    )
+
+WORKING = """
+    SELECT extract(epoch FROM max(at) FILTER (WHERE event = 'succeeded')
+                             - min(at) FILTER (WHERE event = 'claimed'))
+    FROM outbox_history
+"""
+
+
+class Stream:
+    """A stream of one run with its no-op consumer, on a loop in a thread of its own."""
+
+    def __init__(self, url: str) -> None:
+        tag = uuid.uuid4().hex[:10]
+        self.url, self.name, self.prefix = url, f"BENCH_{tag}", f"bench-{tag}"
+        self.consumed = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.nc: Any = None
+        self.consumer: Any = None
+        self.run(self._open())
+
+    def run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(600)
+
+    async def _open(self) -> None:
+        self.nc = await nats.connect(self.url)
+        js = self.nc.jetstream()
+        # A window past the relay's lease plus longest backoff (30 s + 1 h): no warning.
+        await js.add_stream(name=self.name, subjects=[f"{self.prefix}.>"], duplicate_window=7200)
+
+        async def count(msg: Any) -> None:
+            self.consumed += 1
+
+        self.consumer = await js.subscribe(f"{self.prefix}.>", cb=count, ordered_consumer=True)
+
+    def close(self) -> None:
+        async def close() -> None:
+            await self.consumer.unsubscribe()
+            await self.nc.jetstream().delete_stream(self.name)
+            await self.nc.close()
+
+        self.run(close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@contextmanager
+def stream(url: str) -> Iterator[Stream]:
+    made = Stream(url)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def wait_consumed(feed: Stream, n: int, timeout: float) -> None:
+    deadline = time.perf_counter() + timeout
+    while feed.consumed < n:
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"the consumer read {feed.consumed} of {n} messages in {timeout}s")
+        time.sleep(0.005)
+
+
+def raw(args: argparse.Namespace) -> float:
+    """Seconds for the raw client to publish every message and have every PubAck."""
+
+    async def publish_all(prefix: str) -> float:
+        nc = await nats.connect(args.url)
+        js = nc.jetstream()
+        started = time.perf_counter()
+        pending = []
+        for n in range(args.messages):
+            key = f"k{n % args.keys}" if args.keys else None
+            headers = {"Nats-Msg-Id": str(uuid.uuid4()), "Content-Type": "application/json"}
+            if key:
+                headers["outbox-key"] = key
+            pending.append(
+                await js.publish_async(f"{prefix}.{key or 'all'}", RAW_BODY, headers=headers)
+            )
+        await asyncio.gather(*pending)
+        elapsed = time.perf_counter() - started
+        await nc.close()
+        return elapsed
+
+    with stream(args.url) as feed:
+        elapsed = asyncio.run(publish_all(feed.prefix))
+        wait_consumed(feed, args.messages, args.timeout)
+    return elapsed
+
+
+def through_outbox(args: argparse.Namespace) -> tuple[float, float, int]:
+    """Seconds from the relay's start until all is published, seconds from its first claim
+    to its last completion, and the relay's exit code."""
+    with temporary_database(server_dsn(), prefix="outbox_bench") as dsn, stream(args.url) as feed:
+        engine = create_engine(dsn)
+        with Session(engine) as session:
+            outbox.publish.publish_many(session, [
+                Publish("bench", BODY, key=f"k{n % args.keys}" if args.keys else None)
+                for n in range(args.messages)
+            ])  # fmt: skip
+            session.commit()
+        with engine.begin() as conn:
+            conn.execute(sa.text("ANALYZE"))
+        subject = f"{feed.prefix}.{{key}}" if args.keys else f"{feed.prefix}.all"
+        env = {**os.environ, "OUTBOX_DSN": dsn, "BENCH_NATS_URL": args.url,
+               "BENCH_NATS_SUBJECT": subject}  # fmt: skip
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "outbox", "relay", "--app", "bench.publish_nats:registry",
+             "--log-level", "warning", "--metrics-addr", "off"],
+            cwd=ROOT, env=env,
+        )  # fmt: skip
+        started = time.perf_counter()
+        try:
+            deadline = started + args.timeout
+            while True:
+                with engine.connect() as conn:
+                    if not conn.execute(
+                        sa.text("SELECT EXISTS (SELECT FROM outbox_jobs)")
+                    ).scalar():
+                        break
+                if time.perf_counter() > deadline:
+                    raise SystemExit(
+                        f"the relay did not publish {args.messages} in {args.timeout}s"
+                    )
+                time.sleep(0.02)
+            elapsed = time.perf_counter() - started
+            wait_consumed(feed, args.messages, args.timeout)
+            with engine.connect() as conn:
+                working = float(conn.execute(sa.text(WORKING)).scalar_one())
+        finally:
+            relay.send_signal(signal.SIGTERM)
+            code = relay.wait(60)
+            engine.dispose()
+    return elapsed, working, code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--keys", type=int, default=0, help="distinct keys (0: none)")
+    parser.add_argument("--url", default="nats://127.0.0.1:4222")
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args(argv)
+    print("$ python -m bench.publish_nats " + shlex.join(sys.argv[1:] if argv is None else argv))
+    raw_seconds = raw(args)
+    raw_rate = args.messages / raw_seconds
+    print(f"raw nats-py, publish_async, all PubAcks: {raw_seconds:.2f}s = {raw_rate:,.0f} msg/s")
+    elapsed, working, code = through_outbox(args)
+    rate, working_rate = args.messages / elapsed, args.messages / working
+    keys = f"{args.keys} keys" if args.keys else "no keys"
+    print(
+        f"outbox relay at its defaults ({keys}): {elapsed:.2f}s = {rate:,.0f} msg/s from the "
+        f"relay's start ({rate / raw_rate:.0%} of raw); first claim to last completion "
+        f"{working:.2f}s = {working_rate:,.0f} msg/s ({working_rate / raw_rate:.0%} of raw); "
+        f"relay exit code {code}"
+    )
+    return 0 if code == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
