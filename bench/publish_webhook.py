@@ -1,0 +1,251 @@
+"""Webhook publish throughput: a raw HTTP client beside outbox, to the same local receiver.
+
+    python -m bench.publish_webhook [--messages 20000] [--threads 16]
+                                    [--receiver asyncio|uvicorn] [--receivers 1]
+
+The receiver, a no-op consumer answering 204 to every POST, runs in processes of its own on
+127.0.0.1: by default a minimal HTTP/1.1 server on asyncio's protocols (the fastest here:
+uvicorn with h11 answered about 2,000 requests/s on this machine, less than the client
+sends), or ``--receiver uvicorn``, a minimal ASGI app. (a) raw: ``--threads`` threads,
+each POSTing its share of the messages on a
+keep-alive ``http.client`` connection of its own, no signing: the limit. (b) outbox: N publish jobs
+enqueued with ``publish_many`` (not timed), then ``outbox relay`` at its defaults with one
+``Webhook`` destination, timed from the relay's start until every job is done, and again
+from its first claim to its last completion as history dates them. Prints both rates and
+the ratio. Uses OUTBOX_DSN, else 127.0.0.1:5432, else the embedded server, in a database of
+its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+import outbox
+from outbox.database import create_engine
+from outbox.publish import Publish, Webhook
+from outbox.testing import server_dsn, temporary_database
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "whsec_YmVuY2ggc2VjcmV0IG9mIDI0IGJ5dGVzIQ=="
+BODY = b'{"transfer_id":12345,"amount":"10.50","currency":"EUR","account":"customer-3"}'
+
+#: The relay's application (``--app bench.publish_webhook:registry``): one destination to
+#: the receiver that ``BENCH_WEBHOOK_URL`` names.
+registry = outbox.Registry()
+if url := os.environ.get("BENCH_WEBHOOK_URL"):
+    registry.destination("bench", Webhook(url, secret=SECRET, allow_private=True))
+
+WORKING = """
+    SELECT extract(epoch FROM max(at) FILTER (WHERE event = 'succeeded')
+                             - min(at) FILTER (WHERE event = 'claimed'))
+    FROM outbox_history
+"""
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+async def receiver(scope: Scope, receive: Receive, send: Send) -> None:
+    """The no-op consumer: reads the body, answers 204."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+class NoopProtocol(asyncio.Protocol):
+    """A keep-alive HTTP/1.1 endpoint that answers 204 to each request (bodies with a
+    content-length, as the target sends them), and reads nothing else."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport, self.buffer = transport, b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            length = 0
+            for line in self.buffer[:end].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length :]
+            self.transport.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+
+
+async def serve_noop(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(NoopProtocol, "127.0.0.1", port, backlog=4096)
+    await server.serve_forever()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve(port: int, kind: str, workers: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "bench.publish_webhook", "--serve", str(port)]
+    if kind == "uvicorn":
+        command = [
+            sys.executable, "-m", "uvicorn", "bench.publish_webhook:receiver", "--host",
+            "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level",
+            "warning", "--no-access-log", "--backlog", "4096",
+        ]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("the receiver did not start in 30 s")
+
+
+def raw(port: int, messages: int, threads: int) -> float:
+    """Seconds for ``threads`` threads, each on a keep-alive connection of its own, to POST
+    ``messages`` (unsigned): the client the target uses, without outbox."""
+    headers = {"content-type": "application/json"}
+    failures: list[int] = []
+    connections = [
+        http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(threads)
+    ]
+
+    def post(connection: http.client.HTTPConnection, count: int) -> None:
+        for _ in range(count):
+            connection.request("POST", "/hooks", BODY, headers)
+            response = connection.getresponse()
+            response.read()
+            if not 200 <= response.status < 300:
+                failures.append(response.status)
+
+    for connection in connections:  # connected before the clock starts
+        post(connection, 1)
+    shares = [messages // threads + (t < messages % threads) for t in range(threads)]
+    workers = [
+        threading.Thread(target=post, args=(connection, share))
+        for connection, share in zip(connections, shares, strict=True)
+    ]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+    for connection in connections:
+        connection.close()
+    if failures:
+        raise SystemExit(f"raw: {len(failures)} requests failed, e.g. HTTP {failures[0]}")
+    return elapsed
+
+
+def through_outbox(url: str, messages: int, timeout: float) -> tuple[float, float]:
+    """Seconds from the relay's start until all is delivered, and from first claim to last
+    completion."""
+    with temporary_database(server_dsn(), prefix="outbox_bench") as dsn:
+        engine = create_engine(dsn, poolclass=sa.NullPool)
+        body = {"transfer_id": 12345, "amount": "10.50", "currency": "EUR"}
+        with Session(engine) as session:
+            outbox.publish.publish_many(
+                session, [Publish("bench", body, event="transfer.posted") for _ in range(messages)]
+            )
+            session.commit()
+        with engine.begin() as conn:
+            conn.execute(sa.text("ANALYZE"))
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "outbox", "relay", "--app", "bench.publish_webhook:registry",
+             "--log-level", "warning", "--metrics-addr", "off"],
+            cwd=ROOT, env={**os.environ, "OUTBOX_DSN": dsn, "BENCH_WEBHOOK_URL": url},
+        )  # fmt: skip
+        started = time.perf_counter()
+        try:
+            while time.perf_counter() < started + timeout:
+                with engine.connect() as conn:
+                    if not conn.execute(
+                        sa.text("SELECT EXISTS (SELECT FROM outbox_jobs)")
+                    ).scalar():
+                        break
+                time.sleep(0.02)
+            else:
+                raise SystemExit(f"the relay did not deliver {messages} messages in {timeout}s")
+            elapsed = time.perf_counter() - started
+            with engine.connect() as conn:
+                working = float(conn.execute(sa.text(WORKING)).scalar_one())
+                succeeded = conn.execute(
+                    sa.text("SELECT count(*) FROM outbox_history WHERE event = 'succeeded'")
+                ).scalar_one()
+            if succeeded != messages:
+                raise SystemExit(f"{succeeded} of {messages} delivered: see the relay's log")
+        finally:
+            relay.send_signal(signal.SIGTERM)
+            relay.wait(60)
+            engine.dispose()
+    return elapsed, working
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--threads", type=int, default=16, help="raw client threads")
+    parser.add_argument("--receiver", choices=["asyncio", "uvicorn"], default="asyncio")
+    parser.add_argument("--receivers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args(argv)
+    if args.serve:
+        asyncio.run(serve_noop(args.serve))
+        return 0
+    print("$ python -m bench.publish_webhook " + shlex.join(sys.argv[1:] if argv is None else argv))
+    port = free_port()
+    server = serve(port, args.receiver, args.receivers)
+    try:
+        target = f"http://127.0.0.1:{port}/hooks"
+        limit = raw(port, args.messages, args.threads)
+        elapsed, working = through_outbox(target, args.messages, args.timeout)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    n = args.messages
+    raw_rate, rate, working_rate = n / limit, n / elapsed, n / working
+    print(
+        f"raw http.client, {args.threads} threads, keep-alive, unsigned: {limit:.2f}s = "
+        f"{raw_rate:,.0f} requests/s"
+    )
+    print(
+        f"outbox relay (defaults), signed, history on: {elapsed:.2f}s = {rate:,.0f} "
+        f"deliveries/s from the relay's start; first claim to last completion "
+        f"{working:.2f}s = {working_rate:,.0f}/s"
+    )
+    print(
+        f"outbox / raw: {rate / raw_rate:.0%} from the start, {working_rate / raw_rate:.0%} "
+        f"first claim to last completion ({n:,} messages, {args.receiver} receiver)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
