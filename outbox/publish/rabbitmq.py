@@ -236,6 +236,8 @@ class RabbitMQ:
             try:
                 return await asyncio.wait_for(self._open(), self.timeout)
             except Exception as exc:
+                # A connection the broker closed may not say so yet: start afresh next time.
+                await self._disconnect()
                 self._failed_at = time.monotonic()
                 self._failure = f"cannot publish through RabbitMQ at {self.address}: " + (
                     "connection timed out" if isinstance(exc, TimeoutError) else _describe(exc)
