@@ -210,7 +210,7 @@ def test_publishes_to_an_unreachable_cluster_fail_within_the_timeout() -> None:
 
 
 def test_close_delivers_what_is_in_flight(cluster: MockCluster, topic: str) -> None:
-    target = Kafka(cluster.bootstrap, topic=topic, timeout=5, linger_ms=200)
+    target = Kafka(cluster.bootstrap, topic=topic, timeout=10, linger_ms=5000)
     target.start(LIMITS)
     answers: list[str] = []
     threads = [
