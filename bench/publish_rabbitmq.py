@@ -1,0 +1,232 @@
+"""RabbitMQ publish throughput with confirms: the raw aio-pika client beside outbox.
+
+    python -m bench.publish_rabbitmq [--messages 20000] [--keys 0] [--concurrency N]
+                                     [--url amqp://guest:guest@127.0.0.1:5672/%2F]
+
+Each run publishes to a durable queue of its own (deleted after) through the default
+exchange, while a no-op consumer (no acks, counting) reads it. Every message is persistent,
+``mandatory``, with its ``message_id``, and counts when its publisher confirm arrived.
+(a) raw: every message handed to one confirm-mode channel at once (aiormq's
+``basic_publish`` without waiting for each write), then all the confirms awaited: the
+client the fastest way it can, the limit. (b) outbox: N publish jobs enqueued with
+``publish_many`` (not timed), ANALYZE, then ``outbox relay`` at its defaults (or
+``--concurrency N`` handler threads) with one ``RabbitMQ`` destination, timed from the
+relay's start until every job is done and every message consumed, and again from its first
+claim to its last completion as history dates them. ``--keys K`` gives the messages K keys
+(0: none), so the relay keeps each key's order. Prints both rates and the ratio. Uses
+OUTBOX_DSN, else 127.0.0.1:5432, else the embedded server, in a database of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import sqlalchemy as sa
+from aiormq import spec
+from sqlalchemy.orm import Session
+
+import outbox
+from outbox.database import create_engine
+from outbox.publish import Publish, RabbitMQ
+from outbox.testing import server_dsn, temporary_database
+
+ROOT = Path(__file__).resolve().parents[1]
+URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+BODY = {"transfer_id": 12345, "amount": "10.50", "currency": "EUR", "account": "customer-3"}
+RAW_BODY = b'{"transfer_id":12345,"amount":"10.50","currency":"EUR","account":"customer-3"}'
+
+#: The relay's application (``--app bench.publish_rabbitmq:registry``): one destination to
+#: the broker and queue that ``BENCH_RABBITMQ_URL`` and ``BENCH_RABBITMQ_QUEUE`` name.
+registry = outbox.Registry()
+if queue_name := os.environ.get("BENCH_RABBITMQ_QUEUE"):
+    registry.destination(
+        "bench", RabbitMQ(os.environ.get("BENCH_RABBITMQ_URL", URL), routing_key=queue_name)
+    )
+
+WORKING = """
+    SELECT extract(epoch FROM max(at) FILTER (WHERE event = 'succeeded')
+                             - min(at) FILTER (WHERE event = 'claimed'))
+    FROM outbox_history
+"""
+
+
+class Queue:
+    """A queue of one run with its no-op consumer, on a loop in a thread of its own."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.name = url, f"bench-{uuid.uuid4().hex[:10]}"
+        self.consumed = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.connection: Any = None
+        self.queue: Any = None
+        self.tag = ""
+        self.run(self._open())
+
+    def run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(600)
+
+    async def _open(self) -> None:
+        self.connection = await aio_pika.connect(self.url)
+        channel = await self.connection.channel()
+        await channel.set_qos(prefetch_count=1000)
+        queue = await channel.declare_queue(self.name, durable=True)
+
+        async def count(message: Any) -> None:
+            self.consumed += 1
+
+        self.queue = queue
+        self.tag = await queue.consume(count, no_ack=True)
+
+    def close(self) -> None:
+        async def close() -> None:
+            await self.queue.cancel(self.tag)
+            await self.queue.delete(if_unused=False, if_empty=False)
+            await self.connection.close()
+
+        self.run(close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@contextmanager
+def queue(url: str) -> Iterator[Queue]:
+    made = Queue(url)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def wait_consumed(feed: Queue, n: int, timeout: float) -> None:
+    deadline = time.perf_counter() + timeout
+    while feed.consumed < n:
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"the consumer read {feed.consumed} of {n} messages in {timeout}s")
+        time.sleep(0.005)
+
+
+def raw(args: argparse.Namespace) -> float:
+    """Seconds for the raw client to publish every message and have every confirm."""
+
+    async def publish_all(name: str) -> float:
+        connection = await aio_pika.connect(args.url)
+        channel = await (await connection.channel()).get_underlay_channel()
+        started = time.perf_counter()
+
+        async def one(n: int) -> None:
+            headers = {"outbox-key": f"k{n % args.keys}"} if args.keys else {}
+            properties = spec.Basic.Properties(
+                message_id=str(uuid.uuid4()), content_type="application/json",
+                delivery_mode=2, headers=headers,
+            )  # fmt: skip
+            await channel.basic_publish(
+                RAW_BODY, routing_key=name, properties=properties, mandatory=True, wait=False
+            )
+
+        await asyncio.gather(*(one(n) for n in range(args.messages)))
+        elapsed = time.perf_counter() - started
+        await connection.close()
+        return elapsed
+
+    with queue(args.url) as feed:
+        elapsed = asyncio.run(publish_all(feed.name))
+        wait_consumed(feed, args.messages, args.timeout)
+    return elapsed
+
+
+def through_outbox(args: argparse.Namespace) -> tuple[float, float, int]:
+    """Seconds from the relay's start until all is published, seconds from its first claim
+    to its last completion, and the relay's exit code."""
+    with temporary_database(server_dsn(), prefix="outbox_bench") as dsn, queue(args.url) as feed:
+        engine = create_engine(dsn)
+        with Session(engine) as session:
+            outbox.publish.publish_many(session, [
+                Publish("bench", BODY, key=f"k{n % args.keys}" if args.keys else None)
+                for n in range(args.messages)
+            ])  # fmt: skip
+            session.commit()
+        with engine.begin() as conn:
+            conn.execute(sa.text("ANALYZE"))
+        env = {**os.environ, "OUTBOX_DSN": dsn, "BENCH_RABBITMQ_URL": args.url,
+               "BENCH_RABBITMQ_QUEUE": feed.name}  # fmt: skip
+        concurrency = ("--concurrency", str(args.concurrency)) if args.concurrency else ()
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "outbox", "relay", "--app", "bench.publish_rabbitmq:registry",
+             *concurrency, "--log-level", "warning", "--metrics-addr", "off"],
+            cwd=ROOT, env=env,
+        )  # fmt: skip
+        started = time.perf_counter()
+        try:
+            deadline = started + args.timeout
+            while True:
+                with engine.connect() as conn:
+                    if not conn.execute(
+                        sa.text("SELECT EXISTS (SELECT FROM outbox_jobs)")
+                    ).scalar():
+                        break
+                if time.perf_counter() > deadline:
+                    raise SystemExit(
+                        f"the relay did not publish {args.messages} in {args.timeout}s"
+                    )
+                time.sleep(0.02)
+            elapsed = time.perf_counter() - started
+            wait_consumed(feed, args.messages, args.timeout)
+            with engine.connect() as conn:
+                working = float(conn.execute(sa.text(WORKING)).scalar_one())
+        finally:
+            relay.send_signal(signal.SIGTERM)
+            code = relay.wait(60)
+            engine.dispose()
+    return elapsed, working, code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--keys", type=int, default=0, help="distinct keys (0: none)")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="the relay's threads (default: its own)"
+    )
+    parser.add_argument("--url", default=URL)
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args(argv)
+    print(
+        "$ python -m bench.publish_rabbitmq " + shlex.join(sys.argv[1:] if argv is None else argv)
+    )
+    raw_seconds = raw(args)
+    raw_rate = args.messages / raw_seconds
+    print(
+        f"raw aio-pika (aiormq channel), all in flight, all confirms: {raw_seconds:.2f}s = "
+        f"{raw_rate:,.0f} msg/s"
+    )
+    elapsed, working, code = through_outbox(args)
+    rate, working_rate = args.messages / elapsed, args.messages / working
+    keys = f"{args.keys} keys" if args.keys else "no keys"
+    threads = f"{args.concurrency} threads" if args.concurrency else "its defaults"
+    print(
+        f"outbox relay at {threads} ({keys}): {elapsed:.2f}s = {rate:,.0f} msg/s from the "
+        f"relay's start ({rate / raw_rate:.0%} of raw); first claim to last completion "
+        f"{working:.2f}s = {working_rate:,.0f} msg/s ({working_rate / raw_rate:.0%} of raw); "
+        f"relay exit code {code}"
+    )
+    return 0 if code == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
