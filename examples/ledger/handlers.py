@@ -1,17 +1,37 @@
-"""The ledger's job handlers.
+"""The ledger's job handlers, and where its events are published.
 
 ``registry`` is what a relay runs: ``--app outbox.demo.handlers:registry``.
 """
 
 from __future__ import annotations
 
+import os
+
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import outbox
 from outbox.demo.models import Account, Entry
+from outbox.publish import Webhook
+
+#: The secret the ledger and its partner share (a real one comes from a secret store).
+SECRET = os.environ.get("LEDGER_WEBHOOK_SECRET", "whsec_bGVkZ2VyIGRlbW8gc2hhcmVkIHNlY3JldA==")
 
 registry = outbox.Registry(strict=True)
+
+#: ``transfer.posted`` events go to the partner's webhook receiver, signed; the demo runs
+#: one on this machine, hence ``allow_private`` (a real partner's address is public).
+registry.destination(
+    "partner",
+    Webhook(
+        os.environ.get("LEDGER_WEBHOOK_URL", "http://127.0.0.1:8787/hooks"),
+        secret=SECRET,
+        timeout=5,
+        allow_private=True,
+    ),
+    queue="partner",
+    max_attempts=10,
+)
 
 
 @registry.handler("ledger.posted", queue="ledger", max_attempts=10, timeout=30)

@@ -42,3 +42,18 @@ class Entry(Base):
     amount: Mapped[int]
     #: Set by the ``ledger.posted`` handler in the transaction that completes its job.
     posted: Mapped[bool] = mapped_column(default=False)
+
+
+class Notice(Base):
+    """The partner's side: a ``transfer.posted`` event its webhook receiver applied.
+
+    Not unique on ``message_id``: the inbox, not a constraint, makes each apply once.
+    """
+
+    __tablename__ = "partner_notices"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[str]
+    reference: Mapped[str]
+    amount: Mapped[int]
+    received_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=sa.func.now())

@@ -31,7 +31,9 @@ from outbox.database import (
     sqlalchemy_url,
     with_database,
 )
-from outbox.demo.models import Base, Entry
+from outbox.demo.handlers import SECRET
+from outbox.demo.models import Base, Entry, Notice
+from outbox.demo.receiver import Receiver
 from outbox.demo.transfers import (
     open_account,
     projection_mismatches,
@@ -94,14 +96,21 @@ def _make_afresh(conn: psycopg.Connection[tuple[object, ...]], name: str) -> Non
     )
 
 
-def run_relay(dsn: str, engine: sa.Engine, console: Console, timeout: float = 120) -> bool:
+def run_relay(
+    dsn: str,
+    engine: sa.Engine,
+    console: Console,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> bool:
     """Run a relay process until the queues are empty; True if they emptied in time."""
     with engine.connect() as connection:
         total = left = connection.execute(LIVE_JOBS).scalar_one()
     relay = subprocess.Popen(
         [sys.executable, "-m", "outbox", "relay", "--app", "outbox.demo.handlers:registry",
          "--log-level", "warning", "--metrics-addr", "off"],
-        env={**os.environ, "OUTBOX_DSN": dsn},  # never on a command line: it may hold a password
+        # never on a command line: it may hold a password
+        env={**os.environ, **(env or {}), "OUTBOX_DSN": dsn},
     )  # fmt: skip
     deadline = time.monotonic() + timeout
     try:
@@ -119,6 +128,28 @@ def run_relay(dsn: str, engine: sa.Engine, console: Console, timeout: float = 12
         code = relay.wait(60)
     console.print(f"relay stopped on SIGTERM with exit code {code}")
     return left == 0 and code == 0
+
+
+def show_partner(partner: Receiver, engine: sa.Engine, console: Console, transfers: int) -> bool:
+    """What the partner's webhook receiver took: one applied event per transfer, a delivery
+    sent again skipped by its inbox, a forged one refused; True when so."""
+    replayed = forged = 0
+    if partner.last is not None:
+        body, headers = partner.last
+        replayed = partner.send(body, headers)  # as a relay killed after the answer would
+        forged = partner.send(body.replace(b'"amount":', b'"amount":1'), headers)
+    with engine.connect() as connection:
+        applied, distinct = connection.execute(
+            sa.select(sa.func.count(), sa.func.count(sa.distinct(Notice.message_id)))
+        ).one()
+    console.print(
+        f"partner webhook: {partner.answers[204]} transfer.posted events, signatures "
+        f"verified, {applied} applied"
+    )
+    console.print(
+        f"sent again: HTTP {replayed}, skipped by the inbox; forged: HTTP {forged}, refused"
+    )
+    return applied == distinct == transfers and replayed == 200 and forged == 401
 
 
 def audit(connection: sa.Connection, console: Console) -> bool:
@@ -208,7 +239,10 @@ def run(
         with engine.connect() as connection:
             render(snapshot(connection), console)
         console.print("starting a relay: outbox relay --app outbox.demo.handlers:registry")
-        drained = run_relay(dsn, engine, console)
+        with Receiver(engine, SECRET) as partner:
+            where = {"LEDGER_WEBHOOK_URL": partner.url, "LEDGER_WEBHOOK_SECRET": SECRET}
+            drained = run_relay(dsn, engine, console, env=where)
+            partnered = show_partner(partner, engine, console, transfers)
         with engine.connect() as connection:
             render(snapshot(connection), console)
             audited = audit(connection, console)
@@ -220,7 +254,7 @@ def run(
         engine.dispose()
 
     ok = duplicates == retries and left == 0 and not unbalanced and total == 0
-    ok = ok and drained and not mismatched and unposted == 0 and audited
+    ok = ok and drained and not mismatched and unposted == 0 and audited and partnered
     verdict = "[green]balanced[/]" if not unbalanced and total == 0 else "[red]UNBALANCED[/]"
     console.print(f"ledger: {verdict} (sum of all entries: {total})")
     console.print(

@@ -20,11 +20,13 @@ def open_account(session: Session, name: str) -> Account:
 def transfer(
     session: Session, reference: str, source: Account, target: Account, amount: int
 ) -> outbox.Enqueued:
-    """Record a transfer as two entries that sum to zero, and enqueue its posting.
+    """Record a transfer as two entries that sum to zero, enqueue its posting, and publish
+    a ``transfer.posted`` event to the partner, all in the caller's transaction.
 
     The job is keyed by the source account, so postings of one account run in
-    commit order; the transfer's reference is its idempotency key, so a client
-    that retries the request gets the first job back instead of a second.
+    commit order (and its events reach the partner in that order); the transfer's
+    reference is its idempotency key, so a client that retries the request gets the
+    first job back instead of a second, and no second event.
     """
     if amount <= 0:
         raise ValueError(f"a transfer moves a positive amount, not {amount}")
@@ -58,6 +60,14 @@ def transfer(
             "ledger.receipt",
             {"transfer_id": transfer_id, "account": source.name},
             registry=registry,
+        )
+        outbox.publish.publish(
+            session,
+            "partner",
+            {"transfer_id": transfer_id, "reference": reference, "amount": amount},
+            key=f"account:{source.id}",
+            event="transfer.posted",
+            queue="partner",
         )
     return handle
 

@@ -52,7 +52,9 @@ def test_demo_runs_the_ledger_and_reports_it_balanced(server: str) -> None:
     assert "0 jobs left behind" in result.output
     assert "balanced" in result.output
     assert "audit: digest chain verified" in result.output
-    assert "over 72 history rows (of 72)" in result.output  # 24 jobs: enqueued, claimed, done
+    assert "over 108 history rows (of 108)" in result.output  # 36 jobs: enqueued, claimed, done
+    assert "12 transfer.posted events, signatures verified, 12 applied" in result.output
+    assert "sent again: HTTP 200, skipped by the inbox; forged: HTTP 401, refused" in result.output
 
 
 def test_demo_refuses_nonsense_options(server: str) -> None:
