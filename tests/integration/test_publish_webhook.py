@@ -349,6 +349,112 @@ def test_an_endpoint_that_does_not_answer_fails_after_the_timeout() -> None:
         receiver.close()
 
 
+class RawEndpoint:
+    """An endpoint that answers each request with the given bytes, then closes the
+    connection if told: for the answers a well-behaved server rarely gives."""
+
+    def __init__(self, reply: bytes, close: bool = True) -> None:
+        self.reply, self.close_after = reply, close
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.requests = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/hooks"
+
+    def serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    def answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            reader = conn.makefile("rb")
+            while True:
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                if not line:
+                    return
+                reader.read(length)
+                self.requests += 1
+                conn.sendall(self.reply)
+                if self.close_after:
+                    return
+
+    def stop(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "close", "outcome"),
+    [
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+         False, "HTTP 200"),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+         False, "HTTP 201"),
+        (b"HTTP/1.0 200 OK\r\n\r\nbody to the close", True, "HTTP 200"),
+        (b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n", True, "HTTP 204"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 999999999\r\n\r\nnot all", True, "HTTP 200"),
+    ],
+)  # fmt: skip
+def test_answers_of_every_http_framing_are_read(reply: bytes, close: bool, outcome: str) -> None:
+    endpoint = RawEndpoint(reply, close)
+    try:
+        with started(Webhook(endpoint.url, secret=SECRET, allow_private=True)) as target:
+            for n in range(3):  # again on the kept connection, or on a new one
+                assert target.publish(message(n)) == Delivery("delivered", outcome)
+        assert endpoint.requests == 3
+    finally:
+        endpoint.stop()
+
+
+def test_a_chunked_refusal_is_kept_as_its_excerpt() -> None:
+    reply = b"HTTP/1.1 422 Unprocessable\r\ntransfer-encoding: chunked\r\n\r\n"
+    reply += b"5\r\nbad a\r\n6\r\nmount\n\r\n0\r\n\r\n"
+    endpoint = RawEndpoint(reply, close=False)
+    try:
+        target = Webhook(endpoint.url, secret=SECRET, allow_private=True)
+        with started(target), pytest.raises(PublishFailed) as raised:
+            target.publish(message(1))
+        assert raised.value.detail == "HTTP 422: bad amount"
+        assert raised.value.status == 422
+    finally:
+        endpoint.stop()
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "answered what is not HTTP"),
+        (b"", "closed the connection without answering"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", "closed the connection mid-answer"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: ten\r\n\r\n", "content-length 'ten'"),
+        (b"HTTP/1.1 200 OK\r\n" + b"x: y\r\n" * 101 + b"\r\n", "more than 100 headers"),
+    ],
+)
+def test_a_broken_answer_fails_the_attempt_and_says_why(reply: bytes, error: str) -> None:
+    endpoint = RawEndpoint(reply)
+    try:
+        target = Webhook(endpoint.url, secret=SECRET, allow_private=True)
+        with started(target), pytest.raises(PublishFailed, match=error):
+            target.publish(message(1))
+    finally:
+        endpoint.stop()
+
+
+def test_a_header_with_a_line_break_is_refused_not_sent(receiver: Receiver) -> None:
+    with started(Webhook(receiver.url, secret=SECRET, allow_private=True)) as target:
+        with pytest.raises(PublishRejected, match="line break"):
+            target.publish(message(1, **{"x-evil": "a\r\nwebhook-id: forged"}))
+        assert target.publish(message(2, **{"x-name": "Zoë ✓"})).outcome == "delivered"
+    (request,) = receiver.received()
+    assert request.headers["x-name"].encode("latin-1").decode() == "Zoë ✓"  # sent as UTF-8
+
+
 @pytest.mark.parametrize(
     ("url", "kind"),
     [
