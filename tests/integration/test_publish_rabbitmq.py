@@ -221,6 +221,26 @@ def test_an_unroutable_message_is_rejected_not_delivered(queue: str) -> None:
     )
 
 
+def test_a_nacked_message_is_a_failure_retried_not_a_rejection(queue: str) -> None:
+    full = f"{queue}-full"
+
+    async def declare_full(channel: aio_pika.abc.AbstractChannel) -> None:
+        arguments = {"x-max-length": 1, "x-overflow": "reject-publish"}
+        await channel.declare_queue(full, durable=True, arguments=arguments)
+
+    asyncio.run(_on_channel(declare_full))
+    try:
+        with target_for(full) as target:
+            target.publish(message(1))
+            with pytest.raises(PublishFailed) as failed:
+                target.publish(message(2))
+            assert failed.value.detail == (
+                f"RabbitMQ refused the message (Nack) for exchange '' routing key '{full}'"
+            )
+    finally:
+        delete(full)
+
+
 def test_a_named_exchange_routes_by_its_bindings(queue: str) -> None:
     exchange = f"{queue}-x"
 
