@@ -6,7 +6,7 @@ import dataclasses
 import inspect
 import math
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,9 @@ class Handler:
     is_async: bool
     #: The registry's hook that keeps payload values out of logged and stored errors.
     redact_error: ErrorRedactor | None = None
+    #: Runs many jobs of this type in one call, one answer each (a destination whose target
+    #: publishes in batches): the relay hands it the type's jobs of a claim together.
+    batch: Callable[[Sequence[Job]], list[Any]] | None = None
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before the next attempt, after ``attempt`` failed."""
@@ -223,6 +226,10 @@ class Registry:
             type, declared.deliver, queue=queue, max_attempts=max_attempts, timeout=timeout,
             retry=retry,
         )  # fmt: skip
+        if callable(getattr(target, "publish_many", None)):
+            handler = self._handlers[type] = dataclasses.replace(
+                handler, batch=declared.deliver_many
+            )
         self._destinations[name] = declared
         return handler
 

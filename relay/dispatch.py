@@ -17,6 +17,7 @@ import sqlalchemy as sa
 import structlog
 
 from outbox.job import Job
+from outbox.publish.target import BATCH
 from outbox.registry import Handler, Registry
 from outbox.settings import Settings
 
@@ -64,14 +65,25 @@ class Dispatcher:
     def dispatch(self, jobs: Sequence[Job]) -> None:
         group: list[Running] = []
         plain: list[Running] = []
+        batches: dict[str, list[Running]] = {}
         for running in self._inflight.add(jobs, self._registry):
             if running.handler is None:
                 self._inflight.complete_later(running)
                 self._completer.submit(execute.unknown_type(running.job))
             elif running.handler.takes_session:
                 group.append(running)
+            elif running.handler.batch is not None:
+                batches.setdefault(running.handler.type, []).append(running)
             else:
                 plain.append(running)
+        # A batch handler (a destination that publishes in batches) takes its type's jobs of
+        # the claim together, up to BATCH a call: sent at once, confirmed together.
+        for same in batches.values():
+            for start in range(0, len(same), BATCH):
+                chunk = same[start : start + BATCH]
+                future = self._submit(self._run_batch, chunk, chunk)
+                for member in chunk:
+                    member.future = future
         # Plain jobs go to the threads in even chunks: one hand-off per chunk, not per job.
         # With per-queue limits each job goes alone (a claim takes no more than the free
         # threads then), so no job waits behind another queue's in a chunk.
@@ -164,6 +176,19 @@ class Dispatcher:
             return  # past its timeout: failed and completed already
         self._inflight.complete_later(running)
         self._completer.submit(outcome)
+
+    def _run_batch(self, chunk: list[Running]) -> None:
+        handler = chunk[0].handler
+        assert handler is not None
+        started = [r for r in chunk if self._inflight.begin(r, self.timeout(handler))]
+        if not started:
+            return
+        outcomes = execute.run_batch(handler, [r.job for r in started])
+        for running, outcome in zip(started, outcomes, strict=True):
+            if self._inflight.returned(running):
+                continue  # past its timeout: failed and completed already
+            self._inflight.complete_later(running)
+            self._completer.submit(outcome)
 
     def _run_group(self, group: Group) -> None:
         members = [r for r in group.members if self._inflight.begin(r, None)]

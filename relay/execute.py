@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -156,6 +157,28 @@ def run(handler: Handler, job: Job, session: Session | None = None) -> Outcome:
     # Only a publish's Delivery is kept: other return values mean nothing to outbox.
     note = str(result)[:NOTE_LIMIT] if isinstance(result, Delivery) else None
     return Outcome(job, _ms(started), note=note)
+
+
+def run_batch(handler: Handler, jobs: Sequence[Job]) -> list[Outcome]:
+    """Call a batch handler (``Handler.batch``) on ``jobs``: one outcome each, as
+    :func:`run` would give it; the batch's time is each job's duration."""
+    assert handler.batch is not None
+    started = time.perf_counter()
+    try:
+        answers = handler.batch(jobs)
+    except BaseException as exc:  # the call itself failed: every job of it did
+        answers = [exc] * len(jobs)
+    elapsed = _ms(started)
+    outcomes = []
+    for job, answer in zip(jobs, answers, strict=True):
+        if isinstance(answer, RetryLater):
+            outcomes.append(Outcome(job, elapsed, later=answer.seconds, note=str(answer)))
+        elif isinstance(answer, BaseException):
+            outcomes.append(failed(handler, job, answer, elapsed))
+        else:
+            note = str(answer)[:NOTE_LIMIT] if isinstance(answer, Delivery) else None
+            outcomes.append(Outcome(job, elapsed, note=note))
+    return outcomes
 
 
 def failed(handler: Handler, job: Job, exc: BaseException, duration_ms: float) -> Outcome:

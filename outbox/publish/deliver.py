@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -107,25 +108,57 @@ class Destination:
         message = message_of(self.name, job)
         started = time.perf_counter()
         try:
-            delivery = self.target.publish(message)
-        except PublishRejected as exc:
+            delivery: Delivery | BaseException = self.target.publish(message)
+        except Exception as exc:
+            delivery = exc
+        answer = self._answer(delivery, time.perf_counter() - started)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def deliver_many(self, jobs: Sequence[Job]) -> list[Delivery | BaseException]:
+        """The batch form of :meth:`deliver`, for targets with ``publish_many``: one answer
+        per job, at its position; an exception is what :meth:`deliver` would have raised."""
+        answers: list[Delivery | BaseException | None] = [None] * len(jobs)
+        messages: list[Message] = []
+        positions: list[int] = []
+        for n, job in enumerate(jobs):
+            try:
+                messages.append(message_of(self.name, job))
+                positions.append(n)
+            except InvalidPayload as exc:
+                answers[n] = exc
+        started = time.perf_counter()
+        try:
+            sent = self.target.publish_many(messages) if messages else []  # type: ignore[attr-defined]
+            if len(sent) != len(messages):
+                raise PublishFailed(f"the target answered {len(sent)} of {len(messages)} messages")
+        except BaseException as exc:  # the whole call failed: each message with it
+            sent = [exc] * len(messages)
+        elapsed = time.perf_counter() - started
+        for n, answer in zip(positions, sent, strict=True):
+            answers[n] = self._answer(answer, elapsed)
+        return [a for a in answers if a is not None]
+
+    def _answer(self, answer: Delivery | BaseException, elapsed: float) -> Delivery | BaseException:
+        """One target answer as :meth:`deliver` turns it into an outcome, counted."""
+        if isinstance(answer, Delivery):
+            self._count(answer.outcome)
+            PUBLISH_SECONDS.labels(self.name).observe(elapsed)
+            return answer
+        if isinstance(answer, PublishRejected):
             self._count("rejected")
-            status = f" (status {exc.status})" if exc.status is not None else ""
-            raise PermanentFailure(
-                f"{self.name} refused the message{status}: {exc.detail}"
-            ) from exc
-        except PublishFailed as exc:
-            self._count("failed")
-            if exc.retry_after is not None:
-                asked = min(max(exc.retry_after, 0.0), RetryLater.MAX_DELAY.total_seconds())
-                raise RetryLater(asked, reason=exc.detail) from exc
-            raise
-        except BaseException:
-            self._count("failed")
-            raise
-        self._count(delivery.outcome)
-        PUBLISH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
-        return delivery
+            status = f" (status {answer.status})" if answer.status is not None else ""
+            refused = PermanentFailure(f"{self.name} refused the message{status}: {answer.detail}")
+            refused.__cause__ = answer
+            return refused
+        self._count("failed")
+        if isinstance(answer, PublishFailed) and answer.retry_after is not None:
+            asked = min(max(answer.retry_after, 0.0), RetryLater.MAX_DELAY.total_seconds())
+            later = RetryLater(asked, reason=answer.detail)
+            later.__cause__ = answer
+            return later
+        return answer
 
     def _count(self, outcome: str) -> None:
         counter = self._labels.get(outcome)

@@ -5,6 +5,13 @@ A destination's jobs run in the relay's handler threads like any other job, so a
 keeps one connection (or a pool) for all of them and pipelines what they send: publisher
 confirms, JetStream acks and Kafka deliveries are awaited together, never one blocking round
 trip per message while others wait behind it.
+
+A target may also offer ``publish_many(messages) -> list[Delivery | Exception]``: the relay
+then hands it the destination's messages of a claim together (at most :data:`BATCH`), and the
+target sends them all before it waits for their confirmations. Each message's answer is at
+its position: a :class:`Delivery`, or the exception :meth:`Target.publish` would have raised.
+Messages of one key are never in one call together (a claim takes the head of each key only),
+so sending a call's messages at once keeps per-key order (G4).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from uuid import UUID
 
 from outbox.errors import ConfigurationError, OutboxError
 
+#: The most messages the relay hands ``publish_many`` at once.
+BATCH = 100
 #: Header names outbox sets on every message beside the user's.
 KEY_HEADER, EVENT_HEADER, ID_HEADER = "outbox-key", "outbox-event", "outbox-id"
 
@@ -122,6 +131,7 @@ def missing_extra(extra: str, module: str) -> ConfigurationError:
 
 
 __all__ = [
+    "BATCH",
     "EVENT_HEADER",
     "ID_HEADER",
     "KEY_HEADER",

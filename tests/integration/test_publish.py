@@ -268,3 +268,57 @@ def test_a_target_that_cannot_start_leaves_the_relay_running(
         session.commit()
     with running_relay(registry_for(target), dsn):
         wait_for(lambda: len(target.messages) == 1, 10, "the delivery after all")
+
+
+class BatchRecorder(Recorder):
+    """A target that also takes many messages in one call, as brokers with pipelined
+    confirms do; answers per message at its position, refusing bodies that ask for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+        self.failures: list[Exception] = []  # each fails one whole call
+
+    def publish_many(self, messages: list[Message]) -> list[Delivery | Exception]:
+        with self._lock:
+            self.calls.append(len(messages))
+            if self.failures:
+                raise self.failures.pop(0)
+        answers: list[Delivery | Exception] = []
+        for message in messages:
+            if b"refuse" in message.body:
+                answers.append(PublishRejected("unroutable", status=312))
+            else:
+                answers.append(self.publish(message))
+        return answers
+
+
+def test_a_target_that_publishes_in_batches_gets_a_claims_messages_together(
+    db: sa.Engine, dsn: str
+) -> None:
+    target = BatchRecorder()
+    target.failures = [PublishFailed("connection reset by the broker")]
+    with Session(db) as session:
+        handles = outbox.publish.publish_many(session, [
+            Publish("orders", {"n": n}, key=f"k{n % 5}" if n % 3 == 0 else None)
+            for n in range(600)
+        ])  # fmt: skip
+        refused = outbox.publish(session, "orders", "refuse")
+        session.commit()
+    with running_relay(registry_for(target), dsn):
+        wait_for(lambda: len(target.messages) == 600, 30, "every message but one")
+        wait_for(lambda: scalar(db, "SELECT count(*) FROM outbox_jobs") == 1, 10, "completions")
+    assert max(target.calls) > 10  # handed over together, not one by one
+    assert max(target.calls) <= outbox.publish.target.BATCH
+    assert {m.uuid for m in target.messages} == {h.uuid for h in handles}  # each once
+    assert events(db, refused.uuid)[-2:] == ["failed", "dead"]
+    failed = scalar(
+        db, "SELECT count(DISTINCT job_uuid) FROM outbox_history WHERE event = 'failed' "
+        "AND error->>'message' LIKE '%connection reset by the broker%'",
+    )  # fmt: skip
+    assert failed == target.calls[0]  # the failed call failed each of its messages
+    for key in range(5):  # G4 across batches and retries
+        sent = [m.body for m in target.messages if m.key == f"k{key}"]
+        numbers = [int(b.split(b":")[1].rstrip(b"}")) for b in sent]
+        assert numbers == sorted(numbers)
+        assert len(numbers) == 40
