@@ -11,8 +11,10 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -74,7 +76,9 @@ class Receiver:
     ``close`` also cuts the connections it holds open, so the endpoint is really gone.
     """
 
-    def __init__(self, answer: Answer = accept, port: int = 0) -> None:
+    def __init__(
+        self, answer: Answer = accept, port: int = 0, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.answer = answer
         self.requests: list[Received] = []
         self.lock = threading.Lock()
@@ -111,6 +115,9 @@ class Receiver:
         ThreadingHTTPServer.allow_reuse_address = True
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.scheme = "https" if tls else "http"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -120,7 +127,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks"
+        return f"{self.scheme}://127.0.0.1:{self.port}/hooks"
 
     def received(self) -> list[Received]:
         with self.lock:
@@ -453,6 +460,42 @@ def test_a_header_with_a_line_break_is_refused_not_sent(receiver: Receiver) -> N
         assert target.publish(message(2, **{"x-name": "Zoë ✓"})).outcome == "delivered"
     (request,) = receiver.received()
     assert request.headers["x-name"].encode("latin-1").decode() == "Zoë ✓"  # sent as UTF-8
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1, its key in the same file."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    pem = tmp_path / "endpoint.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(pem), "-out", str(pem)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return pem
+
+
+def test_https_is_verified_and_a_trusted_endpoint_gets_the_message(certificate: Path) -> None:
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(certificate)
+    receiver = Receiver(tls=server)
+    try:
+        untrusted = Webhook(receiver.url, secret=SECRET, allow_private=True)
+        with started(untrusted), pytest.raises(PublishFailed, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusted.publish(message(1))
+        trusting = Webhook(receiver.url, secret=SECRET, allow_private=True)
+        trusting._tls = ssl.create_default_context(cafile=str(certificate))  # as a CA would
+        with started(trusting):
+            sent = message(2, "k")
+            assert trusting.publish(sent) == Delivery("delivered", "HTTP 204")
+            assert trusting.publish(message(3, "k")).outcome == "delivered"  # kept alive
+        first, second = receiver.received()
+        assert verify_webhook(first.body, first.headers, SECRET) == sent.id
+        assert first.port == second.port
+    finally:
+        receiver.close()
 
 
 @pytest.mark.parametrize(
