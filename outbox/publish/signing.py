@@ -99,10 +99,13 @@ def sign(secret: Secrets, msg_id: str, timestamp: int | datetime, body: bytes | 
     is the exact bytes sent (a str is encoded as UTF-8).
     """
     raw = body.encode() if isinstance(body, str) else body
-    at = _timestamp(timestamp)
+    return signature(secret_keys(secret), msg_id, _timestamp(timestamp), raw)
+
+
+def signature(keys: tuple[bytes, ...], msg_id: str, timestamp: int, body: bytes) -> str:
+    """:func:`sign` for keys already decoded by :func:`secret_keys`: a sender's hot path."""
     return " ".join(
-        "v1," + base64.b64encode(_digest(key, msg_id, at, raw)).decode()
-        for key in secret_keys(secret)
+        "v1," + base64.b64encode(_digest(key, msg_id, timestamp, body)).decode() for key in keys
     )
 
 
@@ -182,5 +185,6 @@ __all__ = [
     "secret_keys",
     "sign",
     "sign_webhook",
+    "signature",
     "verify_webhook",
 ]

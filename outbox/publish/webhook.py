@@ -33,7 +33,7 @@ from outbox.publish.signing import (
     TIMESTAMP_HEADER,
     Secrets,
     secret_keys,
-    sign,
+    signature,
 )
 from outbox.publish.target import Delivery, Limits, Message, PublishFailed, PublishRejected
 
@@ -315,14 +315,15 @@ class Webhook:
         for name, value in headers.items():
             if not name.isprintable() or not value.isprintable() or ":" in name:
                 raise PublishRejected(f"header {name[:40]!r} cannot be sent: a line break or colon")
+        msg_id = message.id
         headers.update(
             {
                 "content-type": "application/json",
                 "user-agent": USER_AGENT,
-                ID_HEADER: message.id,
+                ID_HEADER: msg_id,
                 TIMESTAMP_HEADER: str(timestamp),
-                SIGNATURE_HEADER: sign(self._secrets, message.id, timestamp, message.body),
-                "idempotency-key": message.id,
+                SIGNATURE_HEADER: signature(self._secrets, msg_id, timestamp, message.body),
+                "idempotency-key": msg_id,
             }
         )
         return headers
