@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import outbox
@@ -18,16 +19,16 @@ from outbox.publish import Delivery, Kafka, Message
 
 
 class StallAfterAck(Kafka):
-    def publish(self, message: Message) -> Delivery:
-        delivery = super().publish(message)
+    def publish_many(self, messages: Sequence[Message]) -> list[Delivery | Exception]:
+        answers = super().publish_many(messages)
         stall = os.environ.get("KAFKA_TEST_STALL")
-        if stall:
+        if stall and any(isinstance(a, Delivery) for a in answers):
             try:
                 Path(stall).touch(exist_ok=False)
             except FileExistsError:
-                return delivery
+                return answers
             threading.Event().wait()  # until the test kills the process
-        return delivery
+        return answers
 
 
 registry = outbox.Registry()
