@@ -190,6 +190,30 @@ def test_messages_arrive_once_each_under_their_uuid_intact_and_persistent(queue:
         assert arrived.timestamp == sent.enqueued_at
 
 
+def test_a_batch_is_answered_message_by_message_in_its_order(queue: str) -> None:
+    messages = [message(n, key=f"order:{n}") for n in range(100)]
+    with target_for(queue) as target:
+        answers = target.publish_many(messages)
+        assert target.publish_many([]) == []
+    assert [str(a) for a in answers] == [
+        f"delivered: confirmed by RabbitMQ: exchange '' routing key '{queue}'"
+    ] * 100
+    assert sorted(r.message_id or "" for r in read(queue, 100)) == sorted(m.id for m in messages)
+
+
+def test_a_batch_that_cannot_be_sent_answers_each_message_with_the_failure(queue: str) -> None:
+    with target_for(f"{queue}-nowhere") as target:
+        refused = target.publish_many([message(1), message(2)])
+    assert [type(a) for a in refused] == [PublishRejected, PublishRejected]
+    down = RabbitMQ("amqp://guest:guest@127.0.0.1:1/%2F", routing_key="a")
+    try:
+        failed = down.publish_many([message(1), message(2), message(3)])
+    finally:
+        down.close()
+    assert [type(a) for a in failed] == [PublishFailed] * 3
+    assert all(str(a).startswith("cannot publish through RabbitMQ") for a in failed)
+
+
 def test_a_message_without_key_or_event_carries_no_such_header(queue: str) -> None:
     sent = dataclasses.replace(message(1, key=None), event=None)
     with target_for(queue) as target:
