@@ -22,6 +22,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -45,6 +46,8 @@ OWN_HEADERS = frozenset(
 POOL = 64
 #: How much of a refusing endpoint's answer is read and kept in the job's history.
 ANSWER_CHARS = 200
+#: Requests one publish_many call has in flight at once, each on a connection of its own.
+IN_FLIGHT = 16
 #: An answer's body longer than this is not read: its connection is closed instead.
 ANSWER_READ_MAX = 64 * 1024
 USER_AGENT = "outbox-relay"
@@ -153,13 +156,26 @@ class _Connection:
     ) -> tuple[int, dict[str, str], bytes, bool]:
         """Send one POST; its status, headers, body (perhaps cut) and whether to keep the
         connection."""
+        self.send(path, body, headers)
+        return self.answer()
+
+    def send(self, path: str, body: bytes, headers: dict[str, str]) -> None:
+        """Write one POST, in one call; :meth:`answer` reads what the endpoint answers."""
         if self._sock is None:
             self.connect()
         assert self._sock is not None
+        self._sock.settimeout(self.timeout)
         head = [f"POST {path} HTTP/1.1", f"host: {self.authority}", f"content-length: {len(body)}"]
         head.extend(f"{name}: {value}" for name, value in headers.items())
         self._sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        return self._answer()
+
+    def timeout_at(self, deadline: float) -> None:
+        """Wait for the answer until ``deadline`` (monotonic) at the latest."""
+        assert self._sock is not None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        self._sock.settimeout(left)
 
     def _line(self) -> bytes:
         assert self._file is not None
@@ -170,7 +186,8 @@ class _Connection:
             raise BadAnswer("a line of the answer is too long")
         return line
 
-    def _answer(self) -> tuple[int, dict[str, str], bytes, bool]:
+    def answer(self) -> tuple[int, dict[str, str], bytes, bool]:
+        """The status, headers, body (perhaps cut) and whether to keep the connection."""
         assert self._file is not None
         while True:  # past any 1xx interim answer
             version, _, rest = self._line().partition(b" ")
@@ -330,69 +347,124 @@ class Webhook:
 
     def publish(self, message: Message) -> Delivery:
         headers = self.headers(message, int(time.time()))
-        status, answer, retry, location = self._post(message.body, headers)
-        if 200 <= status < 300:
-            return Delivery("delivered", f"HTTP {status}")
-        if status == 410:
-            raise PublishRejected(
-                f"HTTP 410 Gone: the endpoint takes no more messages{answer}", status=status
-            )
-        if status in (429, 503):
-            wait = retry_after(retry)
-            after = f", Retry-After {wait:.0f}s" if wait is not None else ""
-            raise PublishFailed(f"HTTP {status}{after}{answer}", status=status, retry_after=wait)
-        if 300 <= status < 400:
-            raise PublishFailed(
-                f"HTTP {status}: redirect to {location[:ANSWER_CHARS]!r} not followed "
-                "(give the target its final url)",
-                status=status,
-            )
-        raise PublishFailed(f"HTTP {status}{answer}", status=status)
-
-    def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, str | None, str]:
-        """POST on a pooled connection: the status, an excerpt of a non-2xx answer, its
-        Retry-After and Location. A kept-alive connection the endpoint closed meanwhile is
-        replaced once by a new one; any other failure is a PublishFailed."""
         with self._lock:
             connection = self._idle.pop() if self._idle else None
         reused = connection is not None
         while True:
-            if connection is None:
-                connection = _Connection(
-                    self._host, self._port, self.timeout, self._tls, not self.allow_private
-                )
+            connection = connection or self._new()
             try:
-                status, answer_headers, raw, keep = connection.post(self._path, body, headers)
-            except AddressRefused as exc:
-                connection.close()
-                raise PublishFailed(str(exc)) from None
-            except TimeoutError:
-                connection.close()
-                raise PublishFailed(f"no answer from {self.url} within {self.timeout:g}s") from None
-            except BadAnswer as exc:
-                connection.close()
-                raise PublishFailed(f"{self.url} answered what is not HTTP: {exc}") from None
+                connection.send(self._path, message.body, headers)
+                answer = connection.answer()
             except OSError as exc:
                 connection.close()
                 connection = None
                 if reused and isinstance(exc, ConnectionResetError | BrokenPipeError):
                     reused = False  # the endpoint closed an idle connection: once more
                     continue
-                raise PublishFailed(
-                    f"cannot reach {self.url}: {exc or type(exc).__name__}"
-                ) from None
+                raise self._failure(exc) from None
+            except (AddressRefused, BadAnswer) as exc:
+                connection.close()
+                raise self._failure(exc) from None
             break
+        self._put_back(connection, answer[3])
+        return self._outcome(answer)
+
+    def publish_many(self, messages: Sequence[Message]) -> list[Delivery | Exception]:
+        """Publish ``messages`` (of distinct keys: a claim's) together: each request goes out
+        on a connection of its own, up to :data:`IN_FLIGHT` at once, before their answers are
+        read, so they wait for the endpoint together. The wait for the answers of one round
+        is bounded by ``timeout`` as a whole. Answers at their messages' positions."""
+        answers: list[Delivery | Exception] = []
+        for start in range(0, len(messages), IN_FLIGHT):
+            answers.extend(self._round(messages[start : start + IN_FLIGHT]))
+        return answers
+
+    def _round(self, messages: Sequence[Message]) -> list[Delivery | Exception]:
+        now = int(time.time())
+        sent: list[_Connection | None] = []
+        for message in messages:
+            with self._lock:
+                connection = self._idle.pop() if self._idle else None
+            connection = connection or self._new()
+            try:
+                connection.send(self._path, message.body, self.headers(message, now))
+                sent.append(connection)
+            except Exception:  # sent again alone below, which says why
+                connection.close()
+                sent.append(None)
+        deadline = time.monotonic() + self.timeout
+        answers: list[Delivery | Exception] = []
+        for message, connection in zip(messages, sent, strict=True):
+            if connection is None:  # a stale or refused connection: alone, with its retry
+                answers.append(self._alone(message))
+                continue
+            try:
+                connection.timeout_at(deadline)
+                answer = connection.answer()
+            except (ConnectionResetError, BrokenPipeError):  # closed while idle, perhaps
+                connection.close()
+                answers.append(self._alone(message))
+                continue
+            except (OSError, AddressRefused, BadAnswer) as exc:
+                connection.close()
+                answers.append(self._failure(exc))
+                continue
+            self._put_back(connection, answer[3])
+            try:
+                answers.append(self._outcome(answer))
+            except (PublishFailed, PublishRejected) as exc:
+                answers.append(exc)
+        return answers
+
+    def _alone(self, message: Message) -> Delivery | Exception:
+        try:
+            return self.publish(message)
+        except (PublishFailed, PublishRejected) as exc:
+            return exc
+
+    def _new(self) -> _Connection:
+        return _Connection(self._host, self._port, self.timeout, self._tls, not self.allow_private)
+
+    def _put_back(self, connection: _Connection, keep: bool) -> None:
         if keep:
             with self._lock:
                 if len(self._idle) < POOL:
                     self._idle.append(connection)
-                    connection = None
-        if connection is not None:
-            connection.close()
-        answer = "" if 200 <= status < 300 else _excerpt(raw)
-        retry = answer_headers.get("retry-after")
-        location = answer_headers.get("location", "")
-        return status, answer, retry, location
+                    return
+        connection.close()
+
+    def _failure(self, exc: Exception) -> PublishFailed:
+        """A request that got no answer, as the failure its job records."""
+        if isinstance(exc, AddressRefused):
+            return PublishFailed(str(exc))
+        if isinstance(exc, TimeoutError):
+            return PublishFailed(f"no answer from {self.url} within {self.timeout:g}s")
+        if isinstance(exc, BadAnswer):
+            return PublishFailed(f"{self.url} answered what is not HTTP: {exc}")
+        return PublishFailed(f"cannot reach {self.url}: {exc or type(exc).__name__}")
+
+    def _outcome(self, answer: tuple[int, dict[str, str], bytes, bool]) -> Delivery:
+        """The endpoint's answer as the job's outcome: a Delivery, or raises."""
+        status, headers, body, _ = answer
+        if 200 <= status < 300:
+            return Delivery("delivered", f"HTTP {status}")
+        excerpt = _excerpt(body)
+        if status == 410:
+            raise PublishRejected(
+                f"HTTP 410 Gone: the endpoint takes no more messages{excerpt}", status=status
+            )
+        if status in (429, 503):
+            wait = retry_after(headers.get("retry-after"))
+            after = f", Retry-After {wait:.0f}s" if wait is not None else ""
+            raise PublishFailed(f"HTTP {status}{after}{excerpt}", status=status, retry_after=wait)
+        if 300 <= status < 400:
+            location = headers.get("location", "")
+            raise PublishFailed(
+                f"HTTP {status}: redirect to {location[:ANSWER_CHARS]!r} not followed "
+                "(give the target its final url)",
+                status=status,
+            )
+        raise PublishFailed(f"HTTP {status}{excerpt}", status=status)
 
     def close(self) -> None:
         with self._lock:

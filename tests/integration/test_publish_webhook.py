@@ -112,8 +112,11 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        class Server(ThreadingHTTPServer):
+            allow_reuse_address = True
+            request_queue_size = 128  # a batch opens many connections at once
+
+        self.server = Server(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
@@ -294,6 +297,98 @@ def test_the_endpoints_answer_becomes_the_outcome(
         assert len(receiver.received()) == 1  # a redirect is not followed
     finally:
         receiver.close()
+
+
+def test_publish_many_sends_a_batch_together_with_each_answer_at_its_place() -> None:
+    def answer(request: Received) -> tuple[int, dict[str, str], bytes]:
+        n = json.loads(request.body)["n"]
+        return {
+            1: (410, {}, b"gone"),
+            2: (503, {"Retry-After": "3"}, b""),
+            3: (400, {}, b"no"),
+        }.get(n % 10, (204, {}, b""))
+
+    receiver = Receiver(answer)
+    batch = [message(n, f"k{n}") for n in range(40)]
+    try:
+        with started(Webhook(receiver.url, secret=SECRET, allow_private=True)) as target:
+            answers = target.publish_many(batch)
+        assert len(answers) == len(batch)
+        for sent, got in zip(batch, answers, strict=True):
+            n = json.loads(sent.body)["n"]
+            if n % 10 == 1:
+                assert isinstance(got, PublishRejected)
+                assert got.status == 410
+            elif n % 10 == 2:
+                assert isinstance(got, PublishFailed)
+                assert got.retry_after == 3
+            elif n % 10 == 3:
+                assert isinstance(got, PublishFailed)
+                assert got.detail == "HTTP 400: no"
+            else:
+                assert got == Delivery("delivered", "HTTP 204")
+        received = receiver.received()
+        assert sorted(r.headers["webhook-id"] for r in received) == sorted(m.id for m in batch)
+        for request in received:
+            assert (
+                verify_webhook(request.body, request.headers, SECRET)
+                == request.headers["webhook-id"]
+            )
+        assert len({r.port for r in received}) <= 16  # at most 16 requests in flight
+    finally:
+        receiver.close()
+
+
+def test_publish_many_replaces_connections_the_endpoint_closed_while_idle() -> None:
+    receiver = Receiver()
+    port = receiver.port
+    target = Webhook(receiver.url, secret=SECRET, allow_private=True)
+    with started(target):
+        assert (
+            target.publish_many([message(n, f"k{n}") for n in range(8)])
+            == [Delivery("delivered", "HTTP 204")] * 8
+        )
+        receiver.close()  # cuts the pool's idle connections
+        down = target.publish_many([message(n, f"k{n}") for n in range(3)])
+        assert all(isinstance(a, PublishFailed) and "cannot reach" in a.detail for a in down)
+        back = Receiver(port=port)
+        try:
+            assert (
+                target.publish_many([message(n, f"k{n}") for n in range(8)])
+                == [Delivery("delivered", "HTTP 204")] * 8
+            )
+            assert len(back.received()) == 8
+        finally:
+            back.close()
+
+
+def test_publish_many_waits_for_a_stalled_endpoint_no_longer_than_the_timeout() -> None:
+    gate = threading.Event()
+
+    def stall(request: Received) -> tuple[int, dict[str, str], bytes]:
+        gate.wait(10)
+        return 204, {}, b""
+
+    receiver = Receiver(stall)
+    try:
+        target = Webhook(receiver.url, secret=SECRET, timeout=0.5, allow_private=True)
+        with started(target):
+            began = time.monotonic()
+            answers = target.publish_many([message(n, f"k{n}") for n in range(6)])
+            assert time.monotonic() - began < 2
+        assert all(isinstance(a, PublishFailed) and "no answer" in a.detail for a in answers)
+    finally:
+        gate.set()
+        receiver.close()
+
+
+def test_publish_many_refuses_only_the_message_with_a_bad_header(receiver: Receiver) -> None:
+    batch = [message(1, "a"), message(2, "b", **{"x-evil": "a\nb"}), message(3, "c")]
+    with started(Webhook(receiver.url, secret=SECRET, allow_private=True)) as target:
+        first, refused, third = target.publish_many(batch)
+    assert first == third == Delivery("delivered", "HTTP 204")
+    assert isinstance(refused, PublishRejected)
+    assert len(receiver.received()) == 2
 
 
 def test_a_retry_after_date_becomes_seconds_from_now() -> None:
