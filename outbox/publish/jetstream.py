@@ -23,7 +23,8 @@ import os
 import re
 import string
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -123,21 +124,48 @@ class NatsJetStream:
             )
 
     def publish(self, message: Message) -> Delivery:
-        subject = self.subject_for(message)
-        headers = _headers(message)
-        loop = self._running_loop()
-        acked: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        # Calls from all threads queue here; the loop sends each queue in one go, so a
-        # burst costs one wake-up of the loop, not one per message.
-        with self._lock:
-            self._queue.append((subject, message.body, headers, acked))
-            wake, self._sending = not self._sending, True
-        if wake:
-            loop.call_soon_threadsafe(self._send_queue)
+        answer = self.publish_many([message])[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def publish_many(self, messages: Sequence[Message]) -> list[Delivery | Exception]:
+        """Queue every message for the loop, which sends them in one go, then wait for their
+        PubAcks together. Answers at their messages' positions."""
+        pending: list[concurrent.futures.Future[Any] | Exception] = []
+        batch = []
+        for message in messages:
+            try:
+                subject = self.subject_for(message)
+            except PublishRejected as exc:
+                pending.append(exc)
+                continue
+            acked: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            batch.append((subject, message.body, _headers(message), acked))
+            pending.append(acked)
+        if batch:
+            loop = self._running_loop()
+            # Calls from all threads queue here; the loop sends each queue in one go, so a
+            # burst costs one wake-up of the loop, not one per message.
+            with self._lock:
+                self._queue.extend(batch)
+                wake, self._sending = not self._sending, True
+            if wake:
+                loop.call_soon_threadsafe(self._send_queue)
+        deadline = time.monotonic() + self.timeout * 2 + 1
+        return [self._answer(item, deadline) for item in pending]
+
+    def _answer(
+        self, item: concurrent.futures.Future[Any] | Exception, deadline: float
+    ) -> Delivery | Exception:
+        if isinstance(item, Exception):
+            return item
         try:
-            ack = acked.result(self.timeout * 2 + 1)
+            ack = item.result(max(0.0, deadline - time.monotonic()))
         except concurrent.futures.TimeoutError:
-            raise PublishFailed(f"no PubAck from JetStream within {self.timeout:g}s") from None
+            return PublishFailed(f"no PubAck from JetStream within {self.timeout:g}s")
+        except Exception as exc:  # PublishFailed or PublishRejected, set by the loop
+            return exc
         detail = f"stream {ack.stream} seq {ack.seq}"
         return Delivery("duplicate" if ack.duplicate else "delivered", detail)
 
