@@ -2,9 +2,10 @@
 
 A pool of keep-alive HTTP/1.1 connections serves every relay thread: a publish takes an idle
 connection (or opens one), POSTs on it and puts it back, so as many requests are in flight as
-threads publish, and none waits for a connection another thread holds. Each attempt is
-signed afresh (its timestamp is the attempt's) over the same ``webhook-id``, the job uuid,
-which the receiver dedupes on.
+threads publish, and none waits for a connection another thread holds. A claim's messages
+(``publish_many``) go out together, each on a connection of its own, before their answers
+are read. Each attempt is signed afresh (its timestamp is the attempt's) over the same
+``webhook-id``, the job uuid, which the receiver dedupes on.
 
 The client is written here on the standard library's sockets, TLS and resolver: a request is
 one write, and reading the answer takes a few lines; per request it costs a third of
