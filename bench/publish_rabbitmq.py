@@ -1,14 +1,15 @@
 """RabbitMQ publish throughput with confirms: the raw aio-pika client beside outbox.
 
     python -m bench.publish_rabbitmq [--messages 20000] [--keys 0] [--concurrency N]
+                                     [--window 1000]
                                      [--url amqp://guest:guest@127.0.0.1:5672/%2F]
 
 Each run publishes to a durable queue of its own (deleted after) through the default
-exchange, while a no-op consumer (no acks, counting) reads it. Every message is persistent,
-``mandatory``, with its ``message_id``, and counts when its publisher confirm arrived.
-(a) raw: every message handed to one confirm-mode channel at once (aiormq's
-``basic_publish`` without waiting for each write), then all the confirms awaited: the
-client the fastest way it can, the limit. (b) outbox: N publish jobs enqueued with
+exchange, while a no-op consumer (no acks, counting, in a process of its own) reads it. Every
+message is persistent, ``mandatory``, with its ``message_id``, and counts when its publisher
+confirm arrived. (a) raw: one confirm-mode channel with ``--window`` messages in flight
+(aiormq's ``basic_publish`` without waiting for each write), until every confirm arrived:
+the client the fastest way it can, the limit. (b) outbox: N publish jobs enqueued with
 ``publish_many`` (not timed), ANALYZE, then ``outbox relay`` at its defaults (or
 ``--concurrency N`` handler threads) with one ``RabbitMQ`` destination, timed from the
 relay's start until every job is done and every message consumed, and again from its first
@@ -21,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -64,44 +65,52 @@ WORKING = """
 """
 
 
+def consume(url: str, name: str, consumed: Any, ready: Any, stop: Any) -> None:
+    """The no-op consumer, in a process of its own: it counts, and nothing else shares the
+    publishers' interpreter."""
+
+    async def run() -> None:
+        connection = await aio_pika.connect(url)
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1000)
+        queue = await channel.declare_queue(name, durable=True)
+
+        async def count(message: Any) -> None:
+            consumed.value += 1
+
+        tag = await queue.consume(count, no_ack=True)
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await queue.cancel(tag)
+        await queue.delete(if_unused=False, if_empty=False)
+        await connection.close()
+
+    asyncio.run(run())
+
+
 class Queue:
-    """A queue of one run with its no-op consumer, on a loop in a thread of its own."""
+    """A durable queue of one run, deleted after, with its no-op consumer."""
 
     def __init__(self, url: str) -> None:
         self.url, self.name = url, f"bench-{uuid.uuid4().hex[:10]}"
-        self.consumed = 0
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.connection: Any = None
-        self.queue: Any = None
-        self.tag = ""
-        self.run(self._open())
+        context = multiprocessing.get_context("spawn")
+        self.counter = context.Value("q", 0, lock=False)  # one writer: the consumer
+        ready, self.stop = context.Event(), context.Event()
+        self.process = context.Process(
+            target=consume, args=(url, self.name, self.counter, ready, self.stop), daemon=True
+        )
+        self.process.start()
+        if not ready.wait(60):
+            raise SystemExit("the consumer did not start")
 
-    def run(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(600)
-
-    async def _open(self) -> None:
-        self.connection = await aio_pika.connect(self.url)
-        channel = await self.connection.channel()
-        await channel.set_qos(prefetch_count=1000)
-        queue = await channel.declare_queue(self.name, durable=True)
-
-        async def count(message: Any) -> None:
-            self.consumed += 1
-
-        self.queue = queue
-        self.tag = await queue.consume(count, no_ack=True)
+    @property
+    def consumed(self) -> int:
+        return int(self.counter.value)
 
     def close(self) -> None:
-        async def close() -> None:
-            await self.queue.cancel(self.tag)
-            await self.queue.delete(if_unused=False, if_empty=False)
-            await self.connection.close()
-
-        self.run(close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.stop.set()
+        self.process.join(30)
 
 
 @contextmanager
@@ -127,6 +136,7 @@ def raw(args: argparse.Namespace) -> float:
     async def publish_all(name: str) -> float:
         connection = await aio_pika.connect(args.url)
         channel = await (await connection.channel()).get_underlay_channel()
+        window = asyncio.Semaphore(args.window)
         started = time.perf_counter()
 
         async def one(n: int) -> None:
@@ -135,9 +145,10 @@ def raw(args: argparse.Namespace) -> float:
                 message_id=str(uuid.uuid4()), content_type="application/json",
                 delivery_mode=2, headers=headers,
             )  # fmt: skip
-            await channel.basic_publish(
-                RAW_BODY, routing_key=name, properties=properties, mandatory=True, wait=False
-            )
+            async with window:
+                await channel.basic_publish(
+                    RAW_BODY, routing_key=name, properties=properties, mandatory=True, wait=False
+                )
 
         await asyncio.gather(*(one(n) for n in range(args.messages)))
         elapsed = time.perf_counter() - started
@@ -203,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--concurrency", type=int, default=None, help="the relay's threads (default: its own)"
     )
+    parser.add_argument(
+        "--window", type=int, default=1000, help="the raw client's messages in flight"
+    )
     parser.add_argument("--url", default=URL)
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
@@ -212,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     raw_seconds = raw(args)
     raw_rate = args.messages / raw_seconds
     print(
-        f"raw aio-pika (aiormq channel), all in flight, all confirms: {raw_seconds:.2f}s = "
+        f"raw aio-pika (aiormq channel), {args.window} in flight, all confirms: "
+        f"{raw_seconds:.2f}s = "
         f"{raw_rate:,.0f} msg/s"
     )
     elapsed, working, code = through_outbox(args)
