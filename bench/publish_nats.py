@@ -3,7 +3,8 @@
     python -m bench.publish_nats [--messages 20000] [--keys 0] [--url nats://127.0.0.1:4222]
 
 Each run publishes to a stream of its own (file storage, a duplicate window of two hours:
-past the relay's lease plus its longest backoff), deleted after, while a no-op consumer (an ordered push consumer that counts) reads it. (a) raw:
+past the relay's lease plus its longest backoff), deleted after, while a no-op consumer (an
+ordered push consumer that counts) reads it. (a) raw:
 ``js.publish_async`` for every message with its ``Nats-Msg-Id``, then waiting for all the
 PubAcks: the client the fastest way it can, the limit. (b) outbox: N publish jobs enqueued
 with ``publish_many`` (not timed), ANALYZE, then ``outbox relay`` at its defaults with one
