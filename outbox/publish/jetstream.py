@@ -115,7 +115,8 @@ class NatsJetStream:
         and the window is checked at the first connection."""
         self._limits = limits
         try:
-            self._run(self._connected(), self.timeout + 1)
+            # The connection, then the stream's name and its settings: each within timeout.
+            self._run(self._connected(), self.timeout * 3 + 1)
         except PublishFailed as error:
             log.warning(
                 "nats unreachable at start; publishes will be retried until it answers",
@@ -135,13 +136,13 @@ class NatsJetStream:
         pending: list[concurrent.futures.Future[Any] | Exception] = []
         batch = []
         for message in messages:
-            try:
-                subject = self.subject_for(message)
+            try:  # a message that cannot be sent is refused alone, not its batch
+                subject, headers = self.subject_for(message), _headers(message)
             except PublishRejected as exc:
                 pending.append(exc)
                 continue
             acked: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            batch.append((subject, message.body, _headers(message), acked))
+            batch.append((subject, message.body, headers, acked))
             pending.append(acked)
         if batch:
             loop = self._running_loop()
@@ -250,6 +251,7 @@ class NatsJetStream:
             if self._js is not None and self._nc is not None and not self._nc.is_closed:
                 return self._js
             options: dict[str, Any] = {
+                "allow_reconnect": True,
                 "connect_timeout": self.timeout,
                 "reconnect_time_wait": 0.5,
                 "max_reconnect_attempts": -1,
@@ -260,7 +262,7 @@ class NatsJetStream:
             }
             try:
                 nc = await asyncio.wait_for(
-                    nats.connect(self.servers, allow_reconnect=True, **options),
+                    nats.connect(self.servers, **options),
                     self.timeout,
                 )
             except Exception as error:

@@ -191,6 +191,27 @@ def test_publishing_a_uuid_again_is_a_duplicate_and_stored_once(
     assert stream.count() == 1
 
 
+def test_a_batch_is_answered_per_message_and_a_refused_one_does_not_refuse_the_rest(
+    stream: Stream, closing: Callable[[NatsJetStream], NatsJetStream]
+) -> None:
+    target = closing(NatsJetStream(URL, subject=f"{stream.prefix}.{{key}}"))
+    again = message(key="a")
+    target.publish(again)
+    batch = [message(key="b"), message(key=None), again,
+             message(key="c", headers={"Nats-Expected-Stream": "X"}), message(key="d")]  # fmt: skip
+    answers = target.publish_many(batch)
+    assert [type(a).__name__ for a in answers] == [
+        "Delivery", "PublishRejected", "Delivery", "PublishRejected", "Delivery",
+    ]  # fmt: skip
+    assert [getattr(a, "outcome", None) for a in answers] == [
+        "delivered", None, "duplicate", None, "delivered",
+    ]  # fmt: skip
+    assert [header(m, "Nats-Msg-Id") for m in stream.messages()] == [
+        again.id, batch[0].id, batch[4].id,
+    ]  # fmt: skip
+    assert target.publish_many([]) == []
+
+
 def test_a_subject_template_takes_the_key_and_the_event(
     stream: Stream, closing: Callable[[NatsJetStream], NatsJetStream]
 ) -> None:
