@@ -29,7 +29,7 @@ unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
 integration: $(STAMP)
-	$(BIN)/pytest tests/integration -q -n 2 --dist loadgroup
+	$(BIN)/pytest tests/integration -q -n 2
 
 chaos: $(STAMP)
 	$(BIN)/pytest tests/chaos -q
@@ -38,7 +38,7 @@ packaging: $(STAMP)
 	$(BIN)/pytest tests/packaging -q
 
 test: lint
-	$(BIN)/pytest tests -n 2 --dist loadgroup -q
+	$(BIN)/pytest tests -n 2 -q
 
 bench-enqueue: $(STAMP)
 	$(BIN)/python -m bench.enqueue

@@ -4,8 +4,11 @@ none of this."""
 
 from __future__ import annotations
 
+import fcntl
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -13,6 +16,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.database import create_engine, create_engine_async
 from outbox.testing import empty_tables, server_dsn, temporary_database
+
+
+@pytest.fixture(autouse=True)
+def exclusive_service(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests marked ``exclusive("rabbitmq")`` run one at a time across xdist workers: one of
+    them stops the machine's broker for 20 s, and no other test of it may run meanwhile. A
+    file lock, held for the test's duration (autouse: taken before its other fixtures)."""
+    marker = request.node.get_closest_marker("exclusive")
+    if marker is None:
+        yield
+        return
+    path = Path(tempfile.gettempdir()) / f"outbox-tests-{marker.args[0]}.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

@@ -122,7 +122,7 @@ def _consuming(run: Callable[[], Any]) -> tuple[threading.Thread, Callable[[], N
     return thread, stop
 
 
-@pytest.mark.xdist_group("rabbitmq")  # beside test_publish_rabbitmq's broker outage, never
+@pytest.mark.exclusive("rabbitmq")  # never beside test_publish_rabbitmq's broker outage
 def test_the_rabbitmq_consumer_applies_a_republished_message_once(
     page: dict[str, Any], db: sa.Engine
 ) -> None:

@@ -38,8 +38,8 @@ from tests.integration.helpers import history
 from tests.integration.relay_harness import live_jobs, running_relay, wait_for
 
 #: These tests stop the machine's one broker (rabbitmqctl stop_app): every test that uses it
-#: runs on one xdist worker (make test passes --dist loadgroup), never beside an outage.
-pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("rabbitmq")]
+#: runs alone among them (tests/conftest.py's exclusive_service), never beside an outage.
+pytestmark = [pytest.mark.timeout(120), pytest.mark.exclusive("rabbitmq")]
 
 ROOT = Path(__file__).resolve().parents[2]
 URL = os.environ.get("OUTBOX_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
