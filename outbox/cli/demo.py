@@ -41,6 +41,9 @@ def _database(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def command(ctx: Context, transfers: int, accounts: int, database: str) -> None:
     """Run a double-entry ledger: transfers write entries and enqueue jobs in one transaction.
 
+    Each posting also publishes a transfer.posted event to a local webhook receiver, which
+    checks the signature and applies each message once with the inbox.
+
     Uses a database of its own (outbox_demo unless --database says otherwise) on the
     server of OUTBOX_DSN, else of 127.0.0.1:5432, else the embedded one. It drops only a
     database that an earlier demo made, so nothing else there is touched. At the end it
