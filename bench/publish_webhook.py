@@ -1,14 +1,14 @@
 """Webhook publish throughput: a raw HTTP client beside outbox, to the same local receiver.
 
-    python -m bench.publish_webhook [--messages 20000] [--threads 16]
+    python -m bench.publish_webhook [--messages 20000] [--concurrency 64]
                                     [--receiver asyncio|uvicorn] [--receivers 1]
 
 The receiver, a no-op consumer answering 204 to every POST, runs in processes of its own on
 127.0.0.1: by default a minimal HTTP/1.1 server on asyncio's protocols (the fastest here:
 uvicorn with h11 answered about 2,000 requests/s on this machine, less than the client
-sends), or ``--receiver uvicorn``, a minimal ASGI app. (a) raw: ``--threads`` threads,
-each POSTing its share of the messages on a keep-alive connection of its own, with the
-target's HTTP client and no signing: the limit. (b) outbox: N publish jobs
+sends), or ``--receiver uvicorn``, a minimal ASGI app. (a) raw: the target's HTTP client
+alone on one event loop, ``--concurrency`` requests in flight over as many keep-alive
+connections, no signing: the limit. (b) outbox: N publish jobs
 enqueued with ``publish_many`` (not timed), then ``outbox relay`` at its defaults with one
 ``Webhook`` destination, timed from the relay's start until every job is done, and again
 from its first claim to its last completion as history dates them. Prints both rates and
@@ -26,7 +26,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -38,7 +37,6 @@ from sqlalchemy.orm import Session
 import outbox
 from outbox.database import create_engine
 from outbox.publish import Publish, Webhook
-from outbox.publish.webhook import _Connection
 from outbox.testing import server_dsn, temporary_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,37 +124,37 @@ def serve(port: int, kind: str, workers: int) -> subprocess.Popen[bytes]:
     raise SystemExit("the receiver did not start in 30 s")
 
 
-def raw(port: int, messages: int, threads: int) -> float:
-    """Seconds for ``threads`` threads, each on a keep-alive connection of its own, to POST
-    ``messages`` unsigned: the target's HTTP client without outbox."""
-    headers = {"content-type": "application/json"}
-    failures: list[int] = []
-    connections = [_Connection("127.0.0.1", port, 10, None, vet=False) for _ in range(threads)]
+def raw(port: int, messages: int, concurrency: int) -> float:
+    """Seconds for the target's HTTP client alone, on one event loop with ``concurrency``
+    requests in flight over as many keep-alive connections, to POST ``messages`` unsigned."""
+    import aiohttp
 
-    def post(connection: _Connection, count: int) -> None:
-        for _ in range(count):
-            status, _, _, _ = connection.post("/hooks", BODY, headers)
-            if not 200 <= status < 300:
-                failures.append(status)
+    async def run() -> float:
+        url = f"http://127.0.0.1:{port}/hooks"
+        headers = {"content-type": "application/json"}
+        room = asyncio.Semaphore(concurrency)
+        failures: list[int] = []
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector, trust_env=False) as client:
 
-    for connection in connections:  # connected before the clock starts
-        post(connection, 1)
-    shares = [messages // threads + (t < messages % threads) for t in range(threads)]
-    workers = [
-        threading.Thread(target=post, args=(connection, share))
-        for connection, share in zip(connections, shares, strict=True)
-    ]
-    started = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    elapsed = time.perf_counter() - started
-    for connection in connections:
-        connection.close()
-    if failures:
-        raise SystemExit(f"raw: {len(failures)} requests failed, e.g. HTTP {failures[0]}")
-    return elapsed
+            async def post() -> None:
+                async with (
+                    room,
+                    client.post(url, data=BODY, headers=headers, allow_redirects=False) as answer,
+                ):
+                    await answer.read()
+                    if not 200 <= answer.status < 300:
+                        failures.append(answer.status)
+
+            await asyncio.gather(*(post() for _ in range(concurrency)))  # connected first
+            started = time.perf_counter()
+            await asyncio.gather(*(post() for _ in range(messages)))
+            elapsed = time.perf_counter() - started
+        if failures:
+            raise SystemExit(f"raw: {len(failures)} requests failed, e.g. HTTP {failures[0]}")
+        return elapsed
+
+    return asyncio.run(run())
 
 
 def through_outbox(url: str, messages: int, timeout: float) -> tuple[float, float]:
@@ -206,7 +204,9 @@ def through_outbox(url: str, messages: int, timeout: float) -> tuple[float, floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--threads", type=int, default=16, help="raw client threads")
+    parser.add_argument(
+        "--concurrency", type=int, default=64, help="raw requests in flight at once"
+    )
     parser.add_argument("--receiver", choices=["asyncio", "uvicorn"], default="asyncio")
     parser.add_argument("--receivers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     server = serve(port, args.receiver, args.receivers)
     try:
         target = f"http://127.0.0.1:{port}/hooks"
-        limit = raw(port, args.messages, args.threads)
+        limit = raw(port, args.messages, args.concurrency)
         elapsed, working = through_outbox(target, args.messages, args.timeout)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     n = args.messages
     raw_rate, rate, working_rate = n / limit, n / elapsed, n / working
     print(
-        f"raw, the same HTTP client, {args.threads} threads, keep-alive, unsigned: {limit:.2f}s = "
+        f"raw, the same HTTP client, {args.concurrency} in flight, keep-alive, unsigned: "
+        f"{limit:.2f}s = "
         f"{raw_rate:,.0f} requests/s"
     )
     print(

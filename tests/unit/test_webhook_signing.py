@@ -147,7 +147,7 @@ def test_signing_needs_no_http_client() -> None:
     import sys
 
     code = (
-        "import sys; sys.modules['httpx'] = None; "
+        "import sys; sys.modules['aiohttp'] = None; "
         "from outbox.publish.signing import verify_webhook; print('ok')"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
