@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import shlex
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -29,9 +27,9 @@ import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 import outbox
+from bench.publishing import drain, fill
 from outbox.database import create_engine
 from outbox.publish import Kafka, Publish
 from outbox.testing import server_dsn, temporary_database
@@ -45,15 +43,6 @@ KEYS = 1000
 registry = outbox.Registry()
 if bootstrap := os.environ.get("BENCH_KAFKA_BOOTSTRAP"):
     registry.destination("bench", Kafka(bootstrap, topic=os.environ["BENCH_KAFKA_TOPIC"]))
-
-#: Jobs not yet done: a delivered job's row is gone, a dead one's stays.
-WAITING = "SELECT EXISTS (SELECT 1 FROM outbox_jobs WHERE state <> 'dead')"
-
-WORKING = """
-    SELECT extract(epoch FROM max(at) FILTER (WHERE event = 'succeeded')
-                             - min(at) FILTER (WHERE event = 'claimed'))
-    FROM outbox_history
-"""
 
 
 def raw(bootstrap: str, topic: str, messages: int) -> float:
@@ -132,42 +121,14 @@ def through_outbox(
     """Seconds from the relay's start until every publish job is done, and from its first
     claim to its last completion."""
     engine = create_engine(dsn, poolclass=sa.NullPool)
-    with Session(engine) as session:
-        outbox.publish.publish_many(
-            session, [Publish("bench", BODY, key=f"k{n % KEYS}") for n in range(messages)]
-        )
-        session.commit()
-    with engine.begin() as conn:
-        conn.execute(sa.text("ANALYZE"))
-    env = {**os.environ, "OUTBOX_DSN": dsn, "BENCH_KAFKA_BOOTSTRAP": bootstrap,
-           "BENCH_KAFKA_TOPIC": topic}  # fmt: skip
-    relay = subprocess.Popen(
-        [sys.executable, "-m", "outbox", "relay", "--app", "bench.publish_kafka:registry",
-         "--log-level", "warning", "--metrics-addr", "off",
-         *(("--concurrency", str(concurrency)) if concurrency else ())],
-        cwd=ROOT, env=env,
-    )  # fmt: skip
-    started = time.perf_counter()
     try:
-        deadline = started + 600
-        while time.perf_counter() < deadline:
-            with engine.connect() as conn:
-                if not conn.execute(sa.text(WAITING)).scalar():
-                    break
-            time.sleep(0.02)
-        else:
-            raise SystemExit(f"the relay did not publish {messages} messages in 600s")
-        elapsed = time.perf_counter() - started
-        with engine.connect() as conn:
-            working = float(conn.execute(sa.text(WORKING)).scalar_one())
-            dead = conn.execute(sa.text("SELECT count(*) FROM outbox_jobs")).scalar()
-        if dead:
-            raise SystemExit(f"{dead} publish jobs ended dead")
+        fill(engine, (Publish("bench", BODY, key=f"k{n % KEYS}") for n in range(messages)))
+        env = {"OUTBOX_DSN": dsn, "BENCH_KAFKA_BOOTSTRAP": bootstrap, "BENCH_KAFKA_TOPIC": topic}
+        options = ("--concurrency", str(concurrency)) if concurrency else ()
+        run = drain(engine, "bench.publish_kafka:registry", env, messages=messages, options=options)
     finally:
-        relay.send_signal(signal.SIGTERM)
-        relay.wait(60)
         engine.dispose()
-    return elapsed, working
+    return run.elapsed, run.working
 
 
 def stored(bootstrap: str, topic: str, partitions: int) -> int:

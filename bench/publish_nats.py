@@ -21,8 +21,6 @@ import argparse
 import asyncio
 import os
 import shlex
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -33,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import nats
-import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 import outbox
+from bench.publishing import Drain, drain, fill
 from outbox.database import create_engine
 from outbox.publish import NatsJetStream, Publish
 from outbox.testing import server_dsn, temporary_database
@@ -52,12 +49,6 @@ if subject := os.environ.get("BENCH_NATS_SUBJECT"):
     registry.destination(
         "bench", NatsJetStream(os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222"), subject)
     )
-
-WORKING = """
-    SELECT extract(epoch FROM max(at) FILTER (WHERE event = 'succeeded')
-                             - min(at) FILTER (WHERE event = 'claimed'))
-    FROM outbox_history
-"""
 
 
 class Stream:
@@ -143,50 +134,24 @@ def raw(args: argparse.Namespace) -> float:
     return elapsed
 
 
-def through_outbox(args: argparse.Namespace) -> tuple[float, float, int]:
-    """Seconds from the relay's start until all is published, seconds from its first claim
-    to its last completion, and the relay's exit code."""
+def through_outbox(args: argparse.Namespace) -> Drain:
+    """The same messages as publish jobs, published by a relay at its defaults."""
     with temporary_database(server_dsn(), prefix="outbox_bench") as dsn, stream(args.url) as feed:
         engine = create_engine(dsn)
-        with Session(engine) as session:
-            outbox.publish.publish_many(session, [
+        try:
+            fill(engine, (
                 Publish("bench", BODY, key=f"k{n % args.keys}" if args.keys else None)
                 for n in range(args.messages)
-            ])  # fmt: skip
-            session.commit()
-        with engine.begin() as conn:
-            conn.execute(sa.text("ANALYZE"))
-        subject = f"{feed.prefix}.{{key}}" if args.keys else f"{feed.prefix}.all"
-        env = {**os.environ, "OUTBOX_DSN": dsn, "BENCH_NATS_URL": args.url,
-               "BENCH_NATS_SUBJECT": subject}  # fmt: skip
-        relay = subprocess.Popen(
-            [sys.executable, "-m", "outbox", "relay", "--app", "bench.publish_nats:registry",
-             "--log-level", "warning", "--metrics-addr", "off"],
-            cwd=ROOT, env=env,
-        )  # fmt: skip
-        started = time.perf_counter()
-        try:
-            deadline = started + args.timeout
-            while True:
-                with engine.connect() as conn:
-                    if not conn.execute(
-                        sa.text("SELECT EXISTS (SELECT FROM outbox_jobs)")
-                    ).scalar():
-                        break
-                if time.perf_counter() > deadline:
-                    raise SystemExit(
-                        f"the relay did not publish {args.messages} in {args.timeout}s"
-                    )
-                time.sleep(0.02)
-            elapsed = time.perf_counter() - started
-            wait_consumed(feed, args.messages, args.timeout)
-            with engine.connect() as conn:
-                working = float(conn.execute(sa.text(WORKING)).scalar_one())
+            ))  # fmt: skip
+            subject = f"{feed.prefix}.{{key}}" if args.keys else f"{feed.prefix}.all"
+            env = {"OUTBOX_DSN": dsn, "BENCH_NATS_URL": args.url, "BENCH_NATS_SUBJECT": subject}
+            return drain(
+                engine, "bench.publish_nats:registry", env, messages=args.messages,
+                timeout=args.timeout,
+                after=lambda: wait_consumed(feed, args.messages, args.timeout),
+            )  # fmt: skip
         finally:
-            relay.send_signal(signal.SIGTERM)
-            code = relay.wait(60)
             engine.dispose()
-    return elapsed, working, code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     raw_seconds = raw(args)
     raw_rate = args.messages / raw_seconds
     print(f"raw nats-py, publish_async, all PubAcks: {raw_seconds:.2f}s = {raw_rate:,.0f} msg/s")
-    elapsed, working, code = through_outbox(args)
+    run = through_outbox(args)
+    elapsed, working, code = run.elapsed, run.working, run.code
     rate, working_rate = args.messages / elapsed, args.messages / working
     keys = f"{args.keys} keys" if args.keys else "no keys"
     print(

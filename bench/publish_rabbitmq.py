@@ -25,8 +25,6 @@ import asyncio
 import multiprocessing
 import os
 import shlex
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -36,11 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import sqlalchemy as sa
 from aiormq import spec
-from sqlalchemy.orm import Session
 
 import outbox
+from bench.publishing import Drain, drain, fill
 from outbox.database import create_engine
 from outbox.publish import Publish, RabbitMQ
 from outbox.testing import server_dsn, temporary_database
@@ -57,12 +54,6 @@ if queue_name := os.environ.get("BENCH_RABBITMQ_QUEUE"):
     registry.destination(
         "bench", RabbitMQ(os.environ.get("BENCH_RABBITMQ_URL", URL), routing_key=queue_name)
     )
-
-WORKING = """
-    SELECT extract(epoch FROM max(at) FILTER (WHERE event = 'succeeded')
-                             - min(at) FILTER (WHERE event = 'claimed'))
-    FROM outbox_history
-"""
 
 
 def consume(url: str, name: str, consumed: Any, ready: Any, stop: Any) -> None:
@@ -161,50 +152,26 @@ def raw(args: argparse.Namespace) -> float:
     return elapsed
 
 
-def through_outbox(args: argparse.Namespace) -> tuple[float, float, int]:
-    """Seconds from the relay's start until all is published, seconds from its first claim
-    to its last completion, and the relay's exit code."""
+def through_outbox(args: argparse.Namespace) -> Drain:
+    """The same messages as publish jobs, published by a relay at its defaults (or with
+    ``--concurrency``)."""
     with temporary_database(server_dsn(), prefix="outbox_bench") as dsn, queue(args.url) as feed:
         engine = create_engine(dsn)
-        with Session(engine) as session:
-            outbox.publish.publish_many(session, [
+        try:
+            fill(engine, (
                 Publish("bench", BODY, key=f"k{n % args.keys}" if args.keys else None)
                 for n in range(args.messages)
-            ])  # fmt: skip
-            session.commit()
-        with engine.begin() as conn:
-            conn.execute(sa.text("ANALYZE"))
-        env = {**os.environ, "OUTBOX_DSN": dsn, "BENCH_RABBITMQ_URL": args.url,
-               "BENCH_RABBITMQ_QUEUE": feed.name}  # fmt: skip
-        concurrency = ("--concurrency", str(args.concurrency)) if args.concurrency else ()
-        relay = subprocess.Popen(
-            [sys.executable, "-m", "outbox", "relay", "--app", "bench.publish_rabbitmq:registry",
-             *concurrency, "--log-level", "warning", "--metrics-addr", "off"],
-            cwd=ROOT, env=env,
-        )  # fmt: skip
-        started = time.perf_counter()
-        try:
-            deadline = started + args.timeout
-            while True:
-                with engine.connect() as conn:
-                    if not conn.execute(
-                        sa.text("SELECT EXISTS (SELECT FROM outbox_jobs)")
-                    ).scalar():
-                        break
-                if time.perf_counter() > deadline:
-                    raise SystemExit(
-                        f"the relay did not publish {args.messages} in {args.timeout}s"
-                    )
-                time.sleep(0.02)
-            elapsed = time.perf_counter() - started
-            wait_consumed(feed, args.messages, args.timeout)
-            with engine.connect() as conn:
-                working = float(conn.execute(sa.text(WORKING)).scalar_one())
+            ))  # fmt: skip
+            env = {"OUTBOX_DSN": dsn, "BENCH_RABBITMQ_URL": args.url,
+                   "BENCH_RABBITMQ_QUEUE": feed.name}  # fmt: skip
+            options = ("--concurrency", str(args.concurrency)) if args.concurrency else ()
+            return drain(
+                engine, "bench.publish_rabbitmq:registry", env, messages=args.messages,
+                timeout=args.timeout, options=options,
+                after=lambda: wait_consumed(feed, args.messages, args.timeout),
+            )  # fmt: skip
         finally:
-            relay.send_signal(signal.SIGTERM)
-            code = relay.wait(60)
             engine.dispose()
-    return elapsed, working, code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{raw_seconds:.2f}s = "
         f"{raw_rate:,.0f} msg/s"
     )
-    elapsed, working, code = through_outbox(args)
+    run = through_outbox(args)
+    elapsed, working, code = run.elapsed, run.working, run.code
     rate, working_rate = args.messages / elapsed, args.messages / working
     keys = f"{args.keys} keys" if args.keys else "no keys"
     threads = f"{args.concurrency} threads" if args.concurrency else "its defaults"

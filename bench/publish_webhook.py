@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 import outbox
+from bench.publishing import drain, fill
 from outbox.database import create_engine
 from outbox.publish import Publish, Webhook
 from outbox.testing import server_dsn, temporary_database
@@ -49,11 +49,6 @@ registry = outbox.Registry()
 if url := os.environ.get("BENCH_WEBHOOK_URL"):
     registry.destination("bench", Webhook(url, secret=SECRET, allow_private=True))
 
-WORKING = """
-    SELECT extract(epoch FROM max(at) FILTER (WHERE event = 'succeeded')
-                             - min(at) FILTER (WHERE event = 'claimed'))
-    FROM outbox_history
-"""
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -163,42 +158,15 @@ def through_outbox(url: str, messages: int, timeout: float) -> tuple[float, floa
     with temporary_database(server_dsn(), prefix="outbox_bench") as dsn:
         engine = create_engine(dsn, poolclass=sa.NullPool)
         body = {"transfer_id": 12345, "amount": "10.50", "currency": "EUR"}
-        with Session(engine) as session:
-            outbox.publish.publish_many(
-                session, [Publish("bench", body, event="transfer.posted") for _ in range(messages)]
-            )
-            session.commit()
-        with engine.begin() as conn:
-            conn.execute(sa.text("ANALYZE"))
-        relay = subprocess.Popen(
-            [sys.executable, "-m", "outbox", "relay", "--app", "bench.publish_webhook:registry",
-             "--log-level", "warning", "--metrics-addr", "off"],
-            cwd=ROOT, env={**os.environ, "OUTBOX_DSN": dsn, "BENCH_WEBHOOK_URL": url},
-        )  # fmt: skip
-        started = time.perf_counter()
         try:
-            while time.perf_counter() < started + timeout:
-                with engine.connect() as conn:
-                    if not conn.execute(
-                        sa.text("SELECT EXISTS (SELECT FROM outbox_jobs)")
-                    ).scalar():
-                        break
-                time.sleep(0.02)
-            else:
-                raise SystemExit(f"the relay did not deliver {messages} messages in {timeout}s")
-            elapsed = time.perf_counter() - started
-            with engine.connect() as conn:
-                working = float(conn.execute(sa.text(WORKING)).scalar_one())
-                succeeded = conn.execute(
-                    sa.text("SELECT count(*) FROM outbox_history WHERE event = 'succeeded'")
-                ).scalar_one()
-            if succeeded != messages:
-                raise SystemExit(f"{succeeded} of {messages} delivered: see the relay's log")
+            fill(engine, (Publish("bench", body, event="transfer.posted") for _ in range(messages)))
+            run = drain(
+                engine, "bench.publish_webhook:registry",
+                {"OUTBOX_DSN": dsn, "BENCH_WEBHOOK_URL": url}, messages=messages, timeout=timeout,
+            )  # fmt: skip
         finally:
-            relay.send_signal(signal.SIGTERM)
-            relay.wait(60)
             engine.dispose()
-    return elapsed, working
+    return run.elapsed, run.working
 
 
 def main(argv: list[str] | None = None) -> int:
