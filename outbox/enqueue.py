@@ -281,17 +281,24 @@ def _resolve(
     )
 
 
-def _execute(session: SyncTarget, columns: Columns, settings: Settings) -> list[Enqueued]:
+def connection_of(session: SyncTarget, what: str) -> sa.Connection:
+    """The connection of a Session or Connection on psycopg 3, or a clear refusal of
+    anything else (``what`` names the caller: enqueue, inbox)."""
     if isinstance(session, Session | scoped_session):
         connection = session.connection()
     elif isinstance(session, sa.Connection):
         connection = session
     else:
         raise UnsupportedSession(
-            "enqueue needs a SQLAlchemy Session, AsyncSession or Connection, "
+            f"{what} needs a SQLAlchemy Session, AsyncSession or Connection, "
             f"not {type(session).__name__}"
         )
     _check_driver(connection.dialect)
+    return connection
+
+
+def _execute(session: SyncTarget, columns: Columns, settings: Settings) -> list[Enqueued]:
+    connection = connection_of(session, "enqueue")
     driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
     if len(columns.uuid) < bulk.COPY_THRESHOLD:
         params = _statement_params(columns, settings)

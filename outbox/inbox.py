@@ -16,7 +16,6 @@ from uuid import UUID
 
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, scoped_session
 
 from outbox.enqueue import (
     _AS_IS,
@@ -26,8 +25,9 @@ from outbox.enqueue import (
     _check_driver,
     _is_async,
     _unprepared,
+    connection_of,
 )
-from outbox.errors import InvalidReceipt, UnsupportedSession
+from outbox.errors import InvalidReceipt
 from outbox.sql import queries
 
 if TYPE_CHECKING:
@@ -73,16 +73,7 @@ def inbox(
 
 
 def _receive(session: SyncTarget, params: dict[str, str]) -> bool:
-    if isinstance(session, Session | scoped_session):
-        connection = session.connection()
-    elif isinstance(session, sa.Connection):
-        connection = session
-    else:
-        raise UnsupportedSession(
-            "inbox needs a SQLAlchemy Session, AsyncSession or Connection, "
-            f"not {type(session).__name__}"
-        )
-    _check_driver(connection.dialect)
+    connection = connection_of(session, "inbox")
     driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
     with _unprepared(driver) if _behind_pooler(connection, driver) else _AS_IS:
         return connection.execute(RECEIVE, params).first() is not None
