@@ -19,7 +19,6 @@ import asyncio
 import concurrent.futures
 import itertools
 import json
-import os
 import re
 import string
 import threading
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from outbox.errors import ConfigurationError
+from outbox.publish.loop import LoopThread
 from outbox.publish.target import (
     Delivery,
     Limits,
@@ -87,9 +87,7 @@ class NatsJetStream:
         self.timeout = float(timeout)
         self.options = options
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._loop_thread = LoopThread("outbox-nats", self._reset)
         # Touched only on the loop's thread.
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
@@ -172,22 +170,7 @@ class NatsJetStream:
 
     def close(self) -> None:
         """Send what is buffered, close the connection and stop the loop's thread."""
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None or self._pid != os.getpid():
-            return
-        future = asyncio.run_coroutine_threadsafe(self._disconnect(), loop)
-        try:
-            future.result(self.timeout + 1)
-        except Exception as error:  # closing must not raise: the relay is stopping
-            log.warning(
-                "nats connection did not close cleanly", target=repr(self), error=str(error)
-            )
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(self.timeout)
-        if not thread.is_alive():
-            loop.close()
+        self._loop_thread.close(self._disconnect, self.timeout + 1, "nats connection")
 
     # -- subjects and headers -----------------------------------------------------------
 
@@ -224,19 +207,16 @@ class NatsJetStream:
             raise PublishFailed(f"no answer from NATS within {timeout:g}s") from None
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop_thread.get()
+
+    def _reset(self) -> None:
+        """A new loop (the first, or one in a forked child) starts without connection."""
         with self._lock:
-            # A loop made before a fork has no thread in the child: make another.
-            if self._loop is None or self._pid != os.getpid():
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name="outbox-nats", daemon=True)
-                thread.start()
-                self._loop, self._thread, self._pid = loop, thread, os.getpid()
-                self._nc = self._js = None
-                self._connecting = None
-                self._window_checked = False
-                self._queue, self._sending, self._closing = [], False, False
-                self._acks = {}
-            return self._loop
+            self._nc = self._js = None
+            self._connecting = None
+            self._window_checked = False
+            self._queue, self._sending, self._closing = [], False, False
+            self._acks = {}
 
     async def _connected(self) -> JetStreamContext:
         """The JetStream context, connecting first when there is no open connection (at

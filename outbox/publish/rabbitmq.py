@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from outbox.errors import ConfigurationError
+from outbox.publish.loop import LoopThread
 from outbox.publish.target import (
     Delivery,
     Limits,
@@ -93,8 +94,7 @@ class RabbitMQ:
         # Messages handed over by calling threads, not yet taken by the loop.
         self._waiting: list[tuple[Message, concurrent.futures.Future[Delivery]]] = []
         self._wake_pending = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop_thread = LoopThread("outbox-rabbitmq", self._reset)
         # The loop's own state, touched only from the loop's thread.
         self._connecting: asyncio.Lock | None = None
         self._connection: AbstractConnection | None = None
@@ -148,19 +148,7 @@ class RabbitMQ:
         return answers
 
     def close(self) -> None:
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self._disconnect(), loop).result(self.timeout)
-        except (concurrent.futures.TimeoutError, Exception) as exc:
-            log.warning("rabbitmq connection did not close cleanly", error=str(exc))
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=self.timeout)
-        if not thread.is_alive():
-            loop.close()
+        self._loop_thread.close(self._disconnect, self.timeout, "rabbitmq connection")
 
     # -- the calling threads' side ----------------------------------------------------------
 
@@ -175,13 +163,16 @@ class RabbitMQ:
             raise PublishFailed(f"no answer from RabbitMQ at {self.address}") from None
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
-        """The running loop, started on first use; called holding ``self._lock``."""
-        if self._loop is None:
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=loop.run_forever, name="outbox-rabbitmq", daemon=True)
-            thread.start()
-            self._loop, self._thread = loop, thread
-        return self._loop
+        """The running loop, started on first use (and anew in a forked child)."""
+        return self._loop_thread.get()
+
+    def _reset(self) -> None:
+        """A new loop starts without connection: the loop's own state."""
+        self._connecting = None
+        self._connection = None
+        self._channel = None
+        self._failed_at = -_RECONNECT_PAUSE
+        self._failure = ""
 
     # -- the event loop's side --------------------------------------------------------------
 

@@ -21,10 +21,8 @@ import asyncio
 import concurrent.futures
 import email.utils
 import ipaddress
-import os
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC
@@ -34,6 +32,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from outbox.errors import ConfigurationError
+from outbox.publish.loop import LoopThread
 from outbox.publish.signing import (
     ID_HEADER,
     SIGNATURE_HEADER,
@@ -182,10 +181,7 @@ class Webhook:
                     vetted(self._host, port)
                 except AddressRefused as exc:
                     raise ConfigurationError(str(exc)) from None
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._loop_thread = LoopThread("outbox-webhook", self._reset)
         # Touched only on the loop's thread.
         self._client: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -263,35 +259,16 @@ class Webhook:
 
     def close(self) -> None:
         """Close the pool's connections and stop the loop's thread."""
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None or self._pid != os.getpid():
-            return
-        future = asyncio.run_coroutine_threadsafe(self._close_client(), loop)
-        try:
-            future.result(self.timeout)
-        except Exception as error:  # closing must not raise: the relay is stopping
-            log.warning("webhook client did not close cleanly", target=repr(self), error=str(error))
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(self.timeout)
-        if not thread.is_alive():
-            loop.close()
+        self._loop_thread.close(self._close_client, self.timeout, "webhook client")
 
     # -- the event loop ------------------------------------------------------------------
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            # A loop made before a fork has no thread in the child: make another.
-            if self._loop is None or self._pid != os.getpid():
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name="outbox-webhook", daemon=True
-                )
-                thread.start()
-                self._loop, self._thread, self._pid = loop, thread, os.getpid()
-                self._client, self._slots = None, None
-            return self._loop
+        return self._loop_thread.get()
+
+    def _reset(self) -> None:
+        """A new loop (the first, or one in a forked child) starts without a client."""
+        self._client, self._slots = None, None
 
     async def _close_client(self) -> None:
         if self._client is not None:
