@@ -25,15 +25,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import nats
 
 import outbox
-from bench.publishing import Drain, drain, fill
+from bench.publishing import Drain, drain, fill, wait_consumed
 from outbox.database import create_engine
 from outbox.publish import NatsJetStream, Publish
 from outbox.testing import server_dsn, temporary_database
@@ -90,23 +89,6 @@ class Stream:
         self.thread.join(10)
 
 
-@contextmanager
-def stream(url: str) -> Iterator[Stream]:
-    made = Stream(url)
-    try:
-        yield made
-    finally:
-        made.close()
-
-
-def wait_consumed(feed: Stream, n: int, timeout: float) -> None:
-    deadline = time.perf_counter() + timeout
-    while feed.consumed < n:
-        if time.perf_counter() > deadline:
-            raise SystemExit(f"the consumer read {feed.consumed} of {n} messages in {timeout}s")
-        time.sleep(0.005)
-
-
 def raw(args: argparse.Namespace) -> float:
     """Seconds for the raw client to publish every message and have every PubAck."""
 
@@ -128,7 +110,7 @@ def raw(args: argparse.Namespace) -> float:
         await nc.close()
         return elapsed
 
-    with stream(args.url) as feed:
+    with closing(Stream(args.url)) as feed:
         elapsed = asyncio.run(publish_all(feed.prefix))
         wait_consumed(feed, args.messages, args.timeout)
     return elapsed
@@ -136,7 +118,10 @@ def raw(args: argparse.Namespace) -> float:
 
 def through_outbox(args: argparse.Namespace) -> Drain:
     """The same messages as publish jobs, published by a relay at its defaults."""
-    with temporary_database(server_dsn(), prefix="outbox_bench") as dsn, stream(args.url) as feed:
+    with (
+        temporary_database(server_dsn(), prefix="outbox_bench") as dsn,
+        closing(Stream(args.url)) as feed,
+    ):
         engine = create_engine(dsn)
         try:
             fill(engine, (

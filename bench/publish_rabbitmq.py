@@ -28,8 +28,7 @@ import shlex
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ import aio_pika
 from aiormq import spec
 
 import outbox
-from bench.publishing import Drain, drain, fill
+from bench.publishing import Drain, drain, fill, wait_consumed
 from outbox.database import create_engine
 from outbox.publish import Publish, RabbitMQ
 from outbox.testing import server_dsn, temporary_database
@@ -104,23 +103,6 @@ class Queue:
         self.process.join(30)
 
 
-@contextmanager
-def queue(url: str) -> Iterator[Queue]:
-    made = Queue(url)
-    try:
-        yield made
-    finally:
-        made.close()
-
-
-def wait_consumed(feed: Queue, n: int, timeout: float) -> None:
-    deadline = time.perf_counter() + timeout
-    while feed.consumed < n:
-        if time.perf_counter() > deadline:
-            raise SystemExit(f"the consumer read {feed.consumed} of {n} messages in {timeout}s")
-        time.sleep(0.005)
-
-
 def raw(args: argparse.Namespace) -> float:
     """Seconds for the raw client to publish every message and have every confirm."""
 
@@ -146,7 +128,7 @@ def raw(args: argparse.Namespace) -> float:
         await connection.close()
         return elapsed
 
-    with queue(args.url) as feed:
+    with closing(Queue(args.url)) as feed:
         elapsed = asyncio.run(publish_all(feed.name))
         wait_consumed(feed, args.messages, args.timeout)
     return elapsed
@@ -155,7 +137,10 @@ def raw(args: argparse.Namespace) -> float:
 def through_outbox(args: argparse.Namespace) -> Drain:
     """The same messages as publish jobs, published by a relay at its defaults (or with
     ``--concurrency``)."""
-    with temporary_database(server_dsn(), prefix="outbox_bench") as dsn, queue(args.url) as feed:
+    with (
+        temporary_database(server_dsn(), prefix="outbox_bench") as dsn,
+        closing(Queue(args.url)) as feed,
+    ):
         engine = create_engine(dsn)
         try:
             fill(engine, (

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -43,6 +44,22 @@ class Drain:
     working: float
     #: The relay's exit status after SIGTERM.
     code: int
+
+
+class Counting(Protocol):
+    """A no-op consumer: it counts what it read."""
+
+    @property
+    def consumed(self) -> int: ...
+
+
+def wait_consumed(feed: Counting, n: int, timeout: float) -> None:
+    """Until the consumer has read ``n`` messages, or give up after ``timeout`` seconds."""
+    deadline = time.perf_counter() + timeout
+    while feed.consumed < n:
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"the consumer read {feed.consumed} of {n} messages in {timeout}s")
+        time.sleep(0.005)
 
 
 def fill(engine: sa.Engine, messages: Iterable[Publish]) -> None:
