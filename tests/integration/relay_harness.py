@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -28,11 +28,13 @@ def running_relay(
     dsn: str,
     *,
     metrics_addr: tuple[str, int] | None = None,
+    queue_limits: Mapping[str, int] | None = None,
     **settings: Any,
 ) -> Iterator[Worker]:
     worker = Worker(
-        registry, dsn, outbox.Settings(dsn=dsn, **{**FAST, **settings}), metrics_addr=metrics_addr
-    )
+        registry, dsn, outbox.Settings(dsn=dsn, **{**FAST, **settings}),
+        metrics_addr=metrics_addr, queue_limits=queue_limits,
+    )  # fmt: skip
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,32 +18,14 @@ from typing import Any
 import prometheus_client
 import sqlalchemy as sa
 from outbox_relay.claim import CLAIM, AttemptLimits, claim_batch
-from outbox_relay.worker import Worker
 from sqlalchemy.orm import Session
 
 import outbox
 from outbox.database import create_engine
 from outbox.testing import temporary_database
-from tests.integration.relay_harness import FAST, scalar, wait_for
+from tests.integration.relay_harness import running_relay, scalar, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@contextlib.contextmanager
-def limited_relay(
-    registry: outbox.Registry, dsn: str, limits: Mapping[str, int], **settings: Any
-) -> Iterator[Worker]:
-    worker = Worker(
-        registry, dsn, outbox.Settings(dsn=dsn, **{**FAST, **settings}), queue_limits=limits
-    )
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the relay did not stop"
 
 
 class Gate:
@@ -145,7 +127,7 @@ def test_a_slow_queue_at_its_limit_does_not_starve_the_others(db: sa.Engine, dsn
     enqueue(db, [outbox.NewJob("slow.job", {}, queue="slow") for _ in range(12)])
     enqueue(db, [outbox.NewJob("fast.job", {"n": n}, queue="fast") for n in range(40)])
     try:
-        with limited_relay(registry, dsn, {"slow": 2, "fast": 3}):
+        with running_relay(registry, dsn, queue_limits={"slow": 2, "fast": 3}):
             wait_for(lambda: gate.running == 2, what="two slow handlers to be blocked")
             wait_for(lambda: left(db, "fast") == 0, what="every fast job to finish")
             # Every fast job ran while the slow queue's two handlers were still blocked.
@@ -170,7 +152,7 @@ def test_a_full_queue_neither_blocks_claims_nor_spins_the_relay(db: sa.Engine, d
     registry.register("other.job", lambda job: None, queue="other")
     enqueue(db, [outbox.NewJob("slow.job", {}, queue="slow") for _ in range(5)])
     try:
-        with limited_relay(registry, dsn, {"slow": 1, "other": 2}):
+        with running_relay(registry, dsn, queue_limits={"slow": 1, "other": 2}):
             wait_for(lambda: gate.running == 1, what="the slow handler to be blocked")
             claims = prometheus_client.REGISTRY.get_sample_value("outbox_claim_batch_size_count")
             window = time.monotonic() + 1.0
@@ -205,7 +187,9 @@ def test_a_place_coming_free_is_taken_at_once_not_at_the_next_poll(db: sa.Engine
     registry.register("two.job", lambda job: None, queue="two")
     enqueue(db, [outbox.NewJob("one.job", {"n": n}, queue="one") for n in range(3)])
     try:
-        with limited_relay(registry, dsn, {"one": 1, "two": 1}, poll_interval=timedelta(minutes=1)):
+        with running_relay(
+            registry, dsn, queue_limits={"one": 1, "two": 1}, poll_interval=timedelta(minutes=1)
+        ):
             wait_for(lambda: order == [0], what="the first job to run")
             gates[0].set()
             wait_for(lambda: order == [0, 1], timeout=10, what="the next job, well before a poll")
