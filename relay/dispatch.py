@@ -171,11 +171,7 @@ class Dispatcher:
         if not self._inflight.begin(running, self.timeout(running.handler)):
             return
         assert running.handler is not None
-        outcome = execute.run(running.handler, running.job)
-        if self._inflight.returned(running):
-            return  # past its timeout: failed and completed already
-        self._inflight.complete_later(running)
-        self._completer.submit(outcome)
+        self._returned(running, execute.run(running.handler, running.job))
 
     def _run_batch(self, chunk: list[Running]) -> None:
         handler = chunk[0].handler
@@ -185,8 +181,12 @@ class Dispatcher:
             return
         outcomes = execute.run_batch(handler, [r.job for r in started])
         for running, outcome in zip(started, outcomes, strict=True):
-            if self._inflight.returned(running):
-                continue  # past its timeout: failed and completed already
+            self._returned(running, outcome)
+
+    def _returned(self, running: Running, outcome: Outcome) -> None:
+        """A plain handler's outcome goes to the completer, unless the job was given up on
+        past its timeout (failed and completed already)."""
+        if not self._inflight.returned(running):
             self._inflight.complete_later(running)
             self._completer.submit(outcome)
 
