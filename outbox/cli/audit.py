@@ -16,8 +16,9 @@ import click
 
 from outbox.audit import chain, redaction, retention, seal, trail, verify
 from outbox.cli.context import Context, clear_errors, migrated_connection
-from outbox.cli.terminal import Moment, console, duration, json_default, print_history
+from outbox.cli.terminal import Moment, console, json_default, print_history
 from outbox.inbox import prune as prune_inbox
+from outbox.moments import duration
 from outbox.settings import parse_duration
 
 

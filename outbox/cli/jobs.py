@@ -23,13 +23,13 @@ from outbox.cli.terminal import (
     escape_controls,
     json_default,
     literal,
-    moment,
     plain_lines,
     print_details,
     print_history,
     table,
 )
 from outbox.errors import InvalidJob
+from outbox.moments import moment
 
 
 @click.group("jobs")

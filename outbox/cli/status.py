@@ -15,7 +15,8 @@ from rich.table import Table
 
 from outbox import migrate
 from outbox.cli.context import Context, clear_errors
-from outbox.cli.terminal import console, duration, literal, moment, table
+from outbox.cli.terminal import console, literal, table
+from outbox.moments import duration, moment
 from outbox.schedule import GRACE
 from outbox.status import Status, snapshot
 

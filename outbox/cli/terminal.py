@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
+
+from outbox.moments import duration, moment, parse_moment
 
 # C0, DEL and C1: ESC and CSI (\x9b) begin every sequence a terminal obeys, the rest move the
 # cursor, ring, erase or end lines. Newline and tab are escaped too: one value, one line.
@@ -44,66 +46,7 @@ def literal(value: object) -> Text:
     return Text("" if value is None else escape_controls(str(value)))
 
 
-# -- times and durations: one printed form, read back by --since -------------------------
-
-_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
-def moment(value: datetime | None) -> str:
-    """A time as every table prints it: ISO 8601 in UTC to the second, ``2026-12-04T14:50:14Z``.
-
-    It is the form ``--since`` reads back, so an operator can paste it.
-    """
-    if value is None:
-        return ""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def duration(seconds: float | None) -> str:
-    """A duration rounded for people: ``<0.1ms``, ``0.4ms``, ``12ms``, ``1.2s``, ``3m 4s``,
-    ``2h 5m``, ``3d 4h``."""
-    if seconds is None:
-        return ""
-    if seconds < 0.00005:
-        return "<0.1ms"
-    if seconds < 0.01:
-        return f"{seconds * 1000:.1f}ms"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 59.95:
-        return f"{seconds:.1f}s"
-    whole = round(seconds)
-    for big, big_name, small, small_name in (
-        (86_400, "d", 3600, "h"), (3600, "h", 60, "m"), (60, "m", 1, "s"),
-    ):  # fmt: skip
-        if whole >= big:
-            return f"{whole // big}{big_name} {whole % big // small}{small_name}"
-    return f"{whole}s"  # pragma: no cover - whole >= 60 here
-
-
-def parse_moment(text: str, *, now: datetime | None = None) -> datetime:
-    """A point in time as an operator writes it: an ISO 8601 time as the commands print it
-    (``2026-12-04T14:50:14Z``, ``2026-12-04 14:50:14.5+00:00``, ``2026-12-04``; UTC unless an
-    offset is given), or a time ago: ``90s``, ``30m``, ``1h``, ``2d``, ``1w``.
-
-    Raises ValueError saying which forms are accepted.
-    """
-    relative = _RELATIVE.match(text)
-    if relative is not None:
-        ago = timedelta(seconds=float(relative[1]) * _UNIT_SECONDS[relative[2]])
-        return (now or datetime.now(UTC)) - ago
-    try:
-        parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is not a time: write one as the commands print it "
-            "(2026-12-04T14:50:14Z, or 2026-12-04; UTC unless an offset is given) "
-            "or a time ago (90s, 30m, 1h, 2d, 1w)"
-        ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+# -- times: the one printed form (outbox/moments.py), read back by --since -----------------
 
 
 class Moment(click.ParamType[datetime]):

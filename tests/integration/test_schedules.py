@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 
 import outbox
 from outbox.cli import cli
-from outbox.cli.terminal import moment
+from outbox.moments import moment
 from outbox.schedule import Schedule
 from tests.integration.relay_harness import running_relay, scalar, wait_for
 

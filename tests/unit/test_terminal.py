@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import click
 import pytest
 
-from outbox.cli.terminal import Moment, duration, moment, parse_moment, plain_lines
+from outbox.cli.terminal import Moment, plain_lines
+from outbox.moments import duration, moment, parse_moment
 
 NOW = datetime(2026, 12, 4, 14, 50, 14, 650714, tzinfo=UTC)
 
