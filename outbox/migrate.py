@@ -21,7 +21,7 @@ APP_VERSION_TABLE = "alembic_version"
 REVISION_PREFIX = "outbox_"
 #: The revision this code needs: the head of migrations/versions
 #: (tests/unit/test_migration_head.py holds the two together).
-HEAD = "outbox_0011"
+HEAD = "outbox_0012"
 #: Session-level advisory lock held while migrating: (class, id) as two int4 keys.
 MIGRATION_LOCK = locks.MIGRATION
 

@@ -89,6 +89,13 @@ history = sa.Table(
 )
 sa.Index("outbox_history_job_idx", history.c.job_uuid, history.c.id)
 sa.Index("outbox_history_at_idx", history.c.at, postgresql_using="brin")
+# History by key (outbox_0012): the console's /keys/<key> and `outbox audit trail --key`.
+sa.Index(
+    "outbox_history_key_idx",
+    history.c.key,
+    history.c.id,
+    postgresql_where=history.c.key.isnot(None),
+)
 sa.Index("outbox_history_xid_idx", history.c.xid)
 
 #: The digest chain: seals over transaction-id ranges of history, and prunes (G7).

@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 import click
 
 from outbox import distribution
-from outbox.cli import audit, demo, jobs, migrate, status
+from outbox.cli import audit, demo, jobs, migrate, status, ui
 from outbox.cli.context import Context, fail_clearly
 
 
@@ -44,6 +44,7 @@ cli.add_command(demo.command)
 cli.add_command(jobs.group)
 cli.add_command(audit.group)
 cli.add_command(audit.prune_command)
+cli.add_command(ui.command)
 # Commands of other packages (the relay's), found by entry point so outbox never imports them.
 for entry in entry_points(group="outbox.commands"):
     cli.add_command(entry.load(), entry.name)

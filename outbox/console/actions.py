@@ -1,0 +1,133 @@
+"""Retry and cancel from the console: only with ``--allow-actions``, only from its own pages,
+always in history with the signed-in user as actor.
+
+Acting on every job that matches a filter takes two steps, as ``outbox jobs retry`` does: the
+console first shows how many match and how many of them the action takes, and acts only when
+that is confirmed, and then only on jobs that were there when it was shown (ids up to the
+highest one counted): jobs that arrived since are left alone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+import sqlalchemy as sa
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, QueryParams
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from outbox import operator
+from outbox.console.guard import TOKEN_FIELD, TOKEN_HEADER, actor, forged
+from outbox.console.pages import job_filter
+from outbox.errors import InvalidJob
+
+if TYPE_CHECKING:
+    from outbox.console.app import Console
+
+#: What each action is called, what it does, and which states it takes.
+VERBS: dict[str, tuple[str, Callable[..., operator.Action], tuple[str, ...]]] = {
+    "retry": ("revived", operator.revive, operator.REVIVABLE),
+    "cancel": ("cancelled", operator.cancel, operator.CANCELLABLE),
+}
+_FILTER_FIELDS = ("state", "queue", "type", "key", "since")
+
+
+def routes(console: Console) -> list[Route]:
+    async def checked(request: Request) -> FormData:
+        """The form of an allowed action from this console's own page, or a refusal."""
+        if not console.config.allow_actions:
+            raise HTTPException(
+                403, "This console is read-only: actions need `outbox ui --allow-actions`."
+            )
+        form = await request.form()
+        sent = form.get(TOKEN_FIELD) or request.headers.get(TOKEN_HEADER)
+        why = forged(request, console.config.secret, sent if isinstance(sent, str) else None)
+        if why is not None:
+            raise HTTPException(403, f"Refused as a cross-site request: {why}.")
+        return form
+
+    async def on_job(request: Request) -> Response:
+        name = action_name(request)
+        form = await checked(request)
+        verb, action, _ = VERBS[name]
+        uuid: UUID = request.path_params["uuid"]
+        reason = _reason(form)
+
+        def act() -> operator.Action:
+            with console.acting() as connection:
+                done = action(connection, [uuid], actor=actor(request), reason=reason)
+                connection.commit()
+                return done
+
+        done = await run_in_threadpool(act)
+        return console.render(
+            request, "action.html", title=f"{verb.capitalize()}", verb=verb,
+            done=done, matched=None, back=f"{console.config.base_path}/jobs/{uuid}",
+        )  # fmt: skip
+
+    async def on_filter(request: Request) -> Response:
+        name = action_name(request)
+        form = await checked(request)
+        verb, action, eligible = VERBS[name]
+        params = QueryParams([(k, v) for k, v in form.multi_items() if k in _FILTER_FIELDS])
+        where = job_filter(params)
+        if where.empty:
+            raise InvalidJob("choose jobs with a filter first: the console never acts on all")
+        back = f"{console.config.base_path}/jobs?{params}"
+        upto, reason, confirmed = form.get("upto"), _reason(form), form.get("confirm") == "yes"
+
+        def act() -> Response:
+            with console.acting() as connection:
+                return _on_filter(connection)
+
+        def _on_filter(connection: sa.Connection) -> Response:
+            matched = operator.list_jobs(connection, where, limit=None)
+            connection.rollback()
+            if isinstance(upto, str) and upto.isdigit():
+                matched = [row for row in matched if row["id"] <= int(upto)]
+            chosen = [row["uuid"] for row in matched if row["state"] in eligible]
+            others = Counter(row["state"] for row in matched if row["state"] not in eligible)
+            if not confirmed or not chosen:
+                return console.render(
+                    request, "confirm.html", title=f"Confirm: {verb}",
+                    verb=verb, action=name, matched=len(matched),
+                    chosen=len(chosen), others=dict(others), eligible=eligible,
+                    upto=max((row["id"] for row in matched), default=0),
+                    fields=list(params.multi_items()), back=back,
+                )  # fmt: skip
+            done = operator.act_in_batches(
+                connection, action, chosen, actor=actor(request), reason=reason
+            )
+            return console.render(
+                request, "action.html", title=verb.capitalize(), verb=verb, done=done,
+                matched=len(matched), back=back,
+            )  # fmt: skip
+
+        return await run_in_threadpool(act)
+
+    return [
+        Route("/jobs/{uuid:uuid}/{action:str}", on_job, methods=["POST"], name="act_on_job"),
+        Route("/jobs/{action:str}", on_filter, methods=["POST"], name="act_on_filter"),
+    ]
+
+
+def _reason(form: FormData) -> str | None:
+    reason = form.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        return None
+    if len(reason) > 1000:
+        raise InvalidJob("the reason is longer than 1000 characters")
+    return reason.strip()
+
+
+def action_name(request: Request) -> str:
+    name = str(request.path_params["action"])
+    if name not in VERBS:
+        raise HTTPException(404, f"No action {name!r}: the console retries and cancels.")
+    return name

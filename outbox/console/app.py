@@ -1,0 +1,191 @@
+"""The console as an ASGI application: routes, templates, the database, and clear failures."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from outbox import distribution
+from outbox.console import actions, audit_pages, pages
+from outbox.console.activity import Activity
+from outbox.console.config import ConsoleConfig
+from outbox.console.guard import SignIn, actor, token
+from outbox.errors import OutboxError
+from outbox.moments import duration, moment
+
+
+class Console:
+    """What every page shares: the configuration, the database and the templates."""
+
+    def __init__(self, engine: sa.Engine, config: ConsoleConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.activity = Activity()
+        folder = resources.files("outbox.console") / "templates"
+        self.templates = Jinja2Templates(directory=str(folder))
+        env = self.templates.env
+        env.filters["moment"] = moment
+        env.filters["ago"] = lambda seconds: duration(seconds) if seconds is not None else ""
+        env.globals["base"] = config.base_path
+        env.globals["allow_actions"] = config.allow_actions
+        env.globals["version"] = distribution.version()
+
+    def render(
+        self, request: Request, name: str, status_code: int = 200, **context: Any
+    ) -> Response:
+        who = actor(request)
+        context.update(request=request, actor=who, csrf=token(self.config.secret, who))
+        return self.templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sa.Connection]:
+        """A read-only transaction under the console's statement timeout, rolled back after."""
+        with self._transaction("READ ONLY") as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def acting(self) -> Iterator[sa.Connection]:
+        """A transaction that may write (actions only): the caller commits it."""
+        if not self.config.allow_actions:  # pragma: no cover - the routes refuse first
+            raise HTTPException(403, "actions are off")
+        with self._transaction("READ WRITE") as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def _transaction(self, mode: str) -> Iterator[sa.Connection]:
+        timeout = int(self.config.statement_timeout / timedelta(milliseconds=1))
+        with self.engine.connect() as connection:
+            # SET LOCAL, not a connection option: it holds through PgBouncer's transaction pooling
+            connection.exec_driver_sql(
+                f"SET TRANSACTION {mode}; SET LOCAL statement_timeout = {timeout}"
+            )
+            try:
+                yield connection
+            finally:
+                connection.rollback()
+
+
+def create_app(engine: sa.Engine, config: ConsoleConfig | None = None) -> ASGIApp:
+    """The console on ``engine``'s database (``outbox ui`` serves it with uvicorn)."""
+    console = Console(engine, config or ConsoleConfig())
+    routes: list[BaseRoute] = [
+        *pages.routes(console),
+        *audit_pages.routes(console),
+        *actions.routes(console),
+        Mount("/static", StaticFiles(packages=[("outbox.console", "static")]), name="static"),
+    ]
+    base = console.config.base_path
+    if base:
+        home = Route("/", lambda _: RedirectResponse(f"{base}/"), include_in_schema=False)
+        routes = [Mount(base, routes=routes), home]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            HTTPException: _http_error(console),
+            sa.exc.OperationalError: _database_error(console),
+            sa.exc.ProgrammingError: _schema_error(console),
+            OutboxError: _bad_input(console),
+        },
+    )
+    app.state.console = console
+    served: ASGIApp = ServerTiming(app)
+    if console.config.users:
+        served = SignIn(served, console.config.users)
+    return served
+
+
+def _http_error(console: Console) -> Any:
+    async def handle(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return console.render(
+            request, "error.html", exc.status_code, title=_TITLES.get(exc.status_code, "Error"),
+            message=exc.detail, headers=exc.headers,
+        )  # fmt: skip
+
+    return handle
+
+
+def _database_error(console: Console) -> Any:
+    async def handle(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, sa.exc.OperationalError)
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        if "statement timeout" in reason:
+            took = duration(console.config.statement_timeout.total_seconds())
+            message = (
+                f"This page's query ran longer than the console's statement timeout ({took}) "
+                "and was stopped, so that it cannot slow the relays. Narrow the filter, or "
+                "raise OUTBOX_UI_STATEMENT_TIMEOUT."
+            )
+        else:
+            message = f"The console cannot reach the database: {reason}"
+        return console.render(
+            request, "error.html", 503, title="Database unavailable", message=message
+        )
+
+    return handle
+
+
+def _schema_error(console: Console) -> Any:
+    async def handle(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, sa.exc.ProgrammingError)
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        if "permission denied" in reason:
+            message = f"The console's database role may not read this: {reason}"
+        else:
+            message = (
+                f"The database does not hold the outbox schema this console needs ({reason}): "
+                "run `outbox migrate`."
+            )
+        return console.render(request, "error.html", 503, title="Schema missing", message=message)
+
+    return handle
+
+
+def _bad_input(console: Console) -> Any:
+    async def handle(request: Request, exc: Exception) -> Response:
+        return console.render(request, "error.html", 400, title="Bad request", message=str(exc))
+
+    return handle
+
+
+_TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed"}
+
+
+class ServerTiming:
+    """Adds ``Server-Timing: app;dur=<ms>`` to every response: how long the console took,
+    as browsers' developer tools and ``bench/console.py`` read it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def timed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                took = (time.perf_counter() - started) * 1000
+                headers = [
+                    *message.get("headers", []),
+                    (b"server-timing", f"app;dur={took:.1f}".encode()),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, timed)
