@@ -30,9 +30,10 @@ from outbox.settings import parse_duration
     "/outbox) [env OUTBOX_UI_BASE_PATH].",
 )  # fmt: skip
 @click.option(
-    "--basic-auth", envvar="OUTBOX_UI_BASIC_AUTH", metavar="USER:PASSWORD,...",
-    help="Sign users in with HTTP basic auth [env OUTBOX_UI_BASIC_AUTH: prefer it, a "
-    "command line is visible to every user of the machine].",
+    "--basic-auth", envvar="OUTBOX_UI_BASIC_AUTH", metavar="USERS",
+    help="Sign users in with HTTP basic auth: user:password, several separated by commas "
+    "[env OUTBOX_UI_BASIC_AUTH: prefer it, a command line is visible to every user of "
+    "the machine].",
 )  # fmt: skip
 @click.option(
     "--allow-no-sign-in", is_flag=True,
@@ -55,6 +56,9 @@ def command(
     Read-only by default; give the console a read-only database role (see
     docs/howto/console.md) and it cannot change anything even if asked. Needs the
     ui extra: pip install 'outbox-relay[ui]'.
+
+    OUTBOX_UI_SECRET signs the forms' anti-forgery tokens: set the same one for
+    several consoles behind one balancer (else each start makes its own).
     """
     try:
         import uvicorn
