@@ -143,6 +143,18 @@ def test_wheel_holds_the_sql_files_migrations_and_type_marker(wheel: Path) -> No
     assert (sql | versions | data) - names == set()
 
 
+def test_wheel_holds_every_template_and_static_file_of_the_console(wheel: Path) -> None:
+    names = set(wheel_names(wheel))
+    folder = ROOT / "outbox" / "console"
+    files = {
+        path.relative_to(ROOT).as_posix()
+        for pattern in ("templates/*.html", "static/*")
+        for path in folder.glob(pattern)
+    }
+    assert {"outbox/console/templates/base.html", "outbox/console/static/htmx.min.js"} <= files
+    assert files - names == set()
+
+
 def test_installed_distribution_is_known_by_its_name(bin_dir: Path) -> None:
     probe = (
         "import importlib.metadata as m, sys; d = m.distribution(sys.argv[1]); "
@@ -166,7 +178,7 @@ def test_installed_outbox_comes_from_the_environment_not_this_checkout(bin_dir: 
 
 def test_console_script_answers_help_with_the_relay_command(bin_dir: Path) -> None:
     done = run([bin_dir / "outbox", "--help"], env=clean_env())
-    for command in ("migrate", "status", "jobs", "audit", "relay"):
+    for command in ("migrate", "status", "jobs", "audit", "relay", "ui"):
         assert f"\n  {command} " in done.stdout, done.stdout
     relay = run([bin_dir / "outbox", "relay", "--help"], env=clean_env())
     assert "--app MODULE:REGISTRY" in relay.stdout
