@@ -111,9 +111,15 @@ def routes(console: Console) -> list[Route]:
 
         return await run_in_threadpool(act)
 
+    # one route per verb, not a path parameter: "/jobs/{action}" would also match every
+    # malformed job uuid, and answer a GET of /jobs/not-a-uuid with 405 instead of 404
     return [
-        Route("/jobs/{uuid:uuid}/{action:str}", on_job, methods=["POST"], name="act_on_job"),
-        Route("/jobs/{action:str}", on_filter, methods=["POST"], name="act_on_filter"),
+        route
+        for name in VERBS
+        for route in (
+            Route(f"/jobs/{{uuid:uuid}}/{name}", on_job, methods=["POST"], name=f"{name}_job"),
+            Route(f"/jobs/{name}", on_filter, methods=["POST"], name=f"{name}_filter"),
+        )
     ]
 
 
@@ -127,7 +133,8 @@ def _reason(form: FormData) -> str | None:
 
 
 def action_name(request: Request) -> str:
-    name = str(request.path_params["action"])
-    if name not in VERBS:
+    """The verb a route was made for: the last part of its path."""
+    name = request.url.path.rstrip("/").rpartition("/")[2]
+    if name not in VERBS:  # pragma: no cover - only the verbs have routes
         raise HTTPException(404, f"No action {name!r}: the console retries and cancels.")
     return name
