@@ -26,7 +26,6 @@ def bars(
         f'<line x1="0" y1="{HEIGHT}" x2="{WIDTH}" y2="{HEIGHT}" class="axis"/>',
         f'<text x="0" y="{HEIGHT + PAD - 4}" class="tick">-{len(minutes)}m</text>',
         f'<text x="{WIDTH}" y="{HEIGHT + PAD - 4}" class="tick" text-anchor="end">now</text>',
-        f'<text x="4" y="12" class="tick">{top:,}/min</text>',
     ]
     for i, minute in enumerate(minutes):
         y = float(HEIGHT)
@@ -43,5 +42,7 @@ def bars(
                 f'height="{height:.1f}" fill="{colour}"/>'
             )
         parts.append("</g>")
+    # the scale last, over the bars, so a tall bar never hides it
+    parts.append(f'<text x="4" y="12" class="tick scale">{top:,}/min</text>')
     parts.append("</svg>")
     return Markup("".join(parts))

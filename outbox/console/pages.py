@@ -33,7 +33,8 @@ PAGE = 50
 #: Matching jobs counted exactly up to this many; past it, the planner's estimate is shown.
 COUNT_CAP = 10_000
 #: The chores one relay leads for all (outbox/locks.py), by their lock's second key.
-CHORES = {2: "queue gauges", 3: "sealing", 4: "upkeep (vacuum)"}
+CHORES = {2: "queue gauges (among relays serving /metrics)", 3: "sealing",
+          4: "upkeep (vacuum, when autovacuum falls behind)"}  # fmt: skip
 #: The longest filter value accepted (a key, a type, a queue).
 LONGEST = 500
 
