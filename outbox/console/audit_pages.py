@@ -18,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from outbox.audit import chain, seal, trail, verify
+from outbox.console.pages import NUL
 from outbox.errors import InvalidJob
 from outbox.moments import parse_moment
 from outbox.sql import queries
@@ -97,6 +98,8 @@ def trail_filter(params: QueryParams) -> dict[str, Any]:
             continue
         if len(text) > 500:
             raise InvalidJob(f"{name} is longer than 500 characters")
+        if "\x00" in text:
+            raise InvalidJob(NUL.format(name=name))
         if name == "job":
             try:
                 asked[name] = UUID(text)
@@ -107,6 +110,8 @@ def trail_filter(params: QueryParams) -> dict[str, Any]:
                 asked[name] = parse_moment(text)
             except ValueError as exc:
                 raise InvalidJob(f"{name}: {exc}") from None
+            except OverflowError:  # 99999999999d ago: before the first year
+                raise InvalidJob(f"{name}: {text[:40]!r} is further back than any time") from None
         else:
             asked[name] = text
     return asked

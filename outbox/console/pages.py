@@ -37,6 +37,8 @@ CHORES = {2: "queue gauges (among relays serving /metrics)", 3: "sealing",
           4: "upkeep (vacuum, when autovacuum falls behind)"}  # fmt: skip
 #: The longest filter value accepted (a key, a type, a queue).
 LONGEST = 500
+#: Why a filter value holding NUL is refused (the database would, with an error of its own).
+NUL = "{name} holds a NUL character, which no stored {name} can"
 
 
 def routes(console: Console) -> list[Route]:
@@ -109,6 +111,8 @@ def routes(console: Console) -> list[Route]:
         name: str = request.path_params["key"]
         if len(name) > LONGEST:
             raise InvalidJob(f"key is longer than {LONGEST} characters")
+        if "\x00" in name:
+            raise InvalidJob(NUL.format(name="key"))
         after = _whole(request.query_params.get("after", "0"), "after")
         with console.reading() as connection:
             live = list(connection.execute(KEY_LIVE, {"key": name, "limit": 500}).mappings())
@@ -182,6 +186,8 @@ def job_filter(params: QueryParams) -> operator.Filter:
         since = parse_moment(since_text) if since_text else None
     except ValueError as exc:
         raise InvalidJob(f"since: {exc}") from None
+    except OverflowError:  # 99999999999d ago: before the first year
+        raise InvalidJob(f"since: {since_text[:40]!r} is further back than any time") from None
     return operator.Filter(
         states=states, queue=_text(params.get("queue"), "queue"),
         type=_text(params.get("type"), "type"), key=_text(params.get("key"), "key"), since=since,
@@ -208,6 +214,8 @@ def _text(value: str | None, name: str) -> str | None:
         return None
     if len(value) > LONGEST:
         raise InvalidJob(f"{name} is longer than {LONGEST} characters")
+    if "\x00" in value:
+        raise InvalidJob(NUL.format(name=name))
     return value.strip()
 
 
