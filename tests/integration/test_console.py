@@ -643,6 +643,10 @@ def test_find_goes_to_the_job_and_refuses_what_is_not_a_uuid(db: sa.Engine) -> N
         ("key=" + "k" * 600, "key is longer than 500 characters"),
         ("queue=" + "q" * 501, "queue is longer than 500 characters"),
         ("type=" + "t" * 501, "type is longer than 500 characters"),
+        ("since=99999999999d", "since: '99999999999d' is further back than any time"),
+        ("key=a%00b", "key holds a NUL character"),
+        ("queue=%00", "queue holds a NUL character"),
+        ("type=%00", "type holds a NUL character"),
     ],
 )
 def test_bad_filters_are_a_400_page_with_the_message(
@@ -660,6 +664,12 @@ def test_bad_filters_are_a_400_page_with_the_message(
         ("/audit?since=yesterdayish", "since: 'yesterdayish' is not a time"),
         ("/audit?until=soon", "until: 'soon' is not a time"),
         ("/audit?key=" + "k" * 501, "key is longer than 500 characters"),
+        ("/keys/a%00b", "key holds a NUL character"),
+        ("/audit?since=99999999999d", "since: '99999999999d' is further back than any time"),
+        ("/audit?until=99999999999d", "until: '99999999999d' is further back than any time"),
+        ("/audit?key=a%00b", "key holds a NUL character"),
+        ("/audit?type=%00", "type holds a NUL character"),
+        ("/audit?actor=%00", "actor holds a NUL character"),
     ],
 )
 def test_bad_input_to_the_key_and_audit_pages_is_a_400_page(
