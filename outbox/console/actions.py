@@ -81,6 +81,12 @@ def routes(console: Console) -> list[Route]:
             raise InvalidJob("choose jobs with a filter first: the console never acts on all")
         back = f"{console.config.base_path}/jobs?{params}"
         upto, reason, confirmed = form.get("upto"), _reason(form), form.get("confirm") == "yes"
+        if confirmed and not (isinstance(upto, str) and upto.isdigit()):
+            # without it, jobs that arrived after the confirmation page would be taken too
+            raise InvalidJob(
+                "the confirmation carries no upto (the highest job id its page counted): "
+                "confirm from the console's page"
+            )
 
         def act() -> Response:
             with console.acting() as connection:
@@ -129,6 +135,8 @@ def _reason(form: FormData) -> str | None:
         return None
     if len(reason) > 1000:
         raise InvalidJob("the reason is longer than 1000 characters")
+    if "\x00" in reason:
+        raise InvalidJob("the reason holds a NUL character, which history cannot keep")
     return reason.strip()
 
 
