@@ -276,9 +276,7 @@ def test_a_filtered_cancel_with_nothing_eligible_says_there_is_nothing_to_do(
     set_state(db, "running", running)
     client = console(db, allow_actions=True)
     token = csrf(client)
-    shown = client.post(
-        "/jobs/cancel", data={"csrf_token": token, "queue": "busy", "confirm": "yes"}
-    )
+    shown = client.post("/jobs/cancel", data={"csrf_token": token, "queue": "busy"})
     assert shown.status_code == 200
     assert "Nothing to do: no matching job is pending or scheduled or dead." in shown.text
     assert 'id="confirm"' not in shown.text
@@ -461,3 +459,29 @@ def test_the_jobs_pages_action_forms_carry_the_filter_only(db: sa.Engine) -> Non
         posted = client.post("/jobs/retry", data=dict(fields))
         assert "<h1>Confirm: revived</h1>" in posted.text
     assert [r.state for r in jobs(db)] == ["dead"]
+
+
+def test_a_reason_holding_a_nul_character_is_refused(db: sa.Engine) -> None:
+    [job] = enqueue(db, 1, queue="nul")
+    client = console(db, allow_actions=True)
+    token = csrf(client)
+    for path, form in ((f"/jobs/{job.uuid}/cancel", {}), ("/jobs/cancel", {"queue": "nul"})):
+        got = client.post(path, data={"csrf_token": token, "reason": "a\x00b", **form})
+        assert got.status_code == 400, path
+        assert "the reason holds a NUL character" in alert(got)
+    assert len(jobs(db)) == 1
+
+
+@pytest.mark.parametrize("upto", [None, "", "-5", "1e3", "all"])
+def test_a_confirmation_without_the_highest_id_it_showed_is_refused(
+    db: sa.Engine, upto: str | None
+) -> None:
+    [job] = enqueue(db, 1, queue="guarded")
+    client = console(db, allow_actions=True)
+    form = {"csrf_token": csrf(client), "queue": "guarded", "confirm": "yes"}
+    if upto is not None:
+        form["upto"] = upto
+    got = client.post("/jobs/cancel", data=form)
+    assert got.status_code == 400
+    assert "the confirmation carries no upto" in alert(got)
+    assert [r.uuid for r in jobs(db)] == [job.uuid]
