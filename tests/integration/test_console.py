@@ -818,6 +818,8 @@ def test_a_console_under_a_base_path_serves_pages_links_and_static_files_there(
     home = client.get("/", follow_redirects=False)
     assert home.status_code in (302, 307)
     assert home.headers["location"] == "/outbox/"
+    bare = client.get("/outbox", follow_redirects=False)
+    assert bare.headers["location"].endswith("/outbox/")
     page = client.get("/outbox/")
     assert page.status_code == 200
     hrefs = re.findall(r'(?:href|src|action|hx-get)="([^"]+)"', page.text)
