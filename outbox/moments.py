@@ -53,8 +53,11 @@ def parse_moment(text: str, *, now: datetime | None = None) -> datetime:
     """
     relative = _RELATIVE.match(text)
     if relative is not None:
-        ago = timedelta(seconds=float(relative[1]) * _UNIT_SECONDS[relative[2]])
-        return (now or datetime.now(UTC)) - ago
+        try:
+            ago = timedelta(seconds=float(relative[1]) * _UNIT_SECONDS[relative[2]])
+            return (now or datetime.now(UTC)) - ago
+        except OverflowError:
+            raise ValueError(f"{text.strip()!r} is further back than any time can be") from None
     try:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError:

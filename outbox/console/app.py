@@ -98,6 +98,8 @@ def create_app(engine: sa.Engine, config: ConsoleConfig | None = None) -> ASGIAp
             HTTPException: _http_error(console),
             sa.exc.OperationalError: _database_error(console),
             sa.exc.ProgrammingError: _schema_error(console),
+            sa.exc.DataError: _refused_value(console),
+            sa.exc.DBAPIError: _database_error(console),
             OutboxError: _bad_input(console),
         },
     )
@@ -111,19 +113,23 @@ def create_app(engine: sa.Engine, config: ConsoleConfig | None = None) -> ASGIAp
 def _http_error(console: Console) -> Any:
     async def handle(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return console.render(
+        page = console.render(
             request, "error.html", exc.status_code, title=_TITLES.get(exc.status_code, "Error"),
-            message=exc.detail, headers=exc.headers,
+            message=exc.detail,
         )  # fmt: skip
+        page.headers.update(exc.headers or {})
+        return page
 
     return handle
 
 
 def _database_error(console: Console) -> Any:
     async def handle(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, sa.exc.OperationalError)
+        assert isinstance(exc, sa.exc.DBAPIError)
         reason = str(exc.orig or exc).strip().splitlines()[0]
-        if "statement timeout" in reason:
+        if not isinstance(exc, sa.exc.OperationalError):
+            message = f"The database refused this page's query: {reason}"
+        elif "statement timeout" in reason:
             took = duration(console.config.statement_timeout.total_seconds())
             message = (
                 f"This page's query ran longer than the console's statement timeout ({took}) "
@@ -151,6 +157,16 @@ def _schema_error(console: Console) -> Any:
                 "run `outbox migrate`."
             )
         return console.render(request, "error.html", 503, title="Schema missing", message=message)
+
+    return handle
+
+
+def _refused_value(console: Console) -> Any:
+    async def handle(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, sa.exc.DataError)
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        message = f"The database refused a value of this request: {reason}"
+        return console.render(request, "error.html", 400, title="Bad request", message=message)
 
     return handle
 

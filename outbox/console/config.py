@@ -47,9 +47,11 @@ class ConsoleConfig:
             raise ConfigurationError("the statement timeout must be at least 100ms")
         if self.refresh < timedelta(seconds=1):
             raise ConfigurationError("the overview refreshes at most once a second")
-        for user in self.users:
+        for user, password in self.users.items():
             if not user or ":" in user:
                 raise ConfigurationError(f"user name {user!r} must be non-empty, without ':'")
+            if not password:
+                raise ConfigurationError(f"user {user!r} has an empty password")
         if len(self.secret) < 16:
             raise ConfigurationError("the console's secret must be at least 16 bytes")
 

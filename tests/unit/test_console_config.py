@@ -133,11 +133,6 @@ def test_the_limits_themselves_are_accepted() -> None:
     assert config.statement_timeout == timedelta(milliseconds=100)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ConsoleConfig (outbox/console/config.py) checks user names but not passwords: an "
-    "empty password signs in with 'Basic user:' (parse_users refuses it; create_app does not)",
-)
 def test_console_config_refuses_an_empty_password() -> None:
     with pytest.raises(ConfigurationError):
         ConsoleConfig(users={"alice": ""})

@@ -77,3 +77,8 @@ def test_the_option_type_reports_a_bad_time_as_a_usage_error() -> None:
 
 def test_a_traceback_keeps_its_lines_and_escapes_what_is_in_them() -> None:
     assert plain_lines("Traceback:\n  x\x1b[31m\r\n") == ["Traceback:", "  x\\x1b[31m\\r"]
+
+
+def test_parse_moment_refuses_a_time_ago_further_than_any_time_with_a_value_error() -> None:
+    with pytest.raises(ValueError, match="further back than any time can be"):
+        parse_moment("99999999999d")
