@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -10,6 +11,7 @@ from importlib import resources
 from typing import Any
 
 import sqlalchemy as sa
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -38,6 +40,7 @@ class Console:
         folder = resources.files("outbox.console") / "templates"
         self.templates = Jinja2Templates(directory=str(folder))
         env = self.templates.env
+        env.finalize = visible
         env.filters["moment"] = moment
         env.filters["ago"] = lambda seconds: duration(seconds) if seconds is not None else ""
         env.globals["base"] = config.base_path
@@ -179,6 +182,19 @@ def _bad_input(console: Console) -> Any:
 
 
 _TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed"}
+
+
+# Control characters but newline, tab and carriage return: invisible in a page, and in a
+# handler's error they hide what it says (an ANSI colour sequence, a bell).
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def visible(value: Any) -> Any:
+    """Every value a template prints: stored text with its control characters shown as
+    escapes (``\\x1b``), as the commands show them; markup the console made is left alone."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return _CONTROLS.sub(lambda m: f"\\x{ord(m[0]):02x}", value)
+    return value
 
 
 class ServerTiming:

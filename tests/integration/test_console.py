@@ -798,6 +798,10 @@ def test_hostile_keys_types_errors_and_reasons_render_as_text_never_markup(db: s
     assert "<" not in link[1]
     assert '"' not in link[1]
     assert client.get(link[1].replace("&amp;", "&")).status_code == 200
+    shown = client.get(f"/jobs/{job.uuid}").text
+    assert "\\x1b[31m\\x07 end" in shown  # control characters visible, as the commands show
+    assert "\x1b" not in shown
+    assert "\x07" not in shown
 
 
 def test_hostile_text_in_bad_input_is_escaped_on_the_error_page(db: sa.Engine) -> None:
