@@ -1,12 +1,28 @@
 -- name: console_activity
--- Ends of attempts per minute and outcome, from :since on, for the overview's charts. The
--- console keeps the minutes that can no longer change and asks only for the newest
--- (outbox/console/activity.py): the BRIN index on `at` keeps this to the last blocks of
--- history however much of it there is.
-SELECT date_trunc('minute', at) AS minute, event, count(*) AS jobs
-FROM outbox_history
-WHERE at >= :since AND event IN ('succeeded', 'retried', 'dead')
-GROUP BY 1, 2;
+-- Ends of attempts per minute and outcome, from :since on, for the overview's charts, counting
+-- only the rows of transactions from :after_xid on: the console keeps the counts of the
+-- transactions before it (outbox/console/activity.py). `final` marks the rows of transactions
+-- below this statement's snapshot xmin (`horizon`): those have ended, so no row of theirs can
+-- still appear, however old its `at` (a row carries its transaction's start, and a session
+-- handler's transaction lasts as long as the handler). The rest are asked for again next time.
+-- Once the window is counted, outbox_history_xid_idx keeps this to the rows of transactions
+-- still open at the last refresh (a transaction open long anywhere on the server holds the
+-- horizon back, as it holds back sealing, and this reads what was written since it began);
+-- the first time, the BRIN index on `at` keeps it to the last hour's blocks. A row with a
+-- NULL minute carries the horizon alone: nothing new matched.
+WITH snapshot AS MATERIALIZED (
+    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon
+)
+SELECT s.horizon, c.minute, c.event, c.final, c.jobs
+FROM snapshot AS s
+LEFT JOIN LATERAL (
+    SELECT date_trunc('minute', h.at) AS minute, h.event, h.xid < s.horizon AS final,
+           count(*) AS jobs
+    FROM outbox_history AS h
+    WHERE h.at >= :since AND h.xid >= :after_xid
+      AND h.event IN ('succeeded', 'retried', 'dead')
+    GROUP BY 1, 2, 3
+) AS c ON true;
 
 -- name: console_count_jobs
 -- How many live jobs match a filter, counted to at most :cap: a page says "more than" past
