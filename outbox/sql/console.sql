@@ -81,4 +81,6 @@ SELECT l.objid AS lock, a.application_name
 FROM pg_locks AS l
 JOIN pg_stat_activity AS a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 2829 AND l.objsubid = 2
-  AND l.objid IN (2, 3, 4);
+  AND l.objid IN (2, 3, 4)
+  -- advisory locks are per database: relays of other databases on this server lead there
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());
