@@ -55,6 +55,13 @@ sa.Index(
     postgresql_where=sa.and_(jobs.c.state == "pending", jobs.c.isolated),
 )
 sa.Index("outbox_jobs_key_idx", jobs.c.key, jobs.c.id, postgresql_where=jobs.c.key.isnot(None))
+# Blocked keys, as the console's overview and `outbox status` list them (outbox_0012).
+sa.Index(
+    "outbox_jobs_dead_key_idx",
+    jobs.c.queue,
+    jobs.c.key,
+    postgresql_where=sa.and_(jobs.c.state == "dead", jobs.c.key.isnot(None)),
+)
 sa.Index(
     "outbox_jobs_lease_idx", jobs.c.lease_expires_at, postgresql_where=jobs.c.state == "running"
 )
@@ -88,7 +95,13 @@ history = sa.Table(
     sa.Column("payload_sha256", BYTEA),
 )
 sa.Index("outbox_history_job_idx", history.c.job_uuid, history.c.id)
-sa.Index("outbox_history_at_idx", history.c.at, postgresql_using="brin")
+sa.Index(
+    "outbox_history_at_idx",
+    history.c.at,
+    postgresql_using="brin",
+    # each block range summarized as it fills (outbox_0012), not when vacuum comes
+    postgresql_with={"autosummarize": "on"},
+)
 # History by key (outbox_0012): the console's /keys/<key> and `outbox audit trail --key`.
 sa.Index(
     "outbox_history_key_idx",

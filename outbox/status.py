@@ -118,21 +118,37 @@ def snapshot(connection: sa.Connection, *, blocked_limit: int = 100) -> Status:
         BlockedKey(row.queue, row.key, str(row.uuid), row.type, row.waiting)
         for row in connection.execute(BLOCKED, {"limit": blocked_limit})
     ]
-    relays = [
+    last_minute: dict[str, dict[str, int]] = {}
+    for row in connection.execute(THROUGHPUT):
+        last_minute.setdefault(row.queue, {})[row.event] = row.jobs
+    return Status(
+        depth, blocked, live_relays(connection), last_minute, unrunnable_jobs(connection),
+        schedules=schedules(connection),
+    )  # fmt: skip
+
+
+def live_relays(connection: sa.Connection) -> list[LiveRelay]:
+    """The relays whose heartbeat has not expired."""
+    return [
         LiveRelay(
             row.relay, row.host, row.pid, list(row.queues), row.concurrency, row.version,
             float(row.heartbeat_age_seconds), list(row.types),
         )
         for row in connection.execute(RELAYS)
     ]  # fmt: skip
-    last_minute: dict[str, dict[str, int]] = {}
-    for row in connection.execute(THROUGHPUT):
-        last_minute.setdefault(row.queue, {})[row.event] = row.jobs
-    unrunnable = [
+
+
+def unrunnable_jobs(connection: sa.Connection) -> list[Unrunnable]:
+    """Ready jobs no live relay can run, by queue and type."""
+    return [
         Unrunnable(row.queue, row.type, row.jobs, float(row.oldest_seconds))
         for row in connection.execute(UNRUNNABLE)
     ]
-    schedules = [
+
+
+def schedules(connection: sa.Connection) -> list[ScheduleState]:
+    """The periodic schedules, by name."""
+    return [
         ScheduleState(
             row.name, row.type, row.spec, row.timezone, row.queue, row.key, _iso(row.last_tick),
             None if row.last_job_uuid is None else str(row.last_job_uuid), row.relay,
@@ -140,7 +156,6 @@ def snapshot(connection: sa.Connection, *, blocked_limit: int = 100) -> Status:
         )
         for row in connection.execute(SCHEDULES)
     ]  # fmt: skip
-    return Status(depth, blocked, relays, last_minute, unrunnable, schedules=schedules)
 
 
 def _iso(moment: datetime | None) -> str | None:

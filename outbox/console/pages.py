@@ -30,6 +30,8 @@ ENQUEUED_PAYLOAD = sa.text(queries["console_enqueued_payload"])
 LEADERS = sa.text(queries["console_leaders"])
 #: Rows per page of a list.
 PAGE = 50
+#: History rows per page of a key.
+KEY_PAGE = 100
 #: Matching jobs counted exactly up to this many; past it, the planner's estimate is shown.
 COUNT_CAP = 10_000
 #: The chores one relay leads for all (outbox/locks.py), by their lock's second key.
@@ -115,28 +117,31 @@ def routes(console: Console) -> list[Route]:
             raise InvalidJob(NUL.format(name="key"))
         after = _whole(request.query_params.get("after", "0"), "after")
         with console.reading() as connection:
-            live = list(connection.execute(KEY_LIVE, {"key": name, "limit": 500}).mappings())
+            live = list(connection.execute(KEY_LIVE, {"key": name, "limit": PAGE + 1}).mappings())
             rows = list(
                 connection.execute(
-                    KEY_HISTORY, {"key": name, "after": after, "limit": PAGE * 4 + 1}
+                    KEY_HISTORY, {"key": name, "after": after, "limit": KEY_PAGE + 1}
                 ).mappings()
             )
-        more = len(rows) > PAGE * 4
-        rows = rows[: PAGE * 4]
+        more = len(rows) > KEY_PAGE
+        rows = rows[:KEY_PAGE]
         return console.render(
-            request, "key.html", title=f"Key {name}", key=name, live=live, rows=rows,
-            next_after=rows[-1]["id"] if more else None, after=after,
+            request, "key.html", title=f"Key {name}", key=name, live=live[:PAGE],
+            more_live=len(live) > PAGE, rows=rows, next_after=rows[-1]["id"] if more else None,
+            after=after, page=PAGE,
         )  # fmt: skip
 
     def relays(request: Request) -> Response:
         with console.reading() as connection:
-            snapshot = status.snapshot(connection)
+            relays = status.live_relays(connection)
+            schedules = status.schedules(connection)
             leaders = {
                 CHORES[row.lock]: _relay_name(row.application_name)
                 for row in connection.execute(LEADERS)
             }
         return console.render(
-            request, "relays.html", title="Relays", status=snapshot, leaders=leaders,
+            request, "relays.html", title="Relays", relays=relays, schedules=schedules,
+            leaders=leaders,
             chores=list(CHORES.values()),
         )  # fmt: skip
 

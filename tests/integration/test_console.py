@@ -427,14 +427,18 @@ def test_a_key_without_jobs_says_so_and_a_long_history_pages(db: sa.Engine) -> N
     assert empty.status_code == 200
     assert "None: every job of this key has ended." in empty.text
     assert "No history for key <code>nothing-here</code>" in empty.text
-    enqueue(db, 201, key="busy")
+    enqueue(db, 101, key="busy")
     first = client.get("/keys/busy")
-    assert len(re.findall(r"ev-enqueued", first.text)) == 200
+    assert len(re.findall(r"ev-enqueued", first.text)) == 100
     found = re.search(r'<a id="next" href="(/keys/busy\?after=\d+)"', first.text)
     assert found
     second = client.get(found[1])
     assert len(re.findall(r"ev-enqueued", second.text)) == 1
     assert 'id="next"' not in second.text
+    # the live list shows the first 50 in order and links to the rest on the jobs page
+    live = first.text.partition('id="live-jobs"')[2].partition("</table>")[0]
+    assert live.count('class="uuid"><a href=') == 50
+    assert 'id="all-live" href="/jobs?key=busy"' in first.text
 
 
 # -- audit -------------------------------------------------------------------------------
