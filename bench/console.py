@@ -11,10 +11,11 @@ topped up to ``--history`` rows (the live jobs' rows, and succeeded, retried and
 cancelled jobs that have ended), ``at`` over the last 24 hours, ``--last-hour`` rows of them
 in the last hour, written in time order by many transactions as relays would. Then it seals
 all history (timed; ``--seal none`` leaves it unsealed) and runs VACUUM (ANALYZE) on the
-outbox tables, as autovacuum would have by then. The BRIN index on ``at`` is not
-autosummarized: between two autovacuums of history (every 20% of its rows appended, by
-default) the newest rows are in no summary, and every query by ``at`` reads them all;
-``--unsummarized ROWS`` makes the index forget the newest ROWS rows (200,000: just before
+outbox tables, as autovacuum would have by then. The BRIN index on ``at`` summarizes each
+block range as it fills (``autosummarize``, revision outbox_0012); before that revision the
+newest rows were in no summary between two autovacuums of history (every 20% of its rows
+appended, by default), and every query by ``at`` read them all. ``--unsummarized ROWS`` makes
+the index forget the newest ROWS rows, to measure that worst case (200,000: just before
 autovacuum would come round at this size).
 
 Then it times each page through the ASGI app in-process (Starlette's TestClient), reading
