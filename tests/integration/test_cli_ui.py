@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -26,7 +25,7 @@ import outbox
 from outbox.audit import seal
 from outbox.cli import cli
 from outbox.console import ConsoleConfig, create_app
-from outbox.database import create_engine, sqlalchemy_url
+from tests.integration.helpers import login_role
 
 OUTBOX = Path(sys.executable).with_name("outbox")
 
@@ -151,24 +150,12 @@ def test_ui_with_basic_auth_asks_everyone_to_sign_in(db: sa.Engine, dsn: str) ->
 # -- a console on a read-only database role ------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def console_role(engine: sa.Engine) -> Iterator[str]:
-    """A login role as docs/howto/audit-roles.md gives a read-only console: in outbox_auditor,
-    with its own statement timeout and read-only transactions by default."""
-    name = f"outbox_t_{secrets.token_hex(4)}_console"
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"CREATE ROLE {name} LOGIN IN ROLE outbox_auditor"))
-        conn.execute(sa.text(f"ALTER ROLE {name} SET default_transaction_read_only = on"))
-        conn.execute(sa.text(f"ALTER ROLE {name} SET statement_timeout = '5s'"))
-    try:
-        yield name
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"DROP OWNED BY {name}"))
-            conn.execute(sa.text(f"DROP ROLE {name}"))
+#: A read-only console's role, as docs/howto/audit-roles.md gives it: in outbox_auditor, with
+#: read-only transactions and its own statement timeout by default.
+CONSOLE_ROLE = {"default_transaction_read_only": "on", "statement_timeout": "5s"}
 
 
-def test_every_page_works_on_the_auditor_role(db: sa.Engine, dsn: str, console_role: str) -> None:
+def test_every_page_works_on_the_auditor_role(db: sa.Engine, dsn: str) -> None:
     with Session(db) as session:
         jobs = outbox.enqueue_many(
             session, [outbox.NewJob("ui.job", {"n": n}, key="acct-9") for n in range(3)]
@@ -176,9 +163,7 @@ def test_every_page_works_on_the_auditor_role(db: sa.Engine, dsn: str, console_r
         session.commit()
     with db.connect() as conn:
         seal.seal_all(conn)
-    url = sqlalchemy_url(dsn).set(username=console_role, password=None).render_as_string(False)
-    engine = create_engine(url, poolclass=sa.NullPool)
-    try:
+    with login_role(db, dsn, "outbox_auditor", CONSOLE_ROLE) as engine:
         client = TestClient(create_app(engine, ConsoleConfig()))
         for path in (
             "/", "/overview", "/jobs", "/jobs?state=pending", f"/jobs/{jobs[0].uuid}",
@@ -189,19 +174,15 @@ def test_every_page_works_on_the_auditor_role(db: sa.Engine, dsn: str, console_r
             assert answer.status_code == 200, (path, answer.text[-600:])
         verified = client.get("/audit/verify")
         assert "Chain verified" in verified.text, verified.text[-600:]
-    finally:
-        engine.dispose()
 
 
 def test_an_acting_console_on_the_auditor_role_is_refused_by_the_database(
-    db: sa.Engine, dsn: str, console_role: str
+    db: sa.Engine, dsn: str
 ) -> None:
     with Session(db) as session:
         [job] = outbox.enqueue_many(session, [outbox.NewJob("ui.job", {})])
         session.commit()
-    url = sqlalchemy_url(dsn).set(username=console_role, password=None).render_as_string(False)
-    engine = create_engine(url, poolclass=sa.NullPool)
-    try:
+    with login_role(db, dsn, "outbox_auditor", CONSOLE_ROLE) as engine:
         app = create_app(engine, ConsoleConfig(allow_actions=True))
         client = TestClient(app)
         page = client.get(f"/jobs/{job.uuid}").text
@@ -209,7 +190,5 @@ def test_an_acting_console_on_the_auditor_role_is_refused_by_the_database(
         answer = client.post(f"/jobs/{job.uuid}/cancel", data={"csrf_token": token})
         assert answer.status_code == 503
         assert "may not" in answer.text
-    finally:
-        engine.dispose()
     with db.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM outbox_jobs")).scalar_one() == 1

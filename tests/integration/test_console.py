@@ -7,7 +7,6 @@ import csv
 import hashlib
 import io
 import re
-import secrets
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -25,8 +24,9 @@ import outbox
 from outbox import operator
 from outbox.audit import chain, redaction, seal, trail
 from outbox.console import ConsoleConfig, create_app
-from outbox.database import create_engine, sqlalchemy_url
+from outbox.database import create_engine
 from outbox.testing import temporary_database
+from tests.integration.helpers import login_role
 from tests.integration.relay_harness import SEALING, scalar, wait_for
 
 TYPE = "console.job"
@@ -697,24 +697,6 @@ def test_a_database_without_the_schema_is_a_503_saying_run_outbox_migrate(server
                 assert "<h1>Schema missing</h1>" in got.text
         finally:
             engine.dispose()
-
-
-@contextlib.contextmanager
-def login_role(engine: sa.Engine, dsn: str, member_of: str | None) -> Iterator[sa.Engine]:
-    """An engine of a new login role (cluster-wide: a unique name), in ``member_of``."""
-    name = f"outbox_console_{secrets.token_hex(4)}"
-    group = f" IN ROLE {member_of}" if member_of else ""
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"CREATE ROLE {name} LOGIN{group}"))
-    url = sqlalchemy_url(dsn).set(username=name, password=None).render_as_string()
-    made = create_engine(url, poolclass=sa.NullPool)
-    try:
-        yield made
-    finally:
-        made.dispose()
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"DROP OWNED BY {name}"))
-            conn.execute(sa.text(f"DROP ROLE {name}"))
 
 
 def test_a_role_that_may_not_read_the_tables_is_a_503_saying_so(db: sa.Engine, dsn: str) -> None:

@@ -4,7 +4,6 @@ applies it once, however often and however concurrently the message arrives."""
 from __future__ import annotations
 
 import contextlib
-import secrets
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,8 +18,8 @@ from sqlalchemy.orm import Session
 
 import outbox
 from outbox.cli import cli
-from outbox.database import create_engine, sqlalchemy_url
 from outbox.inbox import prune
+from tests.integration.helpers import login_role
 from tests.integration.relay_harness import scalar, wait_for
 
 #: The table a consumer's effects go to in these tests: one row per application of a message.
@@ -343,27 +342,10 @@ def test_prune_removes_receipts_a_batch_per_transaction(db: sa.Engine) -> None:
 # -- roles -------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def login_as(engine: sa.Engine, dsn: str, group: str) -> Iterator[sa.Engine]:
-    """A login role in ``group`` (roles are cluster-wide: a unique name), dropped after."""
-    name = f"outbox_t_inbox_{secrets.token_hex(4)}"
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"CREATE ROLE {name} LOGIN IN ROLE {group}"))
-    url = sqlalchemy_url(dsn).set(username=name, password=None).render_as_string()
-    member = create_engine(url, poolclass=sa.NullPool)
-    try:
-        yield member
-    finally:
-        member.dispose()
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"DROP OWNED BY {name}"))
-            conn.execute(sa.text(f"DROP ROLE {name}"))
-
-
 def test_the_app_role_receives_messages_but_cannot_forget_or_change_a_receipt(
     dsn: str, db: sa.Engine
 ) -> None:
-    with login_as(db, dsn, "outbox_app") as app:
+    with login_role(db, dsn, "outbox_app") as app:
         with app.begin() as conn:
             assert outbox.inbox(conn, "billing", "m-1") is True
         with app.begin() as conn:
@@ -377,11 +359,11 @@ def test_the_app_role_receives_messages_but_cannot_forget_or_change_a_receipt(
 
 def test_the_auditor_reads_receipts_and_the_writer_prunes_them(dsn: str, db: sa.Engine) -> None:
     _received(db, {"old": timedelta(days=30)})
-    with login_as(db, dsn, "outbox_auditor") as auditor:
+    with login_role(db, dsn, "outbox_auditor") as auditor:
         assert scalar(auditor, "SELECT count(*) FROM outbox_inbox") == 1
         denied = pytest.raises(sa.exc.ProgrammingError, match="permission denied")
         with denied, auditor.begin() as conn:
             outbox.inbox(conn, "billing", "m-2")
-    with login_as(db, dsn, "outbox_writer") as writer, writer.connect() as conn:
+    with login_role(db, dsn, "outbox_writer") as writer, writer.connect() as conn:
         assert prune(conn, timedelta(days=7)) == 1
     assert receipts(db) == 0
