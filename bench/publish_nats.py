@@ -32,7 +32,7 @@ from typing import Any
 import nats
 
 import outbox
-from bench.publishing import Drain, drain, fill, wait_consumed
+from bench.publishing import Drain, drain, fill, interleaved, report, wait_consumed
 from outbox.database import create_engine
 from outbox.publish import NatsJetStream, Publish
 from outbox.testing import server_dsn, temporary_database
@@ -145,22 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=0, help="distinct keys (0: none)")
     parser.add_argument("--url", default="nats://127.0.0.1:4222")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of raw then outbox, back to back"
+    )
     args = parser.parse_args(argv)
     print("$ python -m bench.publish_nats " + shlex.join(sys.argv[1:] if argv is None else argv))
-    raw_seconds = raw(args)
-    raw_rate = args.messages / raw_seconds
-    print(f"raw nats-py, publish_async, all PubAcks: {raw_seconds:.2f}s = {raw_rate:,.0f} msg/s")
-    run = through_outbox(args)
-    elapsed, working, code = run.elapsed, run.working, run.code
-    rate, working_rate = args.messages / elapsed, args.messages / working
+    runs = interleaved(args.rounds, lambda: raw(args), lambda: through_outbox(args))
     keys = f"{args.keys} keys" if args.keys else "no keys"
-    print(
-        f"outbox relay at its defaults ({keys}): {elapsed:.2f}s = {rate:,.0f} msg/s from the "
-        f"relay's start ({rate / raw_rate:.0%} of raw); first claim to last completion "
-        f"{working:.2f}s = {working_rate:,.0f} msg/s ({working_rate / raw_rate:.0%} of raw); "
-        f"relay exit code {code}"
+    return report(
+        runs, args.messages, "nats-py, publish_async, all PubAcks", f"its defaults ({keys})"
     )
-    return 0 if code == 0 else 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -115,3 +116,50 @@ def drain(
         relay.send_signal(signal.SIGTERM)
         code = relay.wait(60)
     return Drain(elapsed, working, code)
+
+
+@dataclasses.dataclass(frozen=True)
+class Round:
+    """One round: the raw client's seconds, then the relay's drain of the same messages."""
+
+    raw: float
+    outbox: Drain
+
+
+def interleaved(rounds: int, raw: Callable[[], float], outbox: Callable[[], Drain]) -> list[Round]:
+    """``rounds`` rounds of the raw client then outbox, back to back: a broker or a machine
+    that is slower for a while slows both sides of a round, not one side of the comparison."""
+    done = []
+    for n in range(1, rounds + 1):
+        seconds = raw()
+        drained = outbox()
+        print(f"round {n}: raw {seconds:.2f}s; outbox {drained.elapsed:.2f}s from the relay's "
+              f"start, {drained.working:.2f}s first claim to last completion")  # fmt: skip
+        done.append(Round(seconds, drained))
+    return done
+
+
+def report(runs: Sequence[Round], messages: int, raw_name: str, outbox_name: str) -> int:
+    """Medians with min and max over the rounds, and outbox as a share of the raw client's
+    median rate; the exit status 1 if any relay did not exit cleanly."""
+
+    def spread(rates: list[float]) -> str:
+        ordered = sorted(rates)
+        middle = statistics.median(ordered)
+        if len(ordered) == 1:
+            return f"{middle:,.0f} msg/s"
+        return f"{middle:,.0f} msg/s (min {ordered[0]:,.0f}, max {ordered[-1]:,.0f})"
+
+    raw = [messages / r.raw for r in runs]
+    start = [messages / r.outbox.elapsed for r in runs]
+    working = [messages / r.outbox.working for r in runs]
+    limit = statistics.median(raw)
+    print(f"raw {raw_name}, median of {len(runs)}: {spread(raw)}")
+    print(
+        f"outbox relay at {outbox_name}: from the relay's start {spread(start)} = "
+        f"{statistics.median(start) / limit:.0%} of raw; first claim to last completion "
+        f"{spread(working)} = {statistics.median(working) / limit:.0%} of raw"
+    )
+    codes = {r.outbox.code for r in runs}
+    print(f"relay exit codes: {', '.join(map(str, sorted(codes)))}")
+    return 0 if codes == {0} else 1
