@@ -150,9 +150,12 @@ def act_in_batches(
     actor: str,
     reason: str | None = None,
     batch: int = BATCH,
+    prepare: Callable[[sa.Connection], None] | None = None,
 ) -> Action:
     """:func:`revive` or :func:`cancel` on exactly ``uuids``, ``batch`` at a time, committing
     each batch: many jobs change without one long transaction holding all their locks.
+    ``prepare`` runs first in each batch's transaction (the console sets its statement
+    timeout there).
 
     Each job's state is checked again as its batch runs: one that changed since it was listed
     is skipped, and named with its state now.
@@ -162,6 +165,8 @@ def act_in_batches(
     changed: list[UUID] = []
     skipped: dict[UUID, str] = {}
     for start in range(0, len(uuids), batch):
+        if prepare is not None:
+            prepare(connection)
         done = action(connection, uuids[start : start + batch], actor=actor, reason=reason)
         connection.commit()
         changed.extend(done.changed)

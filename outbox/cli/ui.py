@@ -36,9 +36,15 @@ from outbox.settings import parse_duration
     "the machine].",
 )  # fmt: skip
 @click.option(
+    "--user-header", envvar="OUTBOX_UI_USER_HEADER", metavar="NAME",
+    help="A reverse proxy in front signs users in and names them in this header (for "
+    "example X-Forwarded-User): the actor of actions [env OUTBOX_UI_USER_HEADER]. Only "
+    "where no one but the proxy reaches the console.",
+)  # fmt: skip
+@click.option(
     "--allow-no-sign-in", is_flag=True,
-    help="Answer on an address other machines reach without sign-in (a proxy in front "
-    "signs users in).",
+    help="Answer on an address other machines reach without any sign-in (a read-only "
+    "console on a trusted network).",
 )  # fmt: skip
 @click.option(
     "--statement-timeout", envvar="OUTBOX_UI_STATEMENT_TIMEOUT", default="5s",
@@ -49,7 +55,7 @@ from outbox.settings import parse_duration
 @clear_errors
 def command(
     ctx: Context, addr: str, allow_actions: bool, base_path: str, basic_auth: str | None,
-    allow_no_sign_in: bool, statement_timeout: str,
+    user_header: str | None, allow_no_sign_in: bool, statement_timeout: str,
 ) -> None:  # fmt: skip
     """Serve the web console: queues, jobs and their history, the seal chain, relays.
 
@@ -74,18 +80,27 @@ def command(
         users = parse_users(basic_auth) if basic_auth else {}
         config = ConsoleConfig(
             allow_actions=allow_actions, base_path=base_path.rstrip("/"), users=users,
+            user_header=user_header or None,
             statement_timeout=parse_duration(statement_timeout, name="--statement-timeout"),
         )  # fmt: skip
         if secret := os.environ.get("OUTBOX_UI_SECRET"):
             config = dataclasses.replace(config, secret=secret.encode())
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
-    if not users and not is_loopback(host) and not allow_no_sign_in:
-        raise click.UsageError(
-            f"{addr} is reachable from other machines and no one would have to sign in: set "
-            "OUTBOX_UI_BASIC_AUTH=user:password, or answer on 127.0.0.1 behind a proxy, or "
-            "give --allow-no-sign-in when a proxy in front signs users in"
-        )
+    signed_in = bool(users or config.user_header)
+    if not signed_in and not is_loopback(host):
+        if not allow_no_sign_in:
+            raise click.UsageError(
+                f"{addr} is reachable from other machines and no one would have to sign in: "
+                "set OUTBOX_UI_BASIC_AUTH=user:password, or --user-header for a proxy that "
+                "signs users in, or answer on 127.0.0.1, or give --allow-no-sign-in"
+            )
+        if allow_actions:
+            raise click.UsageError(
+                "actions are recorded with who took them, and no one signs in here: set "
+                "OUTBOX_UI_BASIC_AUTH=user:password, or --user-header for a proxy that signs "
+                "users in"
+            )
     engine = ctx.engine(
         pool_size=4, max_overflow=4, pool_pre_ping=True,
         connect_args={"application_name": "outbox ui"},
@@ -93,7 +108,11 @@ def command(
     with engine.connect() as connection:
         migrate.check_at_head(connection)
     mode = "actions allowed" if allow_actions else "read-only"
-    sign_in = f"basic auth for {len(users)} user(s)" if users else "no sign-in"
+    sign_in = (
+        f"basic auth for {len(users)} user(s)" if users
+        else f"users named by the proxy in {config.user_header}" if config.user_header
+        else "no sign-in"
+    )  # fmt: skip
     where = f"[{host}]" if ":" in host else host
     click.echo(f"outbox console on http://{where}:{port}{config.base_path}/ ({mode}, {sign_in})")
     try:

@@ -9,8 +9,10 @@ highest one counted): jobs that arrived since are left alone.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -81,10 +83,11 @@ def routes(console: Console) -> list[Route]:
             raise InvalidJob("choose jobs with a filter first: the console never acts on all")
         back = f"{console.config.base_path}/jobs?{params}"
         upto, reason, confirmed = form.get("upto"), _reason(form), form.get("confirm") == "yes"
-        if confirmed and not (isinstance(upto, str) and upto.isdigit()):
-            # without it, jobs that arrived after the confirmation page would be taken too
+        sent = form.get("counted")
+        if confirmed and not (isinstance(upto, str) and upto.isdigit() and isinstance(sent, str)):
+            # without them, jobs the confirmation page never counted could be taken
             raise InvalidJob(
-                "the confirmation carries no upto (the highest job id its page counted): "
+                "the confirmation does not say which jobs it counted (upto and counted): "
                 "confirm from the console's page"
             )
 
@@ -99,17 +102,20 @@ def routes(console: Console) -> list[Route]:
                 matched = [row for row in matched if row["id"] <= int(upto)]
             chosen = [row["uuid"] for row in matched if row["state"] in eligible]
             others = Counter(row["state"] for row in matched if row["state"] not in eligible)
-            if not confirmed or not chosen:
+            digest = counted(console.config.secret, name, chosen)
+            changed = confirmed and not hmac.compare_digest(digest, str(sent))
+            if not confirmed or changed or not chosen:
                 return console.render(
                     request, "confirm.html", title=f"Confirm: {verb}",
                     verb=verb, action=name, matched=len(matched),
                     chosen=len(chosen), others=dict(others), eligible=eligible,
-                    upto=max((row["id"] for row in matched), default=0),
-                    fields=list(params.multi_items()), back=back,
+                    upto=max((row["id"] for row in matched), default=0), counted=digest,
+                    changed=changed, fields=list(params.multi_items()), back=back,
                 )  # fmt: skip
             done = operator.act_in_batches(
-                connection, action, chosen, actor=actor(request), reason=reason
-            )
+                connection, action, chosen, actor=actor(request), reason=reason,
+                prepare=console.limit,
+            )  # fmt: skip
             return console.render(
                 request, "action.html", title=verb.capitalize(), verb=verb, done=done,
                 matched=len(matched), back=back,
@@ -127,6 +133,14 @@ def routes(console: Console) -> list[Route]:
             Route(f"/jobs/{name}", on_filter, methods=["POST"], name=f"{name}_filter"),
         )
     ]
+
+
+def counted(secret: bytes, action: str, uuids: Sequence[UUID]) -> str:
+    """What a confirmation page counted, signed: the action acts only if the jobs it would
+    take now are exactly these (a job that changed state, or one with a lower id committed
+    since, makes the console count again and ask again)."""
+    listed = ",".join(sorted(str(u) for u in uuids))
+    return hmac.new(secret, f"counted:{action}:{listed}".encode(), hashlib.sha256).hexdigest()
 
 
 def _reason(form: FormData) -> str | None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from markupsafe import Markup
@@ -25,7 +27,7 @@ from outbox import distribution
 from outbox.console import actions, audit_pages, pages
 from outbox.console.activity import Activity
 from outbox.console.config import ConsoleConfig
-from outbox.console.guard import SignIn, actor, token
+from outbox.console.guard import ProxyUser, SignIn, actor, token
 from outbox.errors import OutboxError
 from outbox.moments import duration, moment
 
@@ -43,6 +45,7 @@ class Console:
         env.finalize = visible
         env.filters["moment"] = moment
         env.filters["ago"] = lambda seconds: duration(seconds) if seconds is not None else ""
+        env.filters["key_url"] = functools.partial(key_url, config.base_path)
         env.globals["base"] = config.base_path
         env.globals["allow_actions"] = config.allow_actions
         env.globals["version"] = distribution.version()
@@ -68,14 +71,18 @@ class Console:
         with self._transaction("READ WRITE") as connection:
             yield connection
 
+    def limit(self, connection: sa.Connection) -> None:
+        """The console's statement timeout for the transaction ``connection`` is in (or is about
+        to begin): every transaction of the console sets it, an action's batches included."""
+        timeout = int(self.config.statement_timeout / timedelta(milliseconds=1))
+        # SET LOCAL, not a connection option: it holds through PgBouncer's transaction pooling
+        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout}")
+
     @contextlib.contextmanager
     def _transaction(self, mode: str) -> Iterator[sa.Connection]:
-        timeout = int(self.config.statement_timeout / timedelta(milliseconds=1))
         with self.engine.connect() as connection:
-            # SET LOCAL, not a connection option: it holds through PgBouncer's transaction pooling
-            connection.exec_driver_sql(
-                f"SET TRANSACTION {mode}; SET LOCAL statement_timeout = {timeout}"
-            )
+            connection.exec_driver_sql(f"SET TRANSACTION {mode}")
+            self.limit(connection)
             try:
                 yield connection
             finally:
@@ -103,6 +110,7 @@ def create_app(engine: sa.Engine, config: ConsoleConfig | None = None) -> ASGIAp
             sa.exc.ProgrammingError: _schema_error(console),
             sa.exc.DataError: _refused_value(console),
             sa.exc.DBAPIError: _database_error(console),
+            sa.exc.TimeoutError: _busy(console),
             OutboxError: _bad_input(console),
         },
     )
@@ -110,6 +118,8 @@ def create_app(engine: sa.Engine, config: ConsoleConfig | None = None) -> ASGIAp
     served: ASGIApp = ServerTiming(app)
     if console.config.users:
         served = SignIn(served, console.config.users)
+    elif console.config.user_header:
+        served = ProxyUser(served, console.config.user_header)
     return served
 
 
@@ -144,6 +154,17 @@ def _database_error(console: Console) -> Any:
         return console.render(
             request, "error.html", 503, title="Database unavailable", message=message
         )
+
+    return handle
+
+
+def _busy(console: Console) -> Any:
+    async def handle(request: Request, exc: Exception) -> Response:
+        message = (
+            "Every database connection of the console was busy for too long: other pages are "
+            "still being made. Try again in a moment."
+        )
+        return console.render(request, "error.html", 503, title="Console busy", message=message)
 
     return handle
 
@@ -184,6 +205,15 @@ def _bad_input(console: Console) -> Any:
 _TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed"}
 
 
+def key_url(base: str, key: str) -> str:
+    """The page of ``key``: ``/keys/<key>`` with every ``/`` of it encoded, or
+    ``/keys?key=...`` for the keys ``.`` and ``..``, which browsers resolve as path segments
+    however they are encoded."""
+    if key in (".", ".."):
+        return f"{base}/keys?key={quote(key, safe='')}"
+    return f"{base}/keys/{quote(key, safe='')}"
+
+
 # Control characters but newline, tab and carriage return: invisible in a page, and in a
 # handler's error they hide what it says (an ANSI colour sequence, a bell).
 _CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -197,9 +227,21 @@ def visible(value: Any) -> Any:
     return value
 
 
+#: On every answer: no page of the console may be framed by another site (a framed page's
+#: Retry or Cancel button, clicked by a signed-in operator, is a real request from the
+#: console's own page, which no token can tell apart), and no link tells another site which
+#: page it came from.
+GUARD_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+]
+
+
 class ServerTiming:
-    """Adds ``Server-Timing: app;dur=<ms>`` to every response: how long the console took,
-    as browsers' developer tools and ``bench/console.py`` read it."""
+    """Adds ``Server-Timing: app;dur=<ms>`` to every response (how long the console took, as
+    browsers' developer tools and ``bench/console.py`` read it), and :data:`GUARD_HEADERS`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -209,12 +251,17 @@ class ServerTiming:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        # pages and downloads may hold payloads and personal data: never cached; the
+        # stylesheet and htmx may be
+        cache = [] if "/static/" in scope["path"] else [(b"cache-control", b"no-store")]
 
         async def timed(message: Message) -> None:
             if message["type"] == "http.response.start":
                 took = (time.perf_counter() - started) * 1000
                 headers = [
                     *message.get("headers", []),
+                    *GUARD_HEADERS,
+                    *cache,
                     (b"server-timing", f"app;dur={took:.1f}".encode()),
                 ]
                 message = {**message, "headers": headers}

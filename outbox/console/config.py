@@ -29,6 +29,9 @@ class ConsoleConfig:
     base_path: str = ""
     #: Basic-auth users and their passwords; none: no sign-in (loopback only, see ``outbox ui``).
     users: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: The header in which a reverse proxy that signs users in names them (for example
+    #: ``X-Forwarded-User``): the actor of actions. Instead of ``users``.
+    user_header: str | None = None
     #: The longest any one query of the console may run; a slow page must not slow the relays.
     statement_timeout: timedelta = timedelta(seconds=5)
     #: How often the overview refreshes itself.
@@ -52,6 +55,14 @@ class ConsoleConfig:
                 raise ConfigurationError(f"user name {user!r} must be non-empty, without ':'")
             if not password:
                 raise ConfigurationError(f"user {user!r} has an empty password")
+        if self.user_header is not None:
+            if self.users:
+                raise ConfigurationError("sign users in by basic auth or by a proxy's header")
+            if not re.fullmatch(r"[A-Za-z0-9-]{1,100}", self.user_header):
+                raise ConfigurationError(
+                    f"user header {self.user_header!r} must be a header name, such as "
+                    "X-Forwarded-User"
+                )
         if len(self.secret) < 16:
             raise ConfigurationError("the console's secret must be at least 16 bytes")
 

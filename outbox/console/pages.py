@@ -110,7 +110,9 @@ def routes(console: Console) -> list[Route]:
         )
 
     def key(request: Request) -> Response:
-        name: str = request.path_params["key"]
+        name: str = request.path_params.get("key") or request.query_params.get("key", "")
+        if not name:
+            raise InvalidJob("name a key: /keys/<key>, or /keys?key=<key>")
         if len(name) > LONGEST:
             raise InvalidJob(f"key is longer than {LONGEST} characters")
         if "\x00" in name:
@@ -153,6 +155,8 @@ def routes(console: Console) -> list[Route]:
         Route("/jobs/{uuid:uuid}", job, name="job"),
         Route("/jobs/{uuid:uuid}/payload", payload, name="payload"),
         Route("/keys/{key:path}", key, name="key"),
+        # the keys "." and "..", which browsers resolve as path segments
+        Route("/keys", key, name="key_by_query"),
         Route("/relays", relays, name="relays"),
     ]
 

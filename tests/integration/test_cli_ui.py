@@ -45,6 +45,12 @@ def run(dsn: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, s
     ("args", "said"),
     [
         (["--addr", "0.0.0.0:9465"], "reachable from other machines and no one would have to sign"),
+        (
+            ["--addr", "0.0.0.0:9465", "--allow-no-sign-in", "--allow-actions"],
+            "actions are recorded with who took them, and no one signs in here",
+        ),
+        (["--basic-auth", "a:b", "--user-header", "X-User"], "by basic auth or by a proxy"),
+        (["--user-header", "X User"], "must be a header name"),
         (["--addr", "9465"], "must be host:port"),
         (["--addr", "127.0.0.1:99999"], "must be host:port"),
         (["--basic-auth", "alice"], "must be user:password"),

@@ -824,3 +824,15 @@ def _html(text: str) -> str:
         text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         .replace('"', "&#34;").replace("'", "&#39;")
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_the_keys_dot_and_dot_dot_have_pages_of_their_own(db: sa.Engine, name: str) -> None:
+    [job] = enqueue(db, 1, key=name)
+    client = console(db)
+    page = client.get(f"/jobs/{job.uuid}")
+    link = f'href="/keys?key={name}"'
+    assert link in page.text
+    shown = client.get(f"/keys?key={name}")
+    assert shown.status_code == 200
+    assert str(job.uuid) in shown.text

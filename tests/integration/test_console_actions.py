@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -18,6 +19,7 @@ import outbox
 from outbox.console import ConsoleConfig, create_app
 from outbox.console.app import Console
 from outbox.console.guard import ANONYMOUS
+from outbox.database import create_engine
 from tests.integration.helpers import history, jobs
 
 USERS = {"alice": "s3cret", "bob": "other"}
@@ -65,6 +67,14 @@ def alert(response: Any) -> str:
 
 def result(response: Any) -> str:
     return str(response.text.partition('id="result">')[2].partition("</div>")[0])
+
+
+def confirmation(page: Any) -> dict[str, str]:
+    """What a confirmation page's form sends besides the filter: the highest id it counted,
+    the signature of the jobs it counted, and confirm=yes."""
+    fields = dict(re.findall(r'name="(upto|counted)" value="([^"]*)"', page.text))
+    assert set(fields) == {"upto", "counted"}, page.text
+    return {**fields, "confirm": "yes"}
 
 
 def signed_in(user: str, password: str) -> dict[str, str]:
@@ -286,9 +296,7 @@ def test_a_filtered_cancel_by_state_and_key_cancels_only_those(db: sa.Engine) ->
     form = {"csrf_token": token, "key": "acct/1", "state": "pending"}
     shown = client.post("/jobs/cancel", data=form)
     assert "<strong>2 to be cancelled</strong>" in shown.text
-    upto = re.search(r'name="upto" value="(\d+)"', shown.text)
-    assert upto
-    done = client.post("/jobs/cancel", data={**form, "upto": upto[1], "confirm": "yes"})
+    done = client.post("/jobs/cancel", data={**form, **confirmation(shown)})
     assert "Cancelled 2 job(s) of 2 matched" in result(done)
     assert [r.uuid for r in jobs(db)] == [other.uuid]
     assert {h.job_uuid for h in history(db) if h.event == "cancelled"} == {h.uuid for h in mine}
@@ -478,5 +486,78 @@ def test_a_confirmation_without_the_highest_id_it_showed_is_refused(
         form["upto"] = upto
     got = client.post("/jobs/cancel", data=form)
     assert got.status_code == 400
-    assert "the confirmation carries no upto" in alert(got)
+    assert "the confirmation does not say which jobs it counted" in alert(got)
     assert [r.uuid for r in jobs(db)] == [job.uuid]
+
+
+def test_a_confirmed_action_takes_only_the_jobs_it_counted_and_asks_again_when_they_changed(
+    db: sa.Engine,
+) -> None:
+    first, running, last = enqueue(db, 3, queue="counted")
+    set_state(db, "dead", first, last)
+    set_state(db, "running", running)
+    client = console(db, allow_actions=True)
+    form = {"csrf_token": csrf(client), "queue": "counted", "state": "dead"}
+    shown = client.post("/jobs/retry", data=form)
+    assert "<strong>2 to be revived</strong>" in shown.text
+    set_state(db, "dead", running)  # it died after the count, below the highest id counted
+    again = client.post("/jobs/retry", data={**form, **confirmation(shown)})
+    assert "The matching jobs changed since they were counted: nothing was done" in again.text
+    assert "<strong>3 to be revived</strong>" in again.text
+    assert [r.state for r in jobs(db)] == ["dead", "dead", "dead"]
+    done = client.post("/jobs/retry", data={**form, **confirmation(again)})
+    assert "Revived 3 job(s) of 3 matched" in result(done)
+
+
+def test_a_confirmed_action_stops_at_the_statement_timeout_in_every_batch(db: sa.Engine) -> None:
+    [job] = enqueue(db, 1, queue="locked")
+    set_state(db, "dead", job)
+    client = console(db, allow_actions=True, statement_timeout=timedelta(milliseconds=200))
+    form = {"csrf_token": csrf(client), "queue": "locked"}
+    shown = client.post("/jobs/cancel", data=form)
+    with db.connect() as holder:
+        holder.execute(sa.text("SELECT 1 FROM outbox_jobs WHERE uuid = :u FOR UPDATE"),
+                       {"u": job.uuid})  # fmt: skip
+        got = client.post("/jobs/cancel", data={**form, **confirmation(shown)})
+        holder.rollback()
+    assert got.status_code == 503
+    assert "statement timeout" in alert(got)
+    assert [r.uuid for r in jobs(db)] == [job.uuid]
+
+
+def test_a_proxy_that_signs_users_in_names_the_actor_in_its_header(db: sa.Engine) -> None:
+    [job] = enqueue(db, 1)
+    set_state(db, "dead", job)
+    client = console(db, allow_actions=True, user_header="X-Forwarded-User")
+    nobody = client.get("/jobs")
+    assert nobody.status_code == 401
+    assert "did not name the user (X-Forwarded-User)" in nobody.text
+    carol = {"X-Forwarded-User": "carol@example.com"}
+    token = csrf(client, f"/jobs/{job.uuid}", headers=carol)
+    done = client.post(f"/jobs/{job.uuid}/retry", data={"csrf_token": token}, headers=carol)
+    assert "Revived 1 job(s)" in result(done)
+    assert history(db, job.uuid)[-1].actor == "carol@example.com"
+
+
+def test_every_answer_refuses_to_be_framed_and_pages_are_not_cached(db: sa.Engine) -> None:
+    client = console(db)
+    for path in ("/", "/jobs", "/nowhere"):
+        got = client.get(path)
+        assert got.headers["x-frame-options"] == "DENY", path
+        assert got.headers["content-security-policy"] == "frame-ancestors 'none'", path
+        assert got.headers["cache-control"] == "no-store", path
+        assert got.headers["x-content-type-options"] == "nosniff", path
+    assert "cache-control" not in client.get("/static/console.css").headers
+
+
+def test_a_console_whose_connections_are_all_busy_answers_a_clear_503(db: sa.Engine) -> None:
+    url = db.url.render_as_string(hide_password=False)
+    small = create_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    try:
+        client = TestClient(create_app(small, ConsoleConfig()))
+        with small.connect():
+            got = client.get("/jobs")
+        assert got.status_code == 503
+        assert "Every database connection of the console was busy" in alert(got)
+    finally:
+        small.dispose()

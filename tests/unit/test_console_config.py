@@ -251,3 +251,12 @@ def test_a_chart_draws_one_bar_per_minute_stacked_with_its_counts_in_a_title() -
 def test_a_chart_refuses_series_and_colours_that_do_not_pair() -> None:
     with pytest.raises(ValueError, match="zip"):
         bars(minutes((1, 1, 1)), ["retried", "dead"], label="x", colours=["#000"])
+
+
+def test_the_keys_dot_and_dot_dot_link_by_query_every_other_key_by_path() -> None:
+    from outbox.console.app import key_url
+
+    assert key_url("/outbox", "..") == "/outbox/keys?key=.."
+    assert key_url("", ".") == "/keys?key=."
+    assert key_url("", "a/../b") == "/keys/a%2F..%2Fb"
+    assert key_url("", "acct:42 ü") == "/keys/acct%3A42%20%C3%BC"
