@@ -22,6 +22,10 @@ migration skips an index that exists)::
     CREATE INDEX CONCURRENTLY IF NOT EXISTS outbox_history_key_idx
         ON outbox_history (key, id) WHERE key IS NOT NULL;
 
+A concurrent build that failed leaves an INVALID index of that name, which the migration
+would keep: check that ``SELECT indisvalid FROM pg_index WHERE indexrelid =
+'outbox_history_key_idx'::regclass`` is true, or drop it and build it again, before migrating.
+
 Revision ID: outbox_0012
 Revises: outbox_0011
 Create Date: 2026-12-04
