@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, QueryParams
 from starlette.exceptions import HTTPException
@@ -93,33 +92,30 @@ def routes(console: Console) -> list[Route]:
 
         def act() -> Response:
             with console.acting() as connection:
-                return _on_filter(connection)
-
-        def _on_filter(connection: sa.Connection) -> Response:
-            matched = operator.list_jobs(connection, where, limit=None)
-            connection.rollback()
-            if isinstance(upto, str) and upto.isdigit():
-                matched = [row for row in matched if row["id"] <= int(upto)]
-            chosen = [row["uuid"] for row in matched if row["state"] in eligible]
-            others = Counter(row["state"] for row in matched if row["state"] not in eligible)
-            digest = counted(console.config.secret, name, chosen)
-            changed = confirmed and not hmac.compare_digest(digest, str(sent))
-            if not confirmed or changed or not chosen:
-                return console.render(
-                    request, "confirm.html", title=f"Confirm: {verb}",
-                    verb=verb, action=name, matched=len(matched),
-                    chosen=len(chosen), others=dict(others), eligible=eligible,
-                    upto=max((row["id"] for row in matched), default=0), counted=digest,
-                    changed=changed, fields=list(params.multi_items()), back=back,
+                matched = operator.list_jobs(connection, where, limit=None)
+                connection.rollback()
+                if isinstance(upto, str) and upto.isdigit():
+                    matched = [row for row in matched if row["id"] <= int(upto)]
+                chosen = [row["uuid"] for row in matched if row["state"] in eligible]
+                others = Counter(row["state"] for row in matched if row["state"] not in eligible)
+                digest = counted(console.config.secret, name, chosen)
+                changed = confirmed and not hmac.compare_digest(digest, str(sent))
+                if not confirmed or changed or not chosen:
+                    return console.render(
+                        request, "confirm.html", title=f"Confirm: {verb}",
+                        verb=verb, action=name, matched=len(matched),
+                        chosen=len(chosen), others=dict(others), eligible=eligible,
+                        upto=max((row["id"] for row in matched), default=0), counted=digest,
+                        changed=changed, fields=list(params.multi_items()), back=back,
+                    )  # fmt: skip
+                done = operator.act_in_batches(
+                    connection, action, chosen, actor=actor(request), reason=reason,
+                    prepare=console.limit,
                 )  # fmt: skip
-            done = operator.act_in_batches(
-                connection, action, chosen, actor=actor(request), reason=reason,
-                prepare=console.limit,
-            )  # fmt: skip
-            return console.render(
-                request, "action.html", title=verb.capitalize(), verb=verb, done=done,
-                matched=len(matched), back=back,
-            )  # fmt: skip
+                return console.render(
+                    request, "action.html", title=verb.capitalize(), verb=verb, done=done,
+                    matched=len(matched), back=back,
+                )  # fmt: skip
 
         return await run_in_threadpool(act)
 
