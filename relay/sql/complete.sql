@@ -43,27 +43,22 @@ WITH deleted AS (
                   array_position(CAST(:done_uuid AS uuid[]), j.uuid)] AS reason
 ),
 updated AS (
-    -- The same for failures: found by primary key, paired with their outcome by position
-    -- (an UPDATE cannot join a LATERAL on its own target, hence the repetition).
+    -- The same for failures, each paired with its outcome through the arrays unnested
+    -- together (as `postponed` below is); found by primary key (`= ANY`), so the plan stays
+    -- an index lookup per job.
     UPDATE outbox_jobs AS j
-    SET state = CASE
-            WHEN (CAST(:dead AS boolean[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)]
-            THEN 'dead' ELSE 'pending'
-        END,
-        run_at = CASE
-            WHEN (CAST(:dead AS boolean[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)] THEN j.run_at
-            ELSE now() + make_interval(
-                secs => (CAST(:retry_in AS double precision[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)])
-        END,
+    SET state = CASE WHEN f.dead THEN 'dead' ELSE 'pending' END,
+        run_at = CASE WHEN f.dead THEN j.run_at ELSE now() + make_interval(secs => f.retry_in) END,
         lease_expires_at = NULL,
-        last_error = left((CAST(:error AS jsonb[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)] ->> 'message', 2000)
-    WHERE j.uuid = ANY(CAST(:failed_uuid AS uuid[]))
-      AND j.relay = :relay AND j.lease_expires_at IS NOT NULL
-      AND j.attempt = (CAST(:failed_attempt AS integer[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)]
-    RETURNING j.uuid, j.type, j.queue, j.key, j.attempt, j.run_at,
-              (CAST(:error AS jsonb[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)] AS error,
-              (CAST(:dead AS boolean[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)] AS dead,
-              (CAST(:failed_ms AS double precision[]))[array_position(CAST(:failed_uuid AS uuid[]), j.uuid)] AS duration_ms
+        last_error = left(f.error ->> 'message', 2000)
+    FROM unnest(CAST(:failed_uuid AS uuid[]), CAST(:failed_attempt AS integer[]),
+                CAST(:dead AS boolean[]), CAST(:retry_in AS double precision[]),
+                CAST(:error AS jsonb[]), CAST(:failed_ms AS double precision[]))
+         AS f (uuid, attempt, dead, retry_in, error, duration_ms)
+    WHERE j.uuid = ANY(CAST(:failed_uuid AS uuid[])) AND j.uuid = f.uuid
+      AND j.relay = :relay AND j.lease_expires_at IS NOT NULL AND j.attempt = f.attempt
+    RETURNING j.uuid, j.type, j.queue, j.key, j.attempt, j.run_at, f.error, f.dead,
+              f.duration_ms
 ),
 asked AS (
     -- Jobs whose handler raised RetryLater, each with the requests it made before: its

@@ -51,3 +51,39 @@ def test_pyformat_turns_named_binds_into_psycopg_placeholders() -> None:
 
 def test_pyformat_leaves_casts_alone_and_escapes_percent_signs() -> None:
     assert pyformat("SELECT :n::int, 'x%' LIKE '%y'") == "SELECT %(n)s::int, 'x%%' LIKE '%%y'"
+
+
+RELAY_QUERIES = load("outbox_relay.sql")
+
+
+@pytest.mark.parametrize("name", sorted({**queries, **RELAY_QUERIES}))
+def test_every_statement_is_short_enough_for_psycopgs_statement_cache(name: str) -> None:
+    """psycopg parses a statement's placeholders again on every execution when it is longer
+    than 4,096 characters (psycopg/_queries.py): the claim and the completion, run a few
+    hundred times a second, spent about an eighth of the relay's CPU in it."""
+    from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
+
+    statement = pyformat({**queries, **RELAY_QUERIES}[name])
+    assert len(statement.encode()) <= MAX_CACHED_STATEMENT_LENGTH
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("SELECT 1 -- one\nFROM t", "SELECT 1\nFROM t"),
+        ("-- a line of its own\n    SELECT 1", "SELECT 1"),
+        ("SELECT '--not a comment' AS a", "SELECT '--not a comment' AS a"),
+        ("SELECT 'it''s -- still text' -- but this goes", "SELECT 'it''s -- still text'"),
+        ("SELECT $$ -- body $$ -- gone", "SELECT $$ -- body $$"),
+        ("SELECT $f$ a\n   -- kept\n $f$", "SELECT $f$ a\n   -- kept\n $f$"),
+        ("SELECT 'two\n    lines'", "SELECT 'two\n    lines'"),
+        ('SELECT "col--name" FROM t', 'SELECT "col--name" FROM t'),
+        ("SELECT a - -1", "SELECT a - -1"),
+        ("SELECT  a,\t  b   FROM t", "SELECT a, b FROM t"),
+        ("SELECT 'a    b'", "SELECT 'a    b'"),
+    ],
+)
+def test_comments_and_indentation_go_and_quoted_text_stays(text: str, kept: str) -> None:
+    from outbox.sql import compact
+
+    assert compact(text) == kept
