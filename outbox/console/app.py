@@ -24,11 +24,10 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from outbox import distribution
-from outbox.console import actions, audit_pages, pages
+from outbox.console import actions, audit_pages, failures, pages
 from outbox.console.activity import Activity
 from outbox.console.config import ConsoleConfig
 from outbox.console.guard import ProxyUser, SignIn, actor, token
-from outbox.errors import OutboxError
 from outbox.moments import duration, moment
 
 
@@ -104,15 +103,7 @@ def create_app(engine: sa.Engine, config: ConsoleConfig | None = None) -> ASGIAp
         routes = [Mount(base, routes=routes), home]
     app = Starlette(
         routes=routes,
-        exception_handlers={
-            HTTPException: _http_error(console),
-            sa.exc.OperationalError: _database_error(console),
-            sa.exc.ProgrammingError: _schema_error(console),
-            sa.exc.DataError: _refused_value(console),
-            sa.exc.DBAPIError: _database_error(console),
-            sa.exc.TimeoutError: _busy(console),
-            OutboxError: _bad_input(console),
-        },
+        exception_handlers=failures.handlers(console),
     )
     app.state.console = console
     served: ASGIApp = ServerTiming(app)
@@ -121,88 +112,6 @@ def create_app(engine: sa.Engine, config: ConsoleConfig | None = None) -> ASGIAp
     elif console.config.user_header:
         served = ProxyUser(served, console.config.user_header)
     return served
-
-
-def _http_error(console: Console) -> Any:
-    async def handle(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        page = console.render(
-            request, "error.html", exc.status_code, title=_TITLES.get(exc.status_code, "Error"),
-            message=exc.detail,
-        )  # fmt: skip
-        page.headers.update(exc.headers or {})
-        return page
-
-    return handle
-
-
-def _database_error(console: Console) -> Any:
-    async def handle(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, sa.exc.DBAPIError)
-        reason = str(exc.orig or exc).strip().splitlines()[0]
-        if not isinstance(exc, sa.exc.OperationalError):
-            message = f"The database refused this page's query: {reason}"
-        elif "statement timeout" in reason:
-            took = duration(console.config.statement_timeout.total_seconds())
-            message = (
-                f"This page's query ran longer than the console's statement timeout ({took}) "
-                "and was stopped, so that it cannot slow the relays. Narrow the filter, or "
-                "raise OUTBOX_UI_STATEMENT_TIMEOUT."
-            )
-        else:
-            message = f"The console cannot reach the database: {reason}"
-        return console.render(
-            request, "error.html", 503, title="Database unavailable", message=message
-        )
-
-    return handle
-
-
-def _busy(console: Console) -> Any:
-    async def handle(request: Request, exc: Exception) -> Response:
-        message = (
-            "Every database connection of the console was busy for too long: other pages are "
-            "still being made. Try again in a moment."
-        )
-        return console.render(request, "error.html", 503, title="Console busy", message=message)
-
-    return handle
-
-
-def _schema_error(console: Console) -> Any:
-    async def handle(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, sa.exc.ProgrammingError)
-        reason = str(exc.orig or exc).strip().splitlines()[0]
-        if "permission denied" in reason:
-            message = f"The console's database role may not read this: {reason}"
-        else:
-            message = (
-                f"The database does not hold the outbox schema this console needs ({reason}): "
-                "run `outbox migrate`."
-            )
-        return console.render(request, "error.html", 503, title="Schema missing", message=message)
-
-    return handle
-
-
-def _refused_value(console: Console) -> Any:
-    async def handle(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, sa.exc.DataError)
-        reason = str(exc.orig or exc).strip().splitlines()[0]
-        message = f"The database refused a value of this request: {reason}"
-        return console.render(request, "error.html", 400, title="Bad request", message=message)
-
-    return handle
-
-
-def _bad_input(console: Console) -> Any:
-    async def handle(request: Request, exc: Exception) -> Response:
-        return console.render(request, "error.html", 400, title="Bad request", message=str(exc))
-
-    return handle
-
-
-_TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed"}
 
 
 def key_url(base: str, key: str) -> str:

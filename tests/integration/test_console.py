@@ -702,7 +702,7 @@ def test_a_database_without_the_schema_is_a_503_saying_run_outbox_migrate(server
 def test_a_role_that_may_not_read_the_tables_is_a_503_saying_so(db: sa.Engine, dsn: str) -> None:
     with login_role(db, dsn, None) as stranger:
         got = console(stranger).get("/jobs")
-    refused(got, 503, "The console's database role may not read this", "permission denied")
+    refused(got, 503, "The console's database role may not do this", "permission denied")
 
 
 def test_the_auditor_role_reads_every_page(db: sa.Engine, dsn: str) -> None:
