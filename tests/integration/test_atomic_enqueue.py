@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -142,6 +143,32 @@ def test_run_at_is_kept_exactly(db: sa.Engine) -> None:
         outbox.enqueue(session, "a.b", {}, run_at=when)
         session.commit()
     assert jobs(db)[0].run_at == when
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"key": "account:1", "queue": "ledger", "priority": 7, "max_attempts": 4, "delay": 60},
+     {"run_at": datetime(2031, 1, 2, tzinfo=UTC)}],
+    ids=["plain", "every-option", "run-at"],
+)  # fmt: skip
+def test_one_job_is_written_as_a_batch_writes_it(db: sa.Engine, options: dict[str, Any]) -> None:
+    """One job without an idempotency key has a statement of its own: its row and its
+    history are what the batch statement writes for the same job."""
+    with Session(db) as session:
+        alone = outbox.enqueue(session, "a.b", PAYLOAD, **options).uuid
+        pair = outbox.enqueue_many(session, [outbox.NewJob("a.b", PAYLOAD, **options)] * 2)
+        session.commit()
+    kept = ("type", "queue", "key", "payload", "priority", "max_attempts", "attempt", "state")
+    rows = {j.uuid: j for j in jobs(db)}
+    assert [{k: getattr(rows[u], k) for k in kept} for u in (alone, pair[0].uuid)] == [
+        {k: getattr(rows[pair[1].uuid], k) for k in kept}
+    ] * 2
+    assert rows[alone].run_at - rows[alone].enqueued_at == (
+        rows[pair[0].uuid].run_at - rows[pair[0].uuid].enqueued_at
+    )
+    [event] = history(db, alone)
+    [twin] = history(db, pair[0].uuid)
+    assert (event.event, event.type, event.key) == (twin.event, twin.type, twin.key)
 
 
 def test_empty_enqueue_many_writes_nothing(db: sa.Engine) -> None:
