@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING
 
 import outbox
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 registry = outbox.Registry()
 

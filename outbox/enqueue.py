@@ -21,7 +21,6 @@ from uuid import UUID
 
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, scoped_session
 
 from outbox import bulk, locks, validate
 from outbox.bulk import Columns, refused
@@ -45,12 +44,13 @@ _AS_IS = contextlib.nullcontext()
 
 if TYPE_CHECKING:
     # Imported only by applications that use them: SQLAlchemy's asyncio extension costs a
-    # relay's start-up about 30 ms, and a session of it cannot exist unless it was imported.
+    # relay's start-up about 30 ms and its ORM about 55, and a session of either cannot
+    # exist unless it was imported.
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_scoped_session
+    from sqlalchemy.orm import Session, scoped_session
 
     AsyncTarget: TypeAlias = AsyncSession | async_scoped_session[AsyncSession] | AsyncConnection
-
-SyncTarget = Session | scoped_session[Session] | sa.Connection
+    SyncTarget: TypeAlias = Session | scoped_session[Session] | sa.Connection
 
 
 def _is_async(session: object) -> TypeGuard[AsyncTarget]:
@@ -148,7 +148,7 @@ def enqueue(
     columns = _bind([job], registry, settings)
     if _is_async(session):
         return _first(_execute_async(session, columns, settings))
-    return _execute(cast(SyncTarget, session), columns, settings)[0]
+    return _execute(cast("SyncTarget", session), columns, settings)[0]
 
 
 @overload
@@ -185,7 +185,7 @@ def enqueue_many(
         return _no_jobs(session)
     if _is_async(session):
         return _execute_async(session, columns, settings)
-    return _execute(cast(SyncTarget, session), columns, settings)
+    return _execute(cast("SyncTarget", session), columns, settings)
 
 
 def _bind(batch: Sequence[NewJob], registry: Registry | None, settings: Settings) -> Columns:
@@ -305,8 +305,9 @@ def _resolve(
 def connection_of(session: SyncTarget, what: str) -> sa.Connection:
     """The connection of a Session or Connection on psycopg 3, or a clear refusal of
     anything else (``what`` names the caller: enqueue, inbox)."""
-    if isinstance(session, Session | scoped_session):
-        connection = session.connection()
+    orm = sys.modules.get("sqlalchemy.orm")
+    if orm is not None and isinstance(session, orm.Session | orm.scoped_session):
+        connection: sa.Connection = session.connection()
     elif isinstance(session, sa.Connection):
         connection = session
     else:

@@ -19,7 +19,6 @@ import sqlalchemy as sa
 
 from outbox.enqueue import (
     _AS_IS,
-    SyncTarget,
     _behind_pooler,
     _behind_pooler_async,
     _check_driver,
@@ -31,7 +30,7 @@ from outbox.errors import InvalidReceipt
 from outbox.sql import queries
 
 if TYPE_CHECKING:
-    from outbox.enqueue import AsyncTarget
+    from outbox.enqueue import AsyncTarget, SyncTarget
 
 RECEIVE = sa.text(queries["inbox_receive"])
 PRUNE = sa.text(queries["prune_inbox"])
@@ -69,7 +68,7 @@ def inbox(
     params = {"consumer": _consumer(consumer), "message_id": _message_id(message_id)}
     if _is_async(session):
         return _receive_async(session, params)
-    return _receive(cast(SyncTarget, session), params)
+    return _receive(cast("SyncTarget", session), params)
 
 
 def _receive(session: SyncTarget, params: dict[str, str]) -> bool:

@@ -18,7 +18,6 @@ import sqlalchemy as sa
 import structlog
 import tenacity
 from psycopg.types.numeric import Int4
-from sqlalchemy.orm import Session
 
 from outbox.errors import RetryLater
 from outbox.job import Job
@@ -183,6 +182,8 @@ def run_in_transaction(
 
 def _run_in_savepoint(connection: sa.Connection, handler: Handler, job: Job) -> Outcome:
     """Run one session handler in a savepoint: commit its writes with the batch, or undo them."""
+    from sqlalchemy.orm import Session  # the ORM's import waits for a handler that takes one
+
     with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
         outcome = execute.run(handler, job, session)
         if outcome.succeeded:

@@ -7,14 +7,15 @@ import dataclasses
 import time
 import traceback
 from collections.abc import Sequence
-from typing import Any
-
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from outbox.errors import PermanentFailure, RetryLater
 from outbox.job import Job
 from outbox.publish.target import Delivery
 from outbox.registry import ErrorRedactor, Handler, redact_messages
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 TRACEBACK_LIMIT = 8_000  # characters kept of a traceback (G6 keeps every error, bounded)
 MESSAGE_LIMIT = 2_000  # characters kept of a message

@@ -2,17 +2,55 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import sys
 from importlib.metadata import entry_points
 
 import click
 
 from outbox import distribution
-from outbox.cli import audit, demo, jobs, migrate, status, ui
 from outbox.cli.context import Context, fail_clearly
 
+#: Each subcommand as ``module:object``, imported when it runs or a help lists it: a relay's
+#: start (``outbox relay``) does not pay for the audit's, the console's or the demo's imports.
+COMMANDS = {
+    "audit": "outbox.cli.audit:group",
+    "demo": "outbox.cli.demo:command",
+    "jobs": "outbox.cli.jobs:group",
+    "migrate": "outbox.cli.migrate:command",
+    "prune": "outbox.cli.audit:prune_command",
+    "status": "outbox.cli.status:command",
+    "ui": "outbox.cli.ui:command",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+@functools.cache
+def _plugins() -> dict[str, str]:
+    """Commands of other packages (the relay's), found by entry point so that outbox never
+    imports them unless asked."""
+    return {entry.name: entry.value for entry in entry_points(group="outbox.commands")}
+
+
+class _Commands(click.Group):
+    """The command group, loading each subcommand on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *_plugins()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name) or _plugins().get(cmd_name)
+        if target is None:
+            return None
+        module, _, name = target.partition(":")
+        command: click.Command = getattr(importlib.import_module(module), name)
+        return command
+
+
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--dsn",
     envvar="OUTBOX_DSN",
@@ -36,18 +74,6 @@ def cli(ctx: click.Context, dsn: str | None, database: str | None) -> None:
     them; every step is kept in an append-only history.
     """
     ctx.obj = Context.create(dsn, database)
-
-
-cli.add_command(migrate.command)
-cli.add_command(status.command)
-cli.add_command(demo.command)
-cli.add_command(jobs.group)
-cli.add_command(audit.group)
-cli.add_command(audit.prune_command)
-cli.add_command(ui.command)
-# Commands of other packages (the relay's), found by entry point so outbox never imports them.
-for entry in entry_points(group="outbox.commands"):
-    cli.add_command(entry.load(), entry.name)
 
 
 def main() -> None:

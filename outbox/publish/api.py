@@ -11,12 +11,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, overload
 
 from outbox import validate
-from outbox.enqueue import Enqueued, NewJob, SyncTarget, enqueue_many
+from outbox.enqueue import Enqueued, NewJob, enqueue_many
 from outbox.errors import InvalidJob
 from outbox.settings import Settings
 
 if TYPE_CHECKING:
-    from outbox.enqueue import AsyncTarget
+    from outbox.enqueue import AsyncTarget, SyncTarget
 
 #: Jobs of destination ``orders`` have the type ``publish:orders``.
 TYPE_PREFIX = "publish:"
