@@ -22,7 +22,6 @@ import json
 import re
 import string
 import threading
-import time
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -60,6 +59,34 @@ HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 PERMANENT_ERRORS = frozenset({10054, 10060})
 
 
+class _Call:
+    """The messages of one :meth:`NatsJetStream.publish_many` call: their answers, filled in
+    on the loop's thread as PubAcks come (or fail to), and one future the calling thread
+    waits on, set with the last answer. One hand-over per call, not one per message."""
+
+    __slots__ = ("answers", "done", "left")
+
+    def __init__(self, answers: list[Delivery | Exception | None]) -> None:
+        self.answers = answers
+        self.left = sum(1 for answer in answers if answer is None)
+        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if not self.left:
+            self.done.set_result(None)
+
+    def settle(self, index: int, answer: Delivery | Exception) -> None:
+        """On the loop's thread only; the first answer of a message stands."""
+        if self.answers[index] is not None:
+            return
+        self.answers[index] = answer
+        self.left -= 1
+        if not self.left:
+            self.done.set_result(None)
+
+
+#: A message handed to the loop: subject, body, headers, and where its answer goes.
+_Queued = tuple[str, bytes, dict[str, str], _Call, int]
+
+
 class NatsJetStream:
     """Publishes each message to a JetStream subject and waits for its PubAck.
 
@@ -94,13 +121,16 @@ class NatsJetStream:
         self._connecting: asyncio.Lock | None = None
         self._limits: Limits | None = None
         self._window_checked = False
-        self._queue: list[tuple[str, bytes, dict[str, str], concurrent.futures.Future[Any]]] = []
+        self._queue: list[_Queued] = []
         self._sending = False
         self._sender: asyncio.Task[None] | None = None
         self._closing = False
         self._inbox = ""
         self._tokens = itertools.count()
-        self._acks: dict[str, tuple[concurrent.futures.Future[Any], str, asyncio.TimerHandle]] = {}
+        # PubAcks awaited, by token, in the order sent: (call, index, subject, deadline).
+        self._acks: dict[str, tuple[_Call, int, str, float]] = {}
+        # One timer for every ack's deadline (the oldest's), not one per message.
+        self._sweep: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"NatsJetStream({','.join(self.servers)!r}, subject={self.subject!r})"
@@ -131,42 +161,33 @@ class NatsJetStream:
     def publish_many(self, messages: Sequence[Message]) -> list[Delivery | Exception]:
         """Queue every message for the loop, which sends them in one go, then wait for their
         PubAcks together. Answers at their messages' positions."""
-        pending: list[concurrent.futures.Future[Any] | Exception] = []
-        batch = []
-        for message in messages:
+        answers: list[Delivery | Exception | None] = []
+        sendable: list[tuple[str, bytes, dict[str, str], int]] = []
+        for index, message in enumerate(messages):
             try:  # a message that cannot be sent is refused alone, not its batch
                 subject, headers = self.subject_for(message), _headers(message)
             except PublishRejected as exc:
-                pending.append(exc)
+                answers.append(exc)
                 continue
-            acked: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            batch.append((subject, message.body, headers, acked))
-            pending.append(acked)
-        if batch:
+            answers.append(None)
+            sendable.append((subject, message.body, headers, index))
+        call = _Call(answers)
+        if sendable:
             loop = self._running_loop()
             # Calls from all threads queue here; the loop sends each queue in one go, so a
             # burst costs one wake-up of the loop, not one per message.
             with self._lock:
-                self._queue.extend(batch)
+                self._queue.extend((s, b, h, call, i) for s, b, h, i in sendable)
                 wake, self._sending = not self._sending, True
             if wake:
                 loop.call_soon_threadsafe(self._send_queue)
-        deadline = time.monotonic() + self.timeout * 2 + 1
-        return [self._answer(item, deadline) for item in pending]
-
-    def _answer(
-        self, item: concurrent.futures.Future[Any] | Exception, deadline: float
-    ) -> Delivery | Exception:
-        if isinstance(item, Exception):
-            return item
         try:
-            ack = item.result(max(0.0, deadline - time.monotonic()))
+            # Each PubAck is bounded by the timeout on the loop; this is the backstop.
+            call.done.result(self.timeout * 2 + 1)
         except concurrent.futures.TimeoutError:
-            return PublishFailed(f"no PubAck from JetStream within {self.timeout:g}s")
-        except Exception as exc:  # PublishFailed or PublishRejected, set by the loop
-            return exc
-        detail = f"stream {ack.stream} seq {ack.seq}"
-        return Delivery("duplicate" if ack.duplicate else "delivered", detail)
+            late = PublishFailed(f"no PubAck from JetStream within {self.timeout:g}s")
+            return [late if answer is None else answer for answer in list(call.answers)]
+        return [answer for answer in call.answers if answer is not None]
 
     def close(self) -> None:
         """Send what is buffered, close the connection and stop the loop's thread."""
@@ -217,6 +238,7 @@ class NatsJetStream:
             self._window_checked = False
             self._queue, self._sending, self._closing = [], False, False
             self._acks = {}
+            self._sweep = None
 
     async def _connected(self) -> JetStreamContext:
         """The JetStream context, connecting first when there is no open connection (at
@@ -265,7 +287,7 @@ class NatsJetStream:
     async def _send(self) -> None:
         """Send every queued message without waiting for acks in between: JetStream's
         async publish, each ack resolving its caller's future when it comes."""
-        batch: list[tuple[str, bytes, dict[str, str], concurrent.futures.Future[Any]]] = []
+        batch: list[_Queued] = []
         try:
             while True:
                 with self._lock:
@@ -276,28 +298,30 @@ class NatsJetStream:
                 try:
                     await self._connected()
                 except PublishFailed as error:
-                    for *_, acked in batch:
-                        _settle(acked, error=error)
+                    for *_, call, index in batch:
+                        call.settle(index, error)
                     continue
                 nc = self._nc
                 assert nc is not None
                 loop = asyncio.get_running_loop()
-                for subject, body, headers, acked in batch:
+                deadline = loop.time() + self.timeout
+                for subject, body, headers, call, index in batch:
                     token = str(next(self._tokens))
-                    timer = loop.call_later(self.timeout, self._expire, token)
-                    self._acks[token] = (acked, subject, timer)
+                    self._acks[token] = (call, index, subject, deadline)
                     try:
                         await nc.publish(subject, body, reply=self._inbox + token, headers=headers)
                     except Exception as error:
-                        timer.cancel()
                         self._acks.pop(token, None)
-                        _settle(acked, error=self._failure(error, subject))
+                        call.settle(index, self._failure(error, subject))
+                if self._sweep is None and self._acks:
+                    self._sweep = loop.call_at(deadline, self._expire)
         except BaseException as error:
             # Never leave callers waiting on a sender that is gone.
             with self._lock:
                 batch, self._queue, self._sending = batch + self._queue, [], False
-            for *_, acked in batch:
-                _settle(acked, error=PublishFailed(f"publish to NATS failed: {_describe(error)}"))
+            failed = PublishFailed(f"publish to NATS failed: {_describe(error)}")
+            for *_, call, index in batch:
+                call.settle(index, failed)
             raise
 
     async def _on_ack(self, reply: Any) -> None:
@@ -307,10 +331,9 @@ class NatsJetStream:
         entry = self._acks.pop(reply.subject[len(self._inbox) :], None)
         if entry is None:  # expired already
             return
-        acked, subject, timer = entry
-        timer.cancel()
+        call, index, subject, _ = entry
         if reply.headers and reply.headers.get(nats.js.api.Header.STATUS) == "503":
-            _settle(acked, error=self._failure(nats.js.errors.NoStreamResponseError(), subject))
+            call.settle(index, self._failure(nats.js.errors.NoStreamResponseError(), subject))
             return
         try:
             answer = json.loads(reply.data)
@@ -321,21 +344,37 @@ class NatsJetStream:
                     description=error.get("description"),
                     err_code=error.get("err_code"),
                 )
-                _settle(acked, error=self._failure(refused, subject))
-            else:
-                _settle(acked, result=nats.js.api.PubAck.from_response(answer))
+                call.settle(index, self._failure(refused, subject))
+                return
+            # A PubAck: {"stream": ..., "seq": ..., "duplicate": true when already stored}
+            detail = f"stream {answer['stream']} seq {answer['seq']}"
+            delivery = (
+                Delivery("duplicate", detail)
+                if answer.get("duplicate")
+                else Delivery("delivered", detail)
+            )
         except Exception as error:  # an answer that is no PubAck
-            _settle(acked, error=PublishFailed(f"unreadable PubAck: {_describe(error)}"))
+            call.settle(index, PublishFailed(f"unreadable PubAck: {_describe(error)}"))
+            return
+        call.settle(index, delivery)
 
-    def _expire(self, token: str) -> None:
-        """An ack that never came (the server down, the connection lost): the publish fails
-        and is retried; if the message was stored after all, the retry is a duplicate."""
-        entry = self._acks.pop(token, None)
-        if entry is not None:
-            acked, subject, _ = entry
-            _settle(
-                acked,
-                error=PublishFailed(
+    def _expire(self) -> None:
+        """Acks that never came (the server down, the connection lost) fail their publishes,
+        which are retried; if a message was stored after all, its retry is a duplicate.
+        Acks wait in the order they were sent, so the oldest deadlines come first; the
+        timer is set again for the oldest still waiting."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._acks:
+            token, (call, index, subject, deadline) = next(iter(self._acks.items()))
+            if deadline > now:
+                self._sweep = loop.call_at(deadline, self._expire)
+                return
+            del self._acks[token]
+            call.settle(
+                index,
+                PublishFailed(
                     f"no PubAck from JetStream within {self.timeout:g}s (subject {subject!r})"
                 ),
             )
@@ -410,8 +449,9 @@ class NatsJetStream:
         nc, self._nc, self._js = self._nc, None, None
         with self._lock:
             queued, self._queue = self._queue, []
-        for *_, acked in queued:
-            _settle(acked, error=PublishFailed("the NATS target closed before sending this"))
+        closed = PublishFailed("the NATS target closed before sending this")
+        for *_, call, index in queued:
+            call.settle(index, closed)
         if nc is None or nc.is_closed:
             return
         try:
@@ -503,20 +543,6 @@ def _headers(message: Message) -> dict[str, str]:
     headers["Nats-Msg-Id"] = message.id
     headers["Content-Type"] = "application/json"
     return headers
-
-
-def _settle(
-    acked: concurrent.futures.Future[Any],
-    *,
-    result: Any = None,
-    error: BaseException | None = None,
-) -> None:
-    if acked.done():
-        return
-    if error is not None:
-        acked.set_exception(error)
-    else:
-        acked.set_result(result)
 
 
 def _describe(error: BaseException) -> str:
