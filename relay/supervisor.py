@@ -111,6 +111,12 @@ def watch_parent(worker: Worker, supervisor: int) -> None:
     threading.Thread(target=watch, name="outbox-parent-watch", daemon=True).start()
 
 
+#: Exit statuses of a child that stopped cleanly on the first signal: 0 once its handlers
+#: were set; killed by that SIGTERM (or a terminal's SIGINT) while it was still starting,
+#: before it set them, and so before its first claim. A second signal's SIGKILL is no clean stop.
+CLEAN_STOPS = frozenset({0, -signal.SIGTERM, -signal.SIGINT})
+
+
 def run_processes(
     child_argv: Sequence[str],
     processes: int,
@@ -199,7 +205,7 @@ def _supervise(
             # restart: the exit status speaks of the processes the signal stopped.
             codes = [children[slot].returncode for slot in sorted(signalled)]
             log.info("relay processes stopped", exit_codes=codes)
-            return 0 if all(code == 0 for code in codes) else 1
+            return 0 if all(code in CLEAN_STOPS for code in codes) else 1
         now = time.monotonic()
         for slot, child in list(children.items()):
             if child.poll() is None:

@@ -60,3 +60,21 @@ def test_ctrl_c_to_a_supervised_relays_process_group_drains_it(
     done = effects_per_job(chaos_db)
     assert set(done.values()) <= {1}
     assert set(done) <= {h.uuid for h in handles}
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_while_the_children_still_start_is_a_clean_stop(
+    chaos_db: sa.Engine, relays: Relays
+) -> None:
+    """A child stopped by SIGTERM before it set its handlers (it was still importing) had
+    claimed nothing: the supervisor reports a clean stop, not a failure."""
+    supervisor = relays.start("--processes", "2")
+    logs = relays.logs / "relay-0.log"
+
+    def both_spawned() -> bool:
+        return logs.read_text(errors="replace").count('"relay process started"') >= 2
+
+    wait_for(both_spawned, 60, "the supervisor to start both children", relays)
+    supervisor.send_signal(signal.SIGTERM)  # the children are importing (about 0.35 s)
+    assert supervisor.wait(60) == 0, relays.log_tail()
+    assert scalar(chaos_db, "SELECT count(*) FROM outbox_history WHERE event = 'claimed'") == 0
