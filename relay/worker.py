@@ -204,6 +204,7 @@ class Worker:
 
     def _produce(self) -> None:
         failures = 0
+        fruitless = 0  # claims in a row that found nothing
         busy_queue = False  # the last claim came back full: more work is waiting
         next_look = 0.0  # when to look again for jobs that must run alone
         while not self._stopping.is_set():
@@ -247,10 +248,12 @@ class Worker:
             failures = 0
             busy_queue = len(jobs) == limit
             if jobs:
+                fruitless = 0
                 self.dispatcher.dispatch(jobs)
             else:
+                fruitless += 1
                 next_look = 0.0  # idle: a job that must run alone may go first
-                self._stopping.wait(fruitless_pause(time.monotonic() - claiming))
+                self._stopping.wait(fruitless_pause(time.monotonic() - claiming, fruitless))
                 woken = self._wake.wait(self._idle_wait())
                 metrics.WAKEUPS.labels("notify" if woken else "poll").inc()
 
