@@ -11,6 +11,7 @@ signals on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -43,25 +44,22 @@ DSN_ENV = "OUTBOX_DSN"
 
 
 def run_worker(worker: Worker) -> int:
-    signals = 0
     supervisor = os.environ.get(SUPERVISOR_ENV)
     if supervisor:
         watch_parent(worker, int(supervisor))
+    # The handler only writes the signal's number to a pipe; a thread reads it, logs and
+    # stops the worker. A handler runs in the main thread between two of its steps: had it
+    # logged (or set an Event) while that thread held the same lock, it would wait forever.
+    readable, writable = os.pipe()
+    os.set_blocking(writable, False)
+    threading.Thread(
+        target=_answer_signals, args=(readable, worker, bool(supervisor)),
+        name="outbox-signals", daemon=True,
+    ).start()  # fmt: skip
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            log.info("stopping: finishing in-flight jobs", signal=signal.Signals(signum).name)
-            worker.stop()
-        elif supervisor:
-            # Ctrl-C in a terminal, or systemd's stop, signals every process of the group at
-            # once, and the supervisor passes its own signal on: one request, not two. The
-            # supervisor ends its processes with SIGKILL when it means "now".
-            log.info("already stopping", signal=signal.Signals(signum).name)
-        else:
-            log.warning("second signal: exiting now; running jobs are rescued when leases expire")
-            _exit(1)
+        with contextlib.suppress(BlockingIOError):  # full: hundreds of signals unread already
+            os.write(writable, bytes([signum]))
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -69,12 +67,37 @@ def run_worker(worker: Worker) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        os.close(writable)  # the signal thread reads the end of the pipe, and ends
     if busy := _handler_threads(HANDLER_THREADS_LINGER):
         # Python waits for every handler thread at exit, and a hung handler never returns:
         # leave without it. Its job keeps its lease and is rescued when that expires (G2).
         log.warning("exiting with handlers still running past the grace period", threads=busy)
         _exit(0)
     return 0
+
+
+def _answer_signals(readable: int, worker: Worker, supervised: bool) -> None:
+    """The first SIGTERM or SIGINT stops the worker; a second exits at once, unless a
+    supervisor passed the signal on (then it is the same request again)."""
+    signals = 0
+    with os.fdopen(readable, "rb", buffering=0) as pipe:
+        while received := pipe.read(64):
+            for signum in received:
+                signals += 1
+                name = signal.Signals(signum).name
+                if signals == 1:
+                    log.info("stopping: finishing in-flight jobs", signal=name)
+                    worker.stop()
+                elif supervised:
+                    # Ctrl-C in a terminal, or systemd's stop, signals every process of the
+                    # group at once, and the supervisor passes its own signal on: one request,
+                    # not two. The supervisor ends its processes with SIGKILL when it means "now".
+                    log.info("already stopping", signal=name)
+                else:
+                    log.warning(
+                        "second signal: exiting now; running jobs are rescued when leases expire"
+                    )
+                    _exit(1)
 
 
 #: Seconds the idle handler threads get to end after the relay stopped.

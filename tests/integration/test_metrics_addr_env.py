@@ -31,7 +31,13 @@ def relay(dsn: str, log: Path, env: dict[str, str], *options: str) -> Iterator[N
             yield
         finally:
             process.send_signal(signal.SIGTERM)
-            code = process.wait(30)
+            try:
+                code = process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()  # left running, it would hold the gauge lock for later tests
+                process.wait(10)
+                tail = log.read_text()
+                raise AssertionError(f"SIGTERM did not stop the relay:\n{tail}") from None
     assert code == 0, log.read_text()
 
 
