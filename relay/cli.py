@@ -108,6 +108,15 @@ def command(
         raise click.UsageError(str(exc)) from None
     except psycopg.OperationalError as exc:
         raise click.ClickException(f"cannot reach the database: {log.first_line(exc)}") from None
+
+    def relay_worker(metrics_addr: tuple[str, int] | None) -> Worker:
+        return Worker(
+            registry, dsn, settings,
+            queues=queues.names if queues is not None and queues.limits is None else None,
+            queue_limits=queues.limits if queues is not None else None,
+            metrics_addr=metrics_addr,
+        )  # fmt: skip
+
     if processes > 1:
         # The DSN goes to the children in their environment, never on a command line.
         child = ["-m", "outbox", "relay", "--app", app, "--processes", "1"]
@@ -118,14 +127,11 @@ def command(
         if concurrency:
             child += ["--concurrency", str(concurrency)]
         grace = settings.shutdown_grace.total_seconds()
-        raise SystemExit(supervisor.run_processes(child, processes, grace, dsn, addr))
-    worker = Worker(
-        registry, dsn, settings,
-        queues=queues.names if queues is not None and queues.limits is None else None,
-        queue_limits=queues.limits if queues is not None else None,
-        metrics_addr=addr,
-    )  # fmt: skip
-    raise SystemExit(supervisor.run_worker(worker))
+        # The first processes are forked from this one, the same relay (relay/forked.py);
+        # one that dies is started again from `child`.
+        fork = lambda: supervisor.run_worker(relay_worker(None))  # noqa: E731
+        raise SystemExit(supervisor.run_processes(child, processes, grace, dsn, addr, fork))
+    raise SystemExit(supervisor.run_worker(relay_worker(addr)))
 
 
 def _metrics_addr(text: str) -> tuple[str, int] | None:

@@ -11,7 +11,8 @@ from collections import Counter as Tally
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, values
+from prometheus_client.metrics import MetricWrapperBase
 
 if TYPE_CHECKING:
     from .execute import Outcome
@@ -110,3 +111,26 @@ SCHEDULE_LAST_TICK = Gauge(
     ["schedule"],
     multiprocess_mode="livemax",
 )
+
+
+def write_to_files() -> None:
+    """From now on, this process's metrics go to prometheus-client's multiprocess files
+    (``PROMETHEUS_MULTIPROC_DIR``, set by the caller), where its supervisor sums them.
+
+    For a relay process forked from its supervisor (relay/supervisor.py): the metrics were
+    made in the supervisor before the fork, in memory, because prometheus-client chooses where
+    values live when it is imported. Each metric made so far, the application's too, and each
+    labelled series already used, is made again on files; references to them stay valid.
+    """
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    collectors = list(REGISTRY._collector_to_names)  # every metric made with the default registry
+    for metric in collectors:
+        if not isinstance(metric, MetricWrapperBase):
+            continue
+        if metric._is_parent():  # type: ignore[no-untyped-call]
+            with metric._lock:
+                series = list(metric._metrics.values())
+            for child in series:
+                child._metric_init()  # type: ignore[no-untyped-call]
+        else:
+            metric._metric_init()  # type: ignore[no-untyped-call]

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 import structlog
@@ -28,7 +28,9 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from outbox.database import create_engine
 
+from . import forked
 from .dispatch import HANDLER_THREAD_PREFIX
+from .forked import Child
 from .gauges import QueueGauges
 from .http import HttpServer, Readiness, format_addr
 from .worker import Worker
@@ -146,20 +148,29 @@ def run_processes(
     grace: float,
     dsn: str,
     metrics_addr: tuple[str, int] | None,
+    run_child: Callable[[], int] | None = None,
 ) -> int:
     """Run ``processes`` copies of ``child_argv``; restart crashed ones until signalled.
 
     ``child_argv`` must not hold the DSN: each child is given ``dsn`` in its environment.
+    With ``run_child`` (the same relay, as a function), the first processes are forked from
+    this one when it runs a single thread (relay/forked.py); restarts run ``child_argv``.
 
     The children write their metrics to files of prometheus-client's multiprocess mode;
     the supervisor serves their sums, and the queue gauges, on one endpoint.
     """
     with tempfile.TemporaryDirectory(prefix="outbox-metrics-") as metrics_dir:
-        server = _serve_metrics(metrics_dir, dsn, metrics_addr)
+        servers: list[HttpServer] = []
+
+        def serve() -> None:
+            # After the first processes started: its thread would keep them from being forked.
+            if (server := _serve_metrics(metrics_dir, dsn, metrics_addr)) is not None:
+                servers.append(server)
+
         try:
-            return _supervise(child_argv, processes, grace, dsn, metrics_dir)
+            return _supervise(child_argv, processes, grace, dsn, metrics_dir, run_child, serve)
         finally:
-            if server is not None:
+            for server in servers:
                 server.stop()
 
 
@@ -177,9 +188,15 @@ def _serve_metrics(metrics_dir: str, dsn: str, addr: tuple[str, int] | None) -> 
 
 
 def _supervise(
-    child_argv: Sequence[str], processes: int, grace: float, dsn: str, metrics_dir: str
+    child_argv: Sequence[str],
+    processes: int,
+    grace: float,
+    dsn: str,
+    metrics_dir: str,
+    run_child: Callable[[], int] | None,
+    started: Callable[[], None],
 ) -> int:
-    children: dict[int, subprocess.Popen[bytes]] = {}
+    children: dict[int, Child] = {}
     failures = [0] * processes
     stopping = False
     signals = 0
@@ -188,14 +205,18 @@ def _supervise(
 
     def spawn(slot: int) -> None:
         env = {
-            **os.environ,
             SUPERVISOR_ENV: str(os.getpid()),
             DSN_ENV: dsn,
             "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
         }
-        children[slot] = subprocess.Popen([sys.executable, *child_argv], env=env)
+        how = "forked"
+        if run_child is not None and forked.can_fork():
+            children[slot] = forked.fork(run_child, env)
+        else:
+            how = "executed"
+            children[slot] = subprocess.Popen([sys.executable, *child_argv], env=os.environ | env)
         started_at[slot] = time.monotonic()
-        log.info("relay process started", slot=slot, pid=children[slot].pid)
+        log.info("relay process started", slot=slot, pid=children[slot].pid, how=how)
 
     signalled: set[int] = set()  # slots whose process was alive when the first signal came
 
@@ -213,6 +234,7 @@ def _supervise(
         signal.signal(s, on_signal)
     for slot in range(processes):
         spawn(slot)
+    started()
     restart_at: dict[int, float] = {}
     while True:
         time.sleep(0.2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -67,7 +68,10 @@ def test_handler_that_kills_its_process_ends_dead_after_max_attempts(
     chaos_db: sa.Engine, relays: Relays
 ) -> None:
     [handle] = enqueue(chaos_db, [outbox.NewJob("chaos.crash", {})])
-    supervisor = relays.start("--processes", "2", "--concurrency", "1")
+    # Metrics served: the supervisor has a thread, so a process that died is started anew.
+    supervisor = relays.start(
+        "--processes", "2", "--concurrency", "1", "--metrics-addr", "127.0.0.1:0"
+    )  # fmt: skip
     wait_for(lambda: scalar(chaos_db, "SELECT state FROM outbox_jobs") == "dead", 90,
              "the crashing job to end dead", relays)  # fmt: skip
     with chaos_db.connect() as conn:
@@ -80,6 +84,13 @@ def test_handler_that_kills_its_process_ends_dead_after_max_attempts(
     assert trail[-1] == "dead"
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(30) == 0, relays.log_tail()
+    # The first processes were forked from the supervisor (still one thread then); those that
+    # died were started anew, not forked from a process with threads.
+    lines = (relays.logs / "relay-0.log").read_text().splitlines()
+    started = [json.loads(line) for line in lines if "relay process started" in line]
+    assert [(e["slot"], e["how"]) for e in started[:2]] == [(0, "forked"), (1, "forked")]
+    assert len(started) >= 2 + 3
+    assert {e["how"] for e in started[2:]} == {"executed"}
 
 
 def test_terminated_connections_are_survived_and_every_effect_happens_once(
