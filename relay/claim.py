@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from outbox.job import Job
 from outbox.registry import Registry
 
+from .floors import LOWEST, Floors, Position
 from .sql import queries
 
 CLAIM = sa.text(queries["claim_batch"])
@@ -54,11 +55,38 @@ def claim_batch(
 ) -> list[Job]:
     """Claim up to ``limit`` jobs and commit at once; the jobs come back in claim order.
     ``rooms``: each queue's most jobs in this claim (per-queue limits), else ``limit``."""
+    floors = Floors().params(queues, 0)
+    jobs, _ = claim_past(
+        connection, queues=queues, limit=limit, lease=lease, relay=relay, limits=limits,
+        rooms=rooms, floors=floors,
+    )  # fmt: skip
+    return jobs
+
+
+def claim_past(
+    connection: sa.Connection,
+    *,
+    queues: Sequence[str],
+    limit: int,
+    lease: timedelta,
+    relay: str,
+    limits: AttemptLimits,
+    rooms: Sequence[int] | None,
+    floors: Mapping[str, Any],
+    positions: bool = False,
+) -> tuple[list[Job], dict[str, Position]]:
+    """:func:`claim_batch`, each queue read past its floor (``Floors.params``); with
+    ``positions``, also the position of the last job claimed from each queue."""
     rooms = list(rooms) if rooms is not None else [limit] * len(queues)
-    params = {"queues": list(queues), "rooms": rooms, "limit": limit, "lease": lease}
+    params = {"queues": list(queues), "rooms": rooms, "limit": limit, "lease": lease, **floors}
     rows = connection.execute(CLAIM, {**params, "relay": relay, **limits.params()}).all()
     connection.commit()
-    return _jobs(rows)
+    last: dict[str, Position] = {}
+    for row in rows if positions else ():
+        position: Position = (row[9], row[10], row[11])  # _priority, _run_at, _id in _jobs
+        if position > last.get(row[2], LOWEST):  # row[2]: the queue
+            last[row[2]] = position
+    return _jobs(rows), last
 
 
 def claim_isolated(
@@ -103,7 +131,20 @@ def _jobs(rows: Sequence[Any]) -> list[Job]:
             enqueued_at=enqueued_at,
             idempotency_key=idempotency_key or str(uuid),
         )
-        for uuid, type_, queue, key, idempotency_key, payload, attempt, most, enqueued_at in rows
+        for (
+            uuid,
+            type_,
+            queue,
+            key,
+            idempotency_key,
+            payload,
+            attempt,
+            most,
+            enqueued_at,
+            _priority,
+            _run_at,
+            _id,
+        ) in rows
     ]
 
 

@@ -91,6 +91,9 @@ class InFlight:
         self._completing = 0  # jobs whose outcome waits for the completer
         #: Jobs finished here so far (completed, failed or given up): the pace of claims.
         self.finished_total = 0
+        #: Of those, the ones that may have made a job ready behind the last one claimed: a
+        #: job with a key (its key's next job) or one that did not succeed (relay/floors.py).
+        self.reordered_total = 0
 
     # -- claiming ----------------------------------------------------------------------
 
@@ -204,6 +207,8 @@ class InFlight:
                 elif self._occupied is not None:
                     self._occupy(running.job.queue, -1)
             self.finished_total += len(done) + len(lost)
+            self.reordered_total += len(lost)
+            self.reordered_total += sum(1 for o in done if o.job.key is not None or not o.succeeded)
             metrics.IN_FLIGHT.set(len(self._running))
         self.space.set()
         metrics.record_outcomes(done)

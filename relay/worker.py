@@ -34,14 +34,15 @@ from outbox.settings import Settings
 from . import leases, metrics, preflight, service
 from .claim import (
     AttemptLimits,
-    claim_batch,
     claim_isolated,
+    claim_past,
     fruitless_pause,
     isolated_ready,
     seconds_to_next_run,
 )
 from .complete import Completer
 from .dispatch import Dispatcher
+from .floors import Floors
 from .gauges import QueueGauges
 from .http import HttpServer, Readiness, format_addr
 from .inflight import InFlight
@@ -134,6 +135,7 @@ class Worker:
         self._stopped = threading.Event()
         self.inflight = InFlight(self._wake, self.log, self.queue_limits)
         self.pace = Pace(settings.concurrency, settings.claim_batch)
+        self.floors = Floors()
         self.completer = Completer(self.fast, self.relay, registry, self.inflight)
         self.dispatcher = Dispatcher(
             self.inflight, self.completer, registry, self.engine, self.relay, settings, self.log
@@ -254,7 +256,7 @@ class Worker:
                 fruitless += 1
                 next_look = 0.0  # idle: a job that must run alone may go first
                 self._stopping.wait(fruitless_pause(time.monotonic() - claiming, fruitless))
-                woken = self._wake.wait(self._idle_wait())
+                woken = self._wake.wait(self.floors.wait(self._idle_wait()))
                 metrics.WAKEUPS.labels("notify" if woken else "poll").inc()
 
     def _open_queues(self) -> tuple[list[str], list[int] | None]:
@@ -269,8 +271,12 @@ class Worker:
         return queues, [rooms[q] for q in queues]
 
     def _claim(self, limit: int, queues: list[str], rooms: list[int] | None) -> list[Job]:
+        if self.floors.look_due():
+            with self.fast.connect() as connection:
+                self.floors.look(connection, self.queues)
+        floors = self.floors.params(queues, self.inflight.reordered_total)
         with metrics.CLAIM_DURATION.time(), self.fast.connect() as connection:
-            jobs = claim_batch(
+            jobs, last = claim_past(
                 connection,
                 queues=queues,
                 rooms=rooms,
@@ -278,7 +284,10 @@ class Worker:
                 lease=self.settings.lease,
                 relay=self.relay,
                 limits=self._limits,
+                floors=floors,
+                positions=self.floors.active,
             )
+        self.floors.advance(last)
         metrics.CLAIM_BATCH.observe(len(jobs))
         return jobs
 

@@ -24,6 +24,10 @@
 -- statistics, which right after a burst of a new type call it rare, and the claim was then
 -- costed at a million (an index read of every ready job, compiled by JIT) or planned as a
 -- sequential scan and a sort of the whole table.
+-- Each queue's scan starts past its floor (:floor_priority, :floor_run_at, :floor_id, aligned
+-- with :queues): the position of the last job this relay claimed there, while a long snapshot
+-- keeps the index entries of jobs claimed since from being removed and every claim would walk
+-- them all (relay/floors.py). Otherwise the floor is the lowest position, before every job.
 -- The attempt limit is settled here, the one place it is decided: the job's own max_attempts,
 -- else its handler's (:types, :limits from this relay's registry), else :default_max. The claim
 -- stores it on the row, so every later attempt, relay and rescue (rescue.sql) reads the same
@@ -33,13 +37,17 @@ WITH limits AS (
 ),
 candidates AS (
     SELECT c.tid, c.priority, c.run_at, c.id
-    FROM unnest(CAST(:queues AS text[]), CAST(:rooms AS integer[])) AS q (queue, room)
+    FROM unnest(
+        CAST(:queues AS text[]), CAST(:rooms AS integer[]), CAST(:floor_priority AS smallint[]),
+        CAST(:floor_run_at AS timestamptz[]), CAST(:floor_id AS bigint[])
+    ) AS q (queue, room, priority, run_at, id)
     CROSS JOIN LATERAL (
         SELECT ready.* FROM (
             SELECT j.ctid AS tid, j.priority, j.run_at, j.id
             FROM outbox_jobs AS j
             WHERE j.state = 'pending'
               AND j.queue = q.queue
+              AND (j.priority, j.run_at, j.id) > (q.priority, q.run_at, q.id)
               AND j.run_at <= now()
               AND NOT j.isolated
               AND array_position(CAST(:types AS text[]), j.type) IS NOT NULL
@@ -73,13 +81,14 @@ claimed AS (
         )
     WHERE j.ctid = ANY(ARRAY(SELECT tid FROM chosen))
     RETURNING j.uuid, j.type, j.queue, j.key, j.idempotency_key, j.payload, j.attempt,
-              j.max_attempts, j.enqueued_at, j.id
+              j.max_attempts, j.enqueued_at, j.priority, j.run_at, j.id
 ),
 recorded AS (
     INSERT INTO outbox_history (job_uuid, event, type, queue, key, attempt, relay)
     SELECT uuid, 'claimed', type, queue, key, attempt, :relay FROM claimed
 )
-SELECT uuid, type, queue, key, idempotency_key, payload, attempt, max_attempts, enqueued_at
+SELECT uuid, type, queue, key, idempotency_key, payload, attempt, max_attempts, enqueued_at,
+       priority, run_at, id
 FROM claimed
 ORDER BY id;
 
@@ -131,13 +140,14 @@ claimed AS (
         )
     WHERE j.ctid = ANY(ARRAY(SELECT tid FROM chosen))
     RETURNING j.uuid, j.type, j.queue, j.key, j.idempotency_key, j.payload, j.attempt,
-              j.max_attempts, j.enqueued_at
+              j.max_attempts, j.enqueued_at, j.priority, j.run_at, j.id
 ),
 recorded AS (
     INSERT INTO outbox_history (job_uuid, event, type, queue, key, attempt, relay, reason)
     SELECT uuid, 'claimed', type, queue, key, attempt, :relay, 'runs alone' FROM claimed
 )
-SELECT uuid, type, queue, key, idempotency_key, payload, attempt, max_attempts, enqueued_at
+SELECT uuid, type, queue, key, idempotency_key, payload, attempt, max_attempts, enqueued_at,
+       priority, run_at, id
 FROM claimed;
 
 -- name: next_run_at
@@ -151,3 +161,24 @@ FROM outbox_jobs
 WHERE state = 'pending' AND queue = ANY(CAST(:queues AS text[])) AND run_at > now()
   AND type = ANY(CAST(:types AS text[]));
 
+
+-- name: ready_head
+-- How many index entries of jobs already claimed lie before the first ready job of each of
+-- :queues in outbox_jobs_ready_idx (relay/floors.py). Run under EXPLAIN ANALYZE as an index
+-- only scan (the caller turns the other scans off for its transaction): an entry no scan has
+-- yet marked dead costs a heap fetch, and one a long snapshot may still see cannot be marked,
+-- so "Heap Fetches" counts them. Without locks, without the claim's other conditions.
+EXPLAIN (ANALYZE, FORMAT JSON)
+SELECT h.id
+FROM unnest(CAST(:queues AS text[])) AS q (queue)
+CROSS JOIN LATERAL (
+    SELECT j.id FROM outbox_jobs AS j
+    WHERE j.state = 'pending' AND j.queue = q.queue AND j.run_at <= now()
+    ORDER BY j.priority, j.run_at, j.id
+    LIMIT 1
+) AS h;
+
+-- name: index_only
+-- For ready_head: no other scan than an index only one, in this transaction alone.
+SELECT set_config('enable_indexscan', 'off', true), set_config('enable_bitmapscan', 'off', true),
+       set_config('enable_seqscan', 'off', true);

@@ -18,6 +18,7 @@ from typing import Any
 import prometheus_client
 import sqlalchemy as sa
 from outbox_relay.claim import CLAIM, AttemptLimits, claim_batch
+from outbox_relay.floors import Floors
 from sqlalchemy.orm import Session
 
 import outbox
@@ -99,6 +100,7 @@ def test_the_claim_is_priced_by_its_size_whatever_the_room(server: str) -> None:
                 "queues": ["default"], "rooms": [3], "limit": 500,
                 "lease": timedelta(seconds=30), "relay": "r",
                 **AttemptLimits(default=5, types=("a.b",)).params(),
+                **Floors().params(["default"], 0),
             }  # fmt: skip
             with engine.connect() as conn:
                 explain = sa.text("EXPLAIN (FORMAT JSON) " + CLAIM.text)

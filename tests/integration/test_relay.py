@@ -398,6 +398,7 @@ def test_claim_plan_is_index_driven_right_after_a_burst(db: sa.Engine) -> None:
     enqueue(db, [outbox.NewJob("a.burst", {"n": n}, key=f"k{n % 50}" if n % 2 else None)
                  for n in range(100_000)])  # fmt: skip
     from outbox_relay.claim import CLAIM
+    from outbox_relay.floors import Floors
 
     for analysed in (False, True):  # before autovacuum, and after it (a large claim)
         if analysed:
@@ -410,7 +411,8 @@ def test_claim_plan_is_index_driven_right_after_a_burst(db: sa.Engine) -> None:
                     sa.text("EXPLAIN " + CLAIM.text),
                     {"queues": ["default"], "limit": 500, "lease": timedelta(seconds=30),
                      "rooms": [500], "relay": "r",
-                     **AttemptLimits(default=5, types=("a.burst",)).params()},
+                     **AttemptLimits(default=5, types=("a.burst",)).params(),
+                     **Floors().params(["default"], 0)},
                 )
             )  # fmt: skip
             conn.rollback()

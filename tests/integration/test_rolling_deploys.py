@@ -9,6 +9,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from click.testing import CliRunner
 from outbox_relay.claim import CLAIM, AttemptLimits, isolated_ready, seconds_to_next_run
+from outbox_relay.floors import Floors
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
@@ -214,6 +215,7 @@ def test_a_burst_of_a_type_the_statistics_never_saw_is_claimed_by_the_index(serv
                 "queues": ["default"], "rooms": [500], "limit": 500,
                 "lease": timedelta(seconds=30), "relay": "r",
                 **AttemptLimits(default=5, types=("a.new",)).params(),
+                **Floors().params(["default"], 0),
             }  # fmt: skip
             with engine.connect() as conn:
                 [plan] = conn.execute(

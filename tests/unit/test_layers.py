@@ -204,7 +204,7 @@ def leftmost_name(expression: ast.expr) -> str | None:
 def unpacked_columns() -> list[str]:
     """The Job field that each position of a claimed row fills, in relay/claim.py's
     ``_jobs``: the row is unpacked into names, and each name is the (leftmost) value of
-    one Job(...) keyword argument, which is named as the column is."""
+    one Job(...) keyword argument, which is named as the column is, or ``_column``."""
     path = ROOT / "relay" / "claim.py"
     tree = ast.parse(path.read_text(encoding="utf-8"))
     functions = [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)]
@@ -217,9 +217,11 @@ def unpacked_columns() -> list[str]:
     call = comprehension.elt
     assert isinstance(call, ast.Call)
     fields = {leftmost_name(kw.value): kw.arg for kw in call.keywords}
-    missing = [name for name in names if fields.get(name) is None]
+    # A name with a leading underscore is a column Job does not hold (the claim's position,
+    # for relay/floors.py): named as the column is, after the underscore.
+    missing = [name for name in names if not name.startswith("_") and fields.get(name) is None]
     assert missing == [], f"unpacked but not passed to Job: {missing}"
-    return [str(fields[name]) for name in names]
+    return [name[1:] if name.startswith("_") else str(fields[name]) for name in names]
 
 
 @pytest.mark.parametrize("statement", ["claim_batch", "claim_isolated"])

@@ -1,0 +1,96 @@
+"""While a long snapshot keeps claimed jobs' index entries from being removed, claims start
+past the last job claimed (relay/floors.py), and no job is left behind: one that becomes
+ready behind the floor still runs, keys keep their order, and once the snapshot ends claims
+start at the head again."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from outbox_relay import floors
+from sqlalchemy.orm import Session
+
+import outbox
+from tests.integration.relay_harness import live_jobs, running_relay, scalar, wait_for
+
+
+@pytest.fixture
+def quick_looks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(floors, "LOOK_EVERY", 0.1)
+    monkeypatch.setattr(floors, "CLUTTERED", 500)
+
+
+@pytest.fixture
+def pinned(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A report's REPEATABLE READ transaction, its snapshot taken, left open."""
+    with engine.connect() as connection:
+        connection.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        connection.execute(sa.text("SELECT count(*) FROM outbox_history")).scalar()
+        yield connection
+        connection.rollback()
+
+
+def enqueue(db: sa.Engine, jobs: list[outbox.NewJob]) -> None:
+    with Session(db) as session, session.begin():
+        outbox.enqueue_many(session, jobs)
+
+
+def test_pinned_claims_start_past_the_claimed_jobs_and_leave_none_behind(
+    db: sa.Engine,
+    dsn: str,
+    quick_looks: None,
+    pinned: sa.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = outbox.Registry()
+    ran: list[tuple[str | None, int]] = []
+    lock = threading.Lock()
+
+    def record(job: outbox.Job) -> None:
+        with lock:
+            ran.append((job.key, job.payload["n"]))
+
+    registry.register("pin.job", record)
+    with running_relay(registry, dsn) as worker:
+        # Enough jobs claimed under the snapshot to clutter the head of the index.
+        for start in range(0, 3000, 500):
+            enqueue(db, [outbox.NewJob("pin.job", {"n": n}) for n in range(start, start + 500)])
+            wait_for(lambda: live_jobs(db) == 0, what="the jobs")
+        wait_for(lambda: worker.floors.active, what="claims to start past their floor")
+        # From here the floors stay, whatever the head holds (it holds the jobs behind them
+        # first): those jobs must come from the full claims alone.
+        monkeypatch.setattr(floors, "CLUTTERED", -1)
+        enqueue(db, [outbox.NewJob("pin.job", {"n": 3000})])
+        wait_for(lambda: live_jobs(db) == 0, what="a job claimed past the floor")
+        # A job ready behind the floor: its run_at is an hour before every job claimed.
+        an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+        enqueue(db, [outbox.NewJob("pin.job", {"n": -1}, run_at=an_hour_ago)])
+        wait_for(lambda: live_jobs(db) == 0, what="the job behind the floor (a full claim)")
+        # A key's jobs, each ready only once the one before it completed, behind the floor.
+        enqueue(db, [outbox.NewJob("pin.job", {"n": n}, key="k") for n in range(5)])
+        wait_for(lambda: live_jobs(db) == 0, what="the key's jobs")
+        assert worker.floors.active
+        monkeypatch.setattr(floors, "CLUTTERED", 500)
+        pinned.rollback()  # the report ends
+        wait_for(lambda: not worker.floors.active, what="claims to start at the head again")
+    assert (None, -1) in ran
+    assert [n for key, n in ran if key == "k"] == [0, 1, 2, 3, 4]
+    assert sorted(n for key, n in ran if key is None) == list(range(-1, 3001))
+    claims = "SELECT count(*) FROM outbox_history WHERE event = 'claimed'"
+    assert scalar(db, claims) == 3000 + 1 + 1 + 5
+
+
+def test_a_clean_head_keeps_claims_at_the_head(db: sa.Engine, dsn: str, quick_looks: None) -> None:
+    registry = outbox.Registry()
+    registry.register("pin.job", lambda job: None)
+    with running_relay(registry, dsn) as worker:
+        for start in range(0, 3000, 500):
+            enqueue(db, [outbox.NewJob("pin.job", {"n": n}) for n in range(start, start + 500)])
+            wait_for(lambda: live_jobs(db) == 0, what="the jobs")
+        looks = worker.floors.looks
+        wait_for(lambda: worker.floors.looks >= looks + 2, what="looks at the head")
+        assert not worker.floors.active
