@@ -19,6 +19,7 @@ CLAIM = sa.text(queries["claim_batch"])
 CLAIM_ISOLATED = sa.text(queries["claim_isolated"])
 ISOLATED_READY = sa.text(queries["isolated_ready"])
 NEXT_RUN_AT = sa.text(queries["next_run_at"])
+NEXT_RUN_AT_PAST_FLOORS = sa.text(queries["next_run_at_past_floors"])
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def claim_batch(
 ) -> list[Job]:
     """Claim up to ``limit`` jobs and commit at once; the jobs come back in claim order.
     ``rooms``: each queue's most jobs in this claim (per-queue limits), else ``limit``."""
-    floors = Floors().params(queues, 0)
+    floors = Floors().current(queues)
     jobs, _ = claim_past(
         connection, queues=queues, limit=limit, lease=lease, relay=relay, limits=limits,
         rooms=rooms, floors=floors,
@@ -175,11 +176,16 @@ def fruitless_pause(seconds: float, in_a_row: int) -> float:
 
 
 def seconds_to_next_run(
-    connection: sa.Connection, queues: Sequence[str], types: Sequence[str]
+    connection: sa.Connection,
+    queues: Sequence[str],
+    types: Sequence[str],
+    floors: Mapping[str, Any] | None = None,
 ) -> float | None:
     """Seconds until the earliest scheduled job of ``types`` in ``queues`` falls due, on the
-    database's clock (the relay's own may be off), if any is scheduled."""
-    params = {"queues": list(queues), "types": list(types)}
-    seconds = connection.execute(NEXT_RUN_AT, params).scalar()
+    database's clock (the relay's own may be off), if any is scheduled. With ``floors``
+    (``Floors.current``), each queue is read past its floor."""
+    params = {"queues": list(queues), "types": list(types), **(floors or {})}
+    statement = NEXT_RUN_AT if floors is None else NEXT_RUN_AT_PAST_FLOORS
+    seconds = connection.execute(statement, params).scalar()
     connection.commit()
     return None if seconds is None else float(seconds)

@@ -42,7 +42,7 @@ from .claim import (
 )
 from .complete import Completer
 from .dispatch import Dispatcher
-from .floors import Floors
+from .floors import Floors, FloorWatch
 from .gauges import QueueGauges
 from .http import HttpServer, Readiness, format_addr
 from .inflight import InFlight
@@ -162,6 +162,9 @@ class Worker:
               if registry.schedules else []),
             self.listener,
             self.heartbeat,
+            FloorWatch(
+                self.engine, self.floors, self.queues, [h.type for h in registry], self._wake
+            ),
         ]  # fmt: skip
         self._threads: list[threading.Thread] = []
         self.http: HttpServer | None = None
@@ -256,7 +259,7 @@ class Worker:
                 fruitless += 1
                 next_look = 0.0  # idle: a job that must run alone may go first
                 self._stopping.wait(fruitless_pause(time.monotonic() - claiming, fruitless))
-                woken = self._wake.wait(self.floors.wait(self._idle_wait()))
+                woken = self._wake.wait(self._idle_wait())
                 metrics.WAKEUPS.labels("notify" if woken else "poll").inc()
 
     def _open_queues(self) -> tuple[list[str], list[int] | None]:
@@ -271,9 +274,6 @@ class Worker:
         return queues, [rooms[q] for q in queues]
 
     def _claim(self, limit: int, queues: list[str], rooms: list[int] | None) -> list[Job]:
-        if self.floors.look_due():
-            with self.fast.connect() as connection:
-                self.floors.look(connection, self.queues)
         floors = self.floors.params(queues, self.inflight.reordered_total)
         with metrics.CLAIM_DURATION.time(), self.fast.connect() as connection:
             jobs, last = claim_past(
@@ -344,7 +344,8 @@ class Worker:
         wait = self.settings.poll_interval.total_seconds()
         try:
             with self.engine.connect() as connection:
-                due_in = seconds_to_next_run(connection, self.queues, self._limits.types)
+                floors = self.floors.current(self.queues) if self.floors.active else None
+                due_in = seconds_to_next_run(connection, self.queues, self._limits.types, floors)
         except sa.exc.DBAPIError:
             return wait
         if due_in is not None:

@@ -162,6 +162,23 @@ WHERE state = 'pending' AND queue = ANY(CAST(:queues AS text[])) AND run_at > no
   AND type = ANY(CAST(:types AS text[]));
 
 
+-- name: next_run_at_past_floors
+-- next_run_at while claims start past floors (relay/floors.py): each queue is read from its
+-- floor on, not through the entries of the jobs claimed before it, which a long transaction
+-- keeps. A scheduled job more urgent than the floor's is found, once due, by ready_behind.
+SELECT extract(epoch FROM min(n.run_at) - now())
+FROM unnest(
+    CAST(:queues AS text[]), CAST(:floor_priority AS smallint[]),
+    CAST(:floor_run_at AS timestamptz[]), CAST(:floor_id AS bigint[])
+) AS q (queue, priority, run_at, id)
+CROSS JOIN LATERAL (
+    SELECT min(j.run_at) AS run_at
+    FROM outbox_jobs AS j
+    WHERE j.state = 'pending' AND j.queue = q.queue
+      AND (j.priority, j.run_at, j.id) > (q.priority, q.run_at, q.id)
+      AND j.run_at > now() AND j.type = ANY(CAST(:types AS text[]))
+) AS n;
+
 -- name: ready_head
 -- How many index entries of jobs already claimed lie before the first ready job of each of
 -- :queues in outbox_jobs_ready_idx (relay/floors.py). Run under EXPLAIN ANALYZE as an index
@@ -177,6 +194,32 @@ CROSS JOIN LATERAL (
     ORDER BY j.priority, j.run_at, j.id
     LIMIT 1
 ) AS h;
+
+-- name: ready_behind
+-- Whether a job claim_batch would take is ready behind the floor of its queue (at or before
+-- the floor's position), where claims that start past the floors do not look
+-- (relay/floors.py). Read without locks; it walks the entries the floors skip.
+SELECT EXISTS (
+    SELECT 1
+    FROM unnest(
+        CAST(:queues AS text[]), CAST(:floor_priority AS smallint[]),
+        CAST(:floor_run_at AS timestamptz[]), CAST(:floor_id AS bigint[])
+    ) AS q (queue, priority, run_at, id)
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM outbox_jobs AS j
+        WHERE j.state = 'pending'
+          AND j.queue = q.queue
+          AND (j.priority, j.run_at, j.id) <= (q.priority, q.run_at, q.id)
+          AND j.run_at <= now()
+          AND NOT j.isolated
+          AND array_position(CAST(:types AS text[]), j.type) IS NOT NULL
+          AND (
+              j.key IS NULL
+              OR NOT EXISTS (SELECT 1 FROM outbox_jobs AS p WHERE p.key = j.key AND p.id < j.id)
+          )
+        LIMIT 1
+    ) AS ready
+);
 
 -- name: index_only
 -- For ready_head: no other scan than an index only one, in this transaction alone.

@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 from outbox_relay import floors
+from outbox_relay.claim import seconds_to_next_run
+from outbox_relay.floors import Floors
 from sqlalchemy.orm import Session
 
 import outbox
@@ -21,6 +23,7 @@ from tests.integration.relay_harness import live_jobs, running_relay, scalar, wa
 @pytest.fixture
 def quick_looks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(floors, "LOOK_EVERY", 0.1)
+    monkeypatch.setattr(floors, "CHECK_EVERY", 0.1)
     monkeypatch.setattr(floors, "CLUTTERED", 500)
 
 
@@ -69,7 +72,7 @@ def test_pinned_claims_start_past_the_claimed_jobs_and_leave_none_behind(
         # A job ready behind the floor: its run_at is an hour before every job claimed.
         an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
         enqueue(db, [outbox.NewJob("pin.job", {"n": -1}, run_at=an_hour_ago)])
-        wait_for(lambda: live_jobs(db) == 0, what="the job behind the floor (a full claim)")
+        wait_for(lambda: live_jobs(db) == 0, what="the job behind the floor (found by the watch)")
         # A key's jobs, each ready only once the one before it completed, behind the floor.
         enqueue(db, [outbox.NewJob("pin.job", {"n": n}, key="k") for n in range(5)])
         wait_for(lambda: live_jobs(db) == 0, what="the key's jobs")
@@ -94,3 +97,27 @@ def test_a_clean_head_keeps_claims_at_the_head(db: sa.Engine, dsn: str, quick_lo
         looks = worker.floors.looks
         wait_for(lambda: worker.floors.looks >= looks + 2, what="looks at the head")
         assert not worker.floors.active
+
+
+def test_the_next_scheduled_job_is_read_past_the_floors(db: sa.Engine) -> None:
+    enqueue(db, [outbox.NewJob("pin.job", {"n": 1}, delay=timedelta(minutes=1))])
+    run_at = scalar(db, "SELECT run_at FROM outbox_jobs")
+    ahead, behind = Floors(), Floors()
+    ahead.turn(True)
+    behind.turn(True)
+    behind.advance({"default": (0, run_at + timedelta(seconds=1), 0)})
+    with db.connect() as connection:
+        assert seconds_to_next_run(connection, ["default"], ["pin.job"]) == pytest.approx(60, abs=5)
+        due_in = seconds_to_next_run(
+            connection, ["default"], ["pin.job"], ahead.current(["default"])
+        )
+        assert due_in == pytest.approx(60, abs=5)
+        # Behind the floor: not seen past it (the full claim each second finds such a job).
+        assert (
+            seconds_to_next_run(connection, ["default"], ["pin.job"], behind.current(["default"]))
+            is None
+        )
+        assert (
+            seconds_to_next_run(connection, ["other"], ["pin.job"], ahead.current(["other"]))
+            is None
+        )

@@ -100,7 +100,7 @@ def test_the_claim_is_priced_by_its_size_whatever_the_room(server: str) -> None:
                 "queues": ["default"], "rooms": [3], "limit": 500,
                 "lease": timedelta(seconds=30), "relay": "r",
                 **AttemptLimits(default=5, types=("a.b",)).params(),
-                **Floors().params(["default"], 0),
+                **Floors().current(["default"]),
             }  # fmt: skip
             with engine.connect() as conn:
                 explain = sa.text("EXPLAIN (FORMAT JSON) " + CLAIM.text)

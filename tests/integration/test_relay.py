@@ -412,7 +412,7 @@ def test_claim_plan_is_index_driven_right_after_a_burst(db: sa.Engine) -> None:
                     {"queues": ["default"], "limit": 500, "lease": timedelta(seconds=30),
                      "rooms": [500], "relay": "r",
                      **AttemptLimits(default=5, types=("a.burst",)).params(),
-                     **Floors().params(["default"], 0)},
+                     **Floors().current(["default"])},
                 )
             )  # fmt: skip
             conn.rollback()

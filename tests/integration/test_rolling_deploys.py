@@ -215,7 +215,7 @@ def test_a_burst_of_a_type_the_statistics_never_saw_is_claimed_by_the_index(serv
                 "queues": ["default"], "rooms": [500], "limit": 500,
                 "lease": timedelta(seconds=30), "relay": "r",
                 **AttemptLimits(default=5, types=("a.new",)).params(),
-                **Floors().params(["default"], 0),
+                **Floors().current(["default"]),
             }  # fmt: skip
             with engine.connect() as conn:
                 [plan] = conn.execute(
