@@ -42,6 +42,14 @@ WORKING = """
     FROM outbox_history
 """
 
+#: Transactions that claimed jobs, and that recorded their success: how large the relay's
+#: batches were.
+BATCHES = """
+    SELECT count(DISTINCT xid) FILTER (WHERE event = 'claimed'),
+           count(DISTINCT xid) FILTER (WHERE event = 'succeeded')
+    FROM outbox_history
+"""
+
 UNSEALED = """
     SELECT EXISTS (SELECT FROM outbox_history WHERE xid >=
                    (SELECT coalesce(max(xid_to), 0) FROM outbox_seals))
@@ -64,9 +72,12 @@ def fill(engine: sa.Engine, jobs: int, job_type: str = "bench.noop", *, analyze:
             conn.execute(sa.text("ANALYZE"))
 
 
-def drain(dsn: str, args: argparse.Namespace, seal: bool) -> tuple[float, float, float | None, int]:
+def drain(
+    dsn: str, args: argparse.Namespace, seal: bool
+) -> tuple[float, float, float | None, int, tuple[int, int]]:
     """Seconds to drain from the relay's start, seconds from its first claim to its last
-    completion, seconds until all is sealed, and the relay's exit code."""
+    completion, seconds until all is sealed, the relay's exit code, and the number of claim
+    and completion transactions."""
     env = {
         **os.environ,
         **({"OUTBOX_CLAIM_BATCH": str(args.claim_batch)} if args.claim_batch else {}),
@@ -100,11 +111,12 @@ def drain(dsn: str, args: argparse.Namespace, seal: bool) -> tuple[float, float,
             time.sleep(0.05)
         with engine.connect() as conn:
             working = float(conn.execute(sa.text(WORKING)).scalar_one())
+            claims, completions = conn.execute(sa.text(BATCHES)).one()
     finally:
         relay.send_signal(signal.SIGTERM)
         code = relay.wait(60)
         engine.dispose()
-    return elapsed, working, sealed, code
+    return elapsed, working, sealed, code, (int(claims), int(completions))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,13 +153,17 @@ def run_once(args: argparse.Namespace, seal: bool) -> int:
         engine = create_engine(dsn)
         fill(engine, args.jobs, args.type, analyze=args.analyze)
         engine.dispose()
-        elapsed, working, sealed, code = drain(dsn, args, seal)
+        elapsed, working, sealed, code, (claims, completions) = drain(dsn, args, seal)
     sealing = f"sealing on, all sealed after {sealed:.2f}s" if sealed else "sealing off"
     print(
         f"{args.jobs:,} {args.type} jobs, {args.processes} process(es) x {args.concurrency} "
         f"threads, claim batch {args.claim_batch or 'default'}, {sealing}: {elapsed:.2f}s = "
         f"{args.jobs / elapsed:,.0f} jobs/s from the relay's start; first claim to last "
         f"completion {working:.2f}s = {args.jobs / working:,.0f} jobs/s (relay exit code {code})"
+    )
+    print(
+        f"  {claims:,} claims of {args.jobs / max(claims, 1):,.0f} jobs on average, "
+        f"{completions:,} completions of {args.jobs / max(completions, 1):,.0f}"
     )
     return 0 if code == 0 else 1
 

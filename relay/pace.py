@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 #: Seconds of the handlers' recent pace that one claim takes ahead.
-HORIZON = 0.05
+HORIZON = 0.1
 #: Seconds over which the pace is measured, and how much each new measure counts.
 WINDOW = 0.25
 WEIGHT = 0.5

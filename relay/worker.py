@@ -218,7 +218,7 @@ class Worker:
                 self._run_isolated()
             # Claims run ahead of the handler threads by up to one claim, so that threads
             # never wait for a claim round trip; the queued jobs' leases are renewed too. A
-            # claim takes about 50 ms of the handlers' recent pace (relay/pace.py).
+            # claim takes about 100 ms of the handlers' recent pace (relay/pace.py).
             batch = self.pace.limit(self.inflight.finished_total)
             self.inflight.space.clear()  # before counting: a job finishing after the count sets it
             capacity = self.concurrency + batch - self.inflight.busy(batch)

@@ -228,13 +228,15 @@ def test_claims_follow_the_handlers_pace_between_the_threads_and_the_ceiling(
     claims = pace.Pace(floor=16, ceiling=500)
     assert claims.limit(0) == 16  # nothing measured yet: one job per thread
     clock[0] += 1.0
-    assert claims.limit(20_000) == 500  # 20,000 jobs/s: 50 ms of it is 1,000, capped
+    assert claims.limit(20_000) == 500  # 20,000 jobs/s: 100 ms of it is 2,000, capped
     clock[0] += 1.0
-    slow = claims.limit(20_010)  # the handlers slowed to 10 jobs/s
+    assert claims.limit(20_010) == 500  # the handlers slowed to 10 jobs/s: smoothed, still fast
     clock[0] += 1.0
-    slower = claims.limit(20_020)
+    slow = claims.limit(20_020)
+    clock[0] += 1.0
+    slower = claims.limit(20_030)
     assert slow > slower >= 16
     for _ in range(20):
         clock[0] += 1.0
-        assert claims.limit(20_020) >= 16
-    assert claims.limit(20_020) == 16  # slow handlers: nothing claimed far ahead
+        assert claims.limit(20_030) >= 16
+    assert claims.limit(20_030) == 16  # slow handlers: nothing claimed far ahead
