@@ -52,8 +52,8 @@ class QueuesParam(click.ParamType[QueueChoice]):
 )
 @click.option(
     "--processes", type=click.IntRange(1, 64), default=1, show_default=True,
-    help="Relay processes under one supervisor, which restarts any that dies. Concurrency "
-    "and queue limits apply to each process.",
+    help="Relay processes under one supervisor, which forks them once the application is "
+    "loaded and restarts any that dies. Concurrency and queue limits apply to each process.",
 )  # fmt: skip
 @click.option(
     "--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
