@@ -19,12 +19,19 @@ from sqlalchemy.orm import Session
 import outbox
 from tests.integration.relay_harness import live_jobs, running_relay, scalar, wait_for
 
+#: Jobs enqueued at a time; the tests drain six such batches.
+BATCH = 500
+#: Three batches' entries: a pinned snapshot keeps all six batches' entries, a clean head at most
+#: the last one's until the next scan marks them dead (a snapshot of the relay's own sealer can
+#: delay that past a look or two). The relay's own threshold is 20 claims of 500.
+CLUTTERED = 3 * BATCH
+
 
 @pytest.fixture
 def quick_looks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(floors, "LOOK_EVERY", 0.1)
     monkeypatch.setattr(floors, "CHECK_EVERY", 0.1)
-    monkeypatch.setattr(floors, "CLUTTERED", 500)
+    monkeypatch.setattr(floors, "CLUTTERED", CLUTTERED)
 
 
 @pytest.fixture
@@ -60,8 +67,8 @@ def test_pinned_claims_start_past_the_claimed_jobs_and_leave_none_behind(
     registry.register("pin.job", record)
     with running_relay(registry, dsn) as worker:
         # Enough jobs claimed under the snapshot to clutter the head of the index.
-        for start in range(0, 3000, 500):
-            enqueue(db, [outbox.NewJob("pin.job", {"n": n}) for n in range(start, start + 500)])
+        for start in range(0, 6 * BATCH, BATCH):
+            enqueue(db, [outbox.NewJob("pin.job", {"n": n}) for n in range(start, start + BATCH)])
             wait_for(lambda: live_jobs(db) == 0, what="the jobs")
         wait_for(lambda: worker.floors.active, what="claims to start past their floor")
         # From here the floors stay, whatever the head holds (it holds the jobs behind them
@@ -77,7 +84,7 @@ def test_pinned_claims_start_past_the_claimed_jobs_and_leave_none_behind(
         enqueue(db, [outbox.NewJob("pin.job", {"n": n}, key="k") for n in range(5)])
         wait_for(lambda: live_jobs(db) == 0, what="the key's jobs")
         assert worker.floors.active
-        monkeypatch.setattr(floors, "CLUTTERED", 500)
+        monkeypatch.setattr(floors, "CLUTTERED", CLUTTERED)
         pinned.rollback()  # the report ends
         wait_for(lambda: not worker.floors.active, what="claims to start at the head again")
     assert (None, -1) in ran
@@ -91,8 +98,8 @@ def test_a_clean_head_keeps_claims_at_the_head(db: sa.Engine, dsn: str, quick_lo
     registry = outbox.Registry()
     registry.register("pin.job", lambda job: None)
     with running_relay(registry, dsn) as worker:
-        for start in range(0, 3000, 500):
-            enqueue(db, [outbox.NewJob("pin.job", {"n": n}) for n in range(start, start + 500)])
+        for start in range(0, 6 * BATCH, BATCH):
+            enqueue(db, [outbox.NewJob("pin.job", {"n": n}) for n in range(start, start + BATCH)])
             wait_for(lambda: live_jobs(db) == 0, what="the jobs")
         looks = worker.floors.looks
         wait_for(lambda: worker.floors.looks >= looks + 2, what="looks at the head")
