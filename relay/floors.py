@@ -3,9 +3,10 @@
 A claimed job leaves its entry in ``outbox_jobs_ready_idx`` (its row was pending there), and
 a completed one leaves its row. Both are removed, or marked dead by the first scan that
 passes them, once no transaction can still see them. A long transaction (a report's
-REPEATABLE READ, a forgotten ``BEGIN``) can, so while it lasts every claim walks the entries of
-every job claimed since it began: at 500 jobs/s for five minutes, 150,000 of them, and a
-claim that took 0.2 ms takes 10.
+REPEATABLE READ, a forgotten ``BEGIN``; in another database of the server too, once it has
+written: its id holds back the xmin of every snapshot taken while it runs) can, so while
+it lasts every claim walks the entries of every job claimed since it began: at 500 jobs/s
+for five minutes, 150,000 of them, and a claim that took 0.2 ms takes 10.
 
 A watcher thread (:class:`FloorWatch`) counts, every LOOK_EVERY seconds, the entries a scan
 walks before the first ready job (``ready_head`` in sql/claim.sql). When they are many, each
