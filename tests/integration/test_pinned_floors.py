@@ -22,8 +22,8 @@ from tests.integration.relay_harness import live_jobs, running_relay, scalar, wa
 #: Jobs enqueued at a time; the tests drain six such batches.
 BATCH = 500
 #: Three batches' entries: a pinned snapshot keeps all six batches' entries, a clean head at most
-#: the last one's until the next scan marks them dead (a snapshot of the relay's own sealer can
-#: delay that past a look or two). The relay's own threshold is 20 claims of 500.
+#: the last one's until the next scan marks them dead. The relay's own threshold is 20 claims of
+#: 500.
 CLUTTERED = 3 * BATCH
 
 
