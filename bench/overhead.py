@@ -28,6 +28,11 @@ from bench.enqueue import timed_clients
 from outbox.database import create_engine
 from outbox.testing import server_dsn, temporary_database
 
+#: The application's own table: a ledger entry per transaction (bench.overhead_sql too).
+ENTRIES = sa.text(
+    "CREATE TABLE bench_entries (id bigserial PRIMARY KEY, account text NOT NULL, "
+    "amount bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())"
+)
 DOMAIN = sa.text("INSERT INTO bench_entries (account, amount) VALUES (:account, :amount)")
 
 
@@ -57,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     with temporary_database(server_dsn()) as dsn:
         engine = create_engine(dsn, pool_size=args.clients + 2)
         with engine.begin() as conn:
-            conn.execute(sa.text(
-                "CREATE TABLE bench_entries (id bigserial PRIMARY KEY, account text NOT NULL, "
-                "amount bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())"
-            ))  # fmt: skip
+            conn.execute(ENTRIES)
         run(engine, args.clients * 50, args.clients, enqueue=True)  # connections, plans warm
         plain: list[float] = []
         with_job: list[float] = []

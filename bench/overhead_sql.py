@@ -32,8 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import sqlalchemy as sa
-
+from bench.overhead import ENTRIES
 from outbox import locks
 from outbox.database import create_engine, libpq_dsn
 from outbox.sql import queries
@@ -118,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     with temporary_database(server_dsn()) as dsn, tempfile.TemporaryDirectory() as folder:
         engine = create_engine(dsn)
         with engine.begin() as conn:
-            conn.execute(sa.text(
-                "CREATE TABLE bench_entries (id bigserial PRIMARY KEY, account text NOT NULL, "
-                "amount bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())"
-            ))  # fmt: skip
+            conn.execute(ENTRIES)
         engine.dispose()
         files = {}
         for n, (name, text) in enumerate(kinds.items()):
