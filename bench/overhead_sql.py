@@ -11,7 +11,13 @@ server's share is left, and takes enqueue apart:
 - ``+ NOTIFY``: the domain row and ``pg_notify('outbox_jobs', ...)``, nothing else;
 - ``+ job, no NOTIFY``: the domain row and the job row as ``enqueue_one`` inserts it
   (``outbox/sql/enqueue.sql``: its indexes and the trigger's ``enqueued`` history row);
-- ``+ enqueue``: the domain row and ``enqueue_one`` whole, as ``outbox.enqueue`` sends it.
+- ``+ enqueue``: the domain row and ``enqueue_one`` whole, as ``outbox.enqueue`` sends it;
+- ``+ job, no NOTIFY, no trigger``: as ``+ job, no NOTIFY`` with the history trigger
+  disabled for these runs (so without the ``enqueued`` history row: what that row costs);
+- ``+ bare job INSERT``: a plain ``INSERT ... VALUES`` of the same job row, trigger disabled
+  (what enqueue_one's statement around the row costs: its CTE and the key-lock subquery).
+
+The last two change the schema of the benchmark's own database for their runs only.
 
 The kinds run in turn, ``--rounds`` times; each line gives the median transactions per
 second and the share of the domain transaction's time each adds. Needs pgbench (Debian:
@@ -32,6 +38,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from bench.overhead import ENTRIES
 from outbox import locks
 from outbox.database import create_engine, libpq_dsn
@@ -40,6 +48,13 @@ from outbox.testing import server_dsn, temporary_database
 
 DOMAIN = "INSERT INTO bench_entries (account, amount) VALUES ('acc-1', 1250);"
 NOTIFY = "SELECT pg_notify('outbox_jobs', 'default');"
+BARE_JOB = (
+    "INSERT INTO outbox_jobs (uuid, type, queue, payload, priority, max_attempts) VALUES "
+    """(gen_random_uuid(), 'ledger.posted', 'default', '{"entry": 1, "client": 1}', 0, 25);"""
+)
+#: The kinds run with the trigger that writes the ``enqueued`` history row disabled.
+NO_TRIGGER = ("+ job, no NOTIFY, no trigger", "+ bare job INSERT")
+TRIGGER = "ALTER TABLE outbox_jobs {} TRIGGER outbox_jobs_enqueued"
 #: enqueue_one's parameters for one job of the plain case (no key, no delay, no idempotency
 #: key), as SQL: the statement itself comes from outbox/sql/enqueue.sql.
 PLAIN_JOB = {
@@ -73,6 +88,8 @@ def scripts() -> dict[str, str]:
         "+ NOTIFY": [DOMAIN, NOTIFY],
         "+ job, no NOTIFY": [DOMAIN, enqueue_one(notify=False)],
         "+ enqueue": [DOMAIN, enqueue_one()],
+        NO_TRIGGER[0]: [DOMAIN, enqueue_one(notify=False)],
+        NO_TRIGGER[1]: [DOMAIN, BARE_JOB],
     }
     # pgbench reads a statement up to its semicolon, over lines.
     return {name: "BEGIN;\n" + "\n".join(body) + "\nCOMMIT;\n" for name, body in kinds.items()}
@@ -102,6 +119,35 @@ def tps(pgbench: str, dsn: str, script: Path, clients: int, seconds: float) -> f
     return float(found.group(1))
 
 
+def run_kinds(
+    engine: sa.Engine,
+    pgbench: str,
+    dsn: str,
+    folder: Path,
+    args: argparse.Namespace,
+) -> dict[str, list[float]]:
+    """Each kind's transactions per second, ``args.rounds`` times in turn."""
+    with engine.begin() as conn:
+        conn.execute(ENTRIES)
+    files = {}
+    for n, (name, text) in enumerate(scripts().items()):
+        files[name] = folder / f"kind{n}.sql"
+        files[name].write_text(text)
+    found: dict[str, list[float]] = {name: [] for name in files}
+    for _ in range(args.rounds):
+        for name, script in files.items():
+            if name in NO_TRIGGER:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(TRIGGER.format("DISABLE")))
+            try:
+                found[name].append(tps(pgbench, dsn, script, args.clients, args.seconds))
+            finally:
+                if name in NO_TRIGGER:
+                    with engine.begin() as conn:
+                        conn.execute(sa.text(TRIGGER.format("ENABLE")))
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--clients", type=int, default=4)
@@ -112,20 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--clients, --seconds and --rounds must be 1 or more")
     pgbench = find_pgbench()
     print("$ python -m bench.overhead_sql " + shlex.join(sys.argv[1:] if argv is None else argv))
-    kinds = scripts()
-    found: dict[str, list[float]] = {name: [] for name in kinds}
     with temporary_database(server_dsn()) as dsn, tempfile.TemporaryDirectory() as folder:
         engine = create_engine(dsn)
-        with engine.begin() as conn:
-            conn.execute(ENTRIES)
-        engine.dispose()
-        files = {}
-        for n, (name, text) in enumerate(kinds.items()):
-            files[name] = Path(folder) / f"kind{n}.sql"
-            files[name].write_text(text)
-        for _ in range(args.rounds):
-            for name, script in files.items():
-                found[name].append(tps(pgbench, dsn, script, args.clients, args.seconds))
+        try:
+            found = run_kinds(engine, pgbench, dsn, Path(folder), args)
+        finally:
+            engine.dispose()
     print(
         f"pgbench, {args.clients} clients, {args.seconds:g} s a run, {args.rounds} rounds in "
         "turn; median transactions/s (min-max), and what each adds to the domain transaction:"
@@ -134,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in found.items():
         median = statistics.median(values)
         added = "" if name == "domain" else f"  adds {100 * (base / median - 1):.0f}%"
-        print(f"  {name:18s} {median:9,.0f} ({min(values):,.0f}-{max(values):,.0f}){added}")
+        print(f"  {name:30s} {median:9,.0f} ({min(values):,.0f}-{max(values):,.0f}){added}")
     return 0
 
 

@@ -22,6 +22,16 @@ def test_only_the_kinds_that_notify_call_pg_notify() -> None:
     assert "pg_notify" in kinds["+ NOTIFY"]
     assert "pg_notify" not in kinds["+ job, no NOTIFY"]
     assert "INSERT INTO outbox_jobs" in kinds["+ job, no NOTIFY"]
+    for name in overhead_sql.NO_TRIGGER:
+        assert "pg_notify" not in kinds[name]
+        assert "INSERT INTO outbox_jobs" in kinds[name]
+
+
+def test_the_trigger_is_off_only_for_the_kinds_that_say_so() -> None:
+    kinds = overhead_sql.scripts()
+    assert set(overhead_sql.NO_TRIGGER) < set(kinds)
+    assert all("trigger" in name or "bare" in name for name in overhead_sql.NO_TRIGGER)
+    assert overhead_sql.TRIGGER.format("DISABLE").endswith("DISABLE TRIGGER outbox_jobs_enqueued")
 
 
 def test_without_pgbench_it_says_where_pgbench_comes_from(monkeypatch: pytest.MonkeyPatch) -> None:
