@@ -28,6 +28,7 @@ package postgresql, /usr/lib/postgresql/*/bin). Uses ``OUTBOX_DSN``, else Postgr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import re
 import shlex
@@ -36,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -48,10 +50,6 @@ from outbox.testing import server_dsn, temporary_database
 
 DOMAIN = "INSERT INTO bench_entries (account, amount) VALUES ('acc-1', 1250);"
 NOTIFY = "SELECT pg_notify('outbox_jobs', 'default');"
-BARE_JOB = (
-    "INSERT INTO outbox_jobs (uuid, type, queue, payload, priority, max_attempts) VALUES "
-    """(gen_random_uuid(), 'ledger.posted', 'default', '{"entry": 1, "client": 1}', 0, 25);"""
-)
 #: The kinds run with the trigger that writes the ``enqueued`` history row disabled.
 NO_TRIGGER = ("+ job, no NOTIFY, no trigger", "+ bare job INSERT")
 TRIGGER = "ALTER TABLE outbox_jobs {} TRIGGER outbox_jobs_enqueued"
@@ -69,6 +67,11 @@ PLAIN_JOB = {
     "max_attempts": "25",
     "lock_class": str(locks.KEY_CLASS),
 }
+#: The same job row as a plain INSERT (run_at takes its default, now(), as enqueue_one's does).
+BARE_JOB = (
+    "INSERT INTO outbox_jobs (uuid, type, queue, payload, priority, max_attempts) "
+    "VALUES ({uuid}, {type}, {queue}, {payload}, {priority}, {max_attempts});"
+).format(**PLAIN_JOB)
 
 
 def enqueue_one(notify: bool = True) -> str:
@@ -119,6 +122,18 @@ def tps(pgbench: str, dsn: str, script: Path, clients: int, seconds: float) -> f
     return float(found.group(1))
 
 
+@contextlib.contextmanager
+def trigger_off(engine: sa.Engine) -> Iterator[None]:
+    """The ``enqueued`` history trigger disabled for the block, enabled again after it."""
+    with engine.begin() as conn:
+        conn.execute(sa.text(TRIGGER.format("DISABLE")))
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(TRIGGER.format("ENABLE")))
+
+
 def run_kinds(
     engine: sa.Engine,
     pgbench: str,
@@ -136,15 +151,8 @@ def run_kinds(
     found: dict[str, list[float]] = {name: [] for name in files}
     for _ in range(args.rounds):
         for name, script in files.items():
-            if name in NO_TRIGGER:
-                with engine.begin() as conn:
-                    conn.execute(sa.text(TRIGGER.format("DISABLE")))
-            try:
+            with trigger_off(engine) if name in NO_TRIGGER else contextlib.nullcontext():
                 found[name].append(tps(pgbench, dsn, script, args.clients, args.seconds))
-            finally:
-                if name in NO_TRIGGER:
-                    with engine.begin() as conn:
-                        conn.execute(sa.text(TRIGGER.format("ENABLE")))
     return found
 
 
