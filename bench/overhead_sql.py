@@ -10,8 +10,12 @@ server's share is left, and takes enqueue apart:
 - ``domain x2``: insert two domain rows (what any second insert costs);
 - ``+ NOTIFY``: the domain row and ``pg_notify('outbox_jobs', ...)``, nothing else;
 - ``+ job, no NOTIFY``: the domain row and the job row as ``enqueue_one`` inserts it
-  (``outbox/sql/enqueue.sql``: its indexes and the trigger's ``enqueued`` history row);
-- ``+ enqueue``: the domain row and ``enqueue_one`` whole, as ``outbox.enqueue`` sends it;
+  (``outbox/sql/enqueue.sql``: its indexes and the trigger's ``enqueued`` history row),
+  without the look for an idle relay;
+- ``+ enqueue``: the domain row and ``enqueue_one`` whole, as ``outbox.enqueue`` sends it,
+  with no relay idle (relays busy, or none): it looks for an idle relay and sends no NOTIFY;
+- ``+ enqueue, a relay idle``: the same while a session holds the idle relay's mark
+  (``relay/idle.py``), so that each transaction notifies;
 - ``+ job, no NOTIFY, no trigger``: as ``+ job, no NOTIFY`` with the history trigger
   disabled for these runs (so without the ``enqueued`` history row: what that row costs);
 - ``+ bare job INSERT``: a plain ``INSERT ... VALUES`` of the same job row, trigger disabled
@@ -40,6 +44,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import sqlalchemy as sa
 
 from bench.overhead import ENTRIES
@@ -50,6 +55,9 @@ from outbox.testing import server_dsn, temporary_database
 
 DOMAIN = "INSERT INTO bench_entries (account, amount) VALUES ('acc-1', 1250);"
 NOTIFY = "SELECT pg_notify('outbox_jobs', 'default');"
+RELAY_IDLE = "+ enqueue, a relay idle"
+#: enqueue_one's last subquery, which looks for an idle relay and notifies.
+WOKEN = re.compile(r"FROM \(\s*SELECT CASE .*\) AS woken", re.DOTALL)
 #: The kinds run with the trigger that writes the ``enqueued`` history row disabled.
 NO_TRIGGER = ("+ job, no NOTIFY, no trigger", "+ bare job INSERT")
 TRIGGER = "ALTER TABLE outbox_jobs {} TRIGGER outbox_jobs_enqueued"
@@ -75,11 +83,14 @@ BARE_JOB = (
 
 
 def enqueue_one(notify: bool = True) -> str:
-    """enqueue_one with PLAIN_JOB's values; without its NOTIFY where ``notify`` is false."""
+    """enqueue_one with PLAIN_JOB's values; without its look for an idle relay and its NOTIFY
+    where ``notify`` is false."""
     sql = re.sub(r"(?<!:):(\w+)", lambda m: PLAIN_JOB[m.group(1)], queries["enqueue_one"])
     sql = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
     if not notify:
-        sql = sql.replace("SELECT pg_notify('outbox_jobs', 'default')", "SELECT 1")
+        sql, found = WOKEN.subn("FROM (SELECT 1) AS woken", sql)
+        if found != 1:
+            raise RuntimeError("enqueue_one no longer ends with its woken subquery")
     return sql.strip().rstrip(";") + ";"
 
 
@@ -91,6 +102,7 @@ def scripts() -> dict[str, str]:
         "+ NOTIFY": [DOMAIN, NOTIFY],
         "+ job, no NOTIFY": [DOMAIN, enqueue_one(notify=False)],
         "+ enqueue": [DOMAIN, enqueue_one()],
+        RELAY_IDLE: [DOMAIN, enqueue_one()],
         NO_TRIGGER[0]: [DOMAIN, enqueue_one(notify=False)],
         NO_TRIGGER[1]: [DOMAIN, BARE_JOB],
     }
@@ -123,6 +135,23 @@ def tps(pgbench: str, dsn: str, script: Path, clients: int, seconds: float) -> f
 
 
 @contextlib.contextmanager
+def relay_idle(dsn: str) -> Iterator[None]:
+    """A session holds the idle relay's mark for the block, as an idle relay does."""
+    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as marked:
+        marked.execute(f"SELECT pg_advisory_lock_shared{locks.IDLE}")
+        yield
+
+
+def kind_context(name: str, engine: sa.Engine, dsn: str) -> contextlib.AbstractContextManager[None]:
+    """What the database looks like for kind ``name``'s runs."""
+    if name in NO_TRIGGER:
+        return trigger_off(engine)
+    if name == RELAY_IDLE:
+        return relay_idle(dsn)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
 def trigger_off(engine: sa.Engine) -> Iterator[None]:
     """The ``enqueued`` history trigger disabled for the block, enabled again after it."""
     with engine.begin() as conn:
@@ -151,7 +180,7 @@ def run_kinds(
     found: dict[str, list[float]] = {name: [] for name in files}
     for _ in range(args.rounds):
         for name, script in files.items():
-            with trigger_off(engine) if name in NO_TRIGGER else contextlib.nullcontext():
+            with kind_context(name, engine, dsn):
                 found[name].append(tps(pgbench, dsn, script, args.clients, args.seconds))
     return found
 

@@ -22,9 +22,15 @@ UPKEEP = (CLASS, 4)
 #: Transaction lock: whoever appends a link to the seal chain (a seal or a prune), in
 #: outbox/sql/audit.sql (chain_lock) and the seal-check trigger of migration outbox_0008.
 CHAIN = (CLASS, 5)
+#: Session lock, shared: held by every idle relay, on a connection of its own (relay/idle.py).
+#: Enqueue sends NOTIFY only while some relay holds it (outbox/sql/enqueue.sql, relay_idle).
+IDLE = (CLASS, 6)
+#: Transaction lock: shared by each enqueue statement that looked for an idle relay, until its
+#: transaction ends; tried exclusively by a relay that has just taken IDLE (relay/idle.py).
+GATE = (CLASS, 7)
 
 #: The class of enqueue's per-key transaction locks, (KEY_CLASS, hashtext(key)) (G4).
 KEY_CLASS = 0x0B0C
 
 ALL = {"MIGRATION": MIGRATION, "GAUGES": GAUGES, "SEALER": SEALER, "UPKEEP": UPKEEP,
-       "CHAIN": CHAIN}  # fmt: skip
+       "CHAIN": CHAIN, "IDLE": IDLE, "GATE": GATE}  # fmt: skip

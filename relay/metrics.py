@@ -87,7 +87,8 @@ RECONNECTS = Counter(
 )
 WAKEUPS = Counter(
     "outbox_wakeups_total",
-    "Why an idle relay looked for work: a notification, or its poll interval.",
+    "Why an idle relay looked for work: a notification (notify), its poll interval (poll), or "
+    "a quick look while its idle mark is not confirmed yet (retry).",
     ["source"],
 )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import psycopg
 import structlog
@@ -32,12 +32,14 @@ class Listener(Service):
         wake: threading.Event,
         *,
         application_name: str = "outbox relay",
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(0.0, first_wait=0.0)
         self._dsn = dsn
         self._application_name = application_name[:63]
         self._queues = set(queues)
         self._wake = wake
+        self._on_lost = on_lost
         self._connected_before = False
         self.connected = threading.Event()
 
@@ -46,6 +48,8 @@ class Listener(Service):
 
     def recover(self) -> None:
         self.connected.clear()
+        if self._on_lost is not None:
+            self._on_lost()  # the server may have restarted, and other connections with it
         self._wake.set()  # notifications may have been missed: look now
 
     def tick(self) -> None:

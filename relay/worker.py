@@ -45,6 +45,7 @@ from .dispatch import Dispatcher
 from .floors import Floors, FloorWatch
 from .gauges import QueueGauges
 from .http import HttpServer, Readiness, format_addr
+from .idle import IdleMark
 from .inflight import InFlight
 from .leases import Heartbeat
 from .log import first_line
@@ -140,11 +141,17 @@ class Worker:
         self.dispatcher = Dispatcher(
             self.inflight, self.completer, registry, self.engine, self.relay, settings, self.log
         )
+        self.idle = IdleMark(
+            libpq_dsn(dsn),
+            application_name=f"outbox relay {self.relay} idle",
+            options=preflight.session_options(settings),
+        )
         self.listener = Listener(
             libpq_dsn(dsn),
             self.queues,
             self._wake,
             application_name=f"outbox relay {self.relay} listen",
+            on_lost=self.idle.suspect,
         )
         self.heartbeat = Heartbeat(
             self.engine, self.relay, settings, self.queues,
@@ -255,12 +262,24 @@ class Worker:
             if jobs:
                 fruitless = 0
                 self.dispatcher.dispatch(jobs)
+                self.idle.claimed()
+                continue
+            fruitless += 1
+            next_look = 0.0  # idle: a job that must run alone may go first
+            # Enqueue notifies only while a relay is marked idle (relay/idle.py). Newly
+            # marked, claim once more: it finds what was enqueued without a notification.
+            confirmed = self.idle.confirmed
+            if self.idle.enter():
+                if not confirmed:
+                    continue
+                wait, source = self._idle_wait(), "poll"
             else:
-                fruitless += 1
-                next_look = 0.0  # idle: a job that must run alone may go first
-                self._stopping.wait(fruitless_pause(time.monotonic() - claiming, fruitless))
-                woken = self._wake.wait(self._idle_wait())
-                metrics.WAKEUPS.labels("notify" if woken else "poll").inc()
+                wait, source = self.idle.retry_in(self._idle_wait), "retry"
+            self._stopping.wait(fruitless_pause(time.monotonic() - claiming, fruitless))
+            woken = self._wake.wait(wait)
+            if not woken and source == "poll":
+                self.idle.check()
+            metrics.WAKEUPS.labels("notify" if woken else source).inc()
 
     def _open_queues(self) -> tuple[list[str], list[int] | None]:
         """The queues to claim from and, with per-queue limits, each one's free room (only
@@ -381,6 +400,7 @@ class Worker:
         for thread in self._threads:
             thread.join(timeout=max(1.0, grace - time.monotonic()))
         self.dispatcher.shutdown()
+        self.idle.close()
         self.engine.dispose()
         self.fast.dispose()
         if left:

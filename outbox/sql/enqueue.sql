@@ -1,3 +1,14 @@
+-- relay_idle, the condition each statement below sends its NOTIFY under (evaluated once per
+-- statement), with the advisory locks of outbox/locks.py:
+--   an idle relay holds IDLE (2829, 6) shared on a connection of its own (relay/idle.py), so
+--   trying IDLE exclusively fails while any relay is idle: then notify. Before that look, the
+--   statement takes GATE (2829, 7) shared until its transaction ends. A relay that has just
+--   taken IDLE tries GATE exclusively, and claims once more only after that succeeds, when
+--   every transaction that looked before it took IDLE has ended: the claim finds their jobs,
+--   and every later statement notifies. A relay trying GATE at this moment: notify.
+-- Trying IDLE exclusively and releasing it in one expression leaves no lock behind, even
+-- behind a transaction-pooling PgBouncer. The locks are never waited for.
+
 -- name: enqueue
 -- Insert a batch of jobs in one round trip, inside the caller's transaction, so they commit or
 -- roll back with the domain writes (G1).
@@ -11,7 +22,9 @@
 --     later one finds it (waiting for an uncommitted first use to end) and inserts no job. The
 --     upsert always returns the record, so the caller learns the existing job's uuid.
 -- A delay counts from the database's clock (now()), not the application's.
--- One NOTIFY per queue: PostgreSQL folds identical notifications within a transaction.
+-- One NOTIFY per queue (PostgreSQL folds identical notifications within a transaction), and
+-- only while some relay is idle: a busy relay claims again without being told, and NOTIFY
+-- makes every notifying transaction of the server commit one at a time. `relay_idle` below.
 WITH input AS (
     SELECT *
     FROM ROWS FROM (
@@ -69,6 +82,9 @@ inserted AS (
 woken AS (
     SELECT count(pg_notify('outbox_jobs', q.queue)) AS sent
     FROM (SELECT DISTINCT queue FROM fresh) AS q
+    WHERE (SELECT CASE WHEN NOT pg_try_advisory_xact_lock_shared(2829, 7) THEN true
+                       WHEN pg_try_advisory_lock(2829, 6) THEN NOT pg_advisory_unlock(2829, 6)
+                       ELSE true END)  -- relay_idle
 )
 -- Rows for duplicates only, with the existing job's uuid. `woken` is the preserved side of the
 -- join so that its notification is sent even when no duplicate comes back.
@@ -88,7 +104,8 @@ LEFT JOIN (
 -- G4: a key's advisory lock is taken in the subquery the inserted row is read from, so before
 --     the row takes its id (pg_advisory_xact_lock is strict: no key, no lock).
 -- G7: the trigger outbox_jobs_enqueued appends the `enqueued` history row, as for `enqueue`.
--- One row comes back, of no duplicate (the shape of `enqueue`'s rows), once NOTIFY is sent.
+-- One row comes back, of no duplicate (the shape of `enqueue`'s rows), once NOTIFY is sent
+-- (while a relay is idle, as for `enqueue`).
 WITH inserted AS (
     INSERT INTO outbox_jobs (
         uuid, type, queue, key, payload, priority, run_at, max_attempts
@@ -102,7 +119,12 @@ WITH inserted AS (
     ) AS key_lock
 )
 SELECT CAST(NULL AS bigint) AS ord, CAST(NULL AS uuid) AS job_uuid
-FROM (SELECT pg_notify('outbox_jobs', :queue)) AS woken;
+FROM (
+    SELECT CASE WHEN CASE WHEN NOT pg_try_advisory_xact_lock_shared(2829, 7) THEN true
+                          WHEN pg_try_advisory_lock(2829, 6) THEN NOT pg_advisory_unlock(2829, 6)
+                          ELSE true END  -- relay_idle
+                THEN pg_notify('outbox_jobs', :queue)::text END
+) AS woken;
 
 -- name: enqueue_bulk_prepare
 -- The first of two steps of a large enqueue_many, whose rows then arrive by COPY.
@@ -136,6 +158,9 @@ remembered AS (
 woken AS (
     SELECT count(pg_notify('outbox_jobs', q.queue)) AS sent
     FROM unnest(CAST(:queues AS text[])) AS q (queue)
+    WHERE (SELECT CASE WHEN NOT pg_try_advisory_xact_lock_shared(2829, 7) THEN true
+                       WHEN pg_try_advisory_lock(2829, 6) THEN NOT pg_advisory_unlock(2829, 6)
+                       ELSE true END)  -- relay_idle
 )
 SELECT now(), (SELECT taken FROM key_locks), (SELECT sent FROM woken), dup.ord, dup.job_uuid
 FROM (SELECT 1) AS one

@@ -19,8 +19,10 @@ def test_every_parameter_of_enqueue_one_gets_a_value() -> None:
 def test_only_the_kinds_that_notify_call_pg_notify() -> None:
     kinds = overhead_sql.scripts()
     assert "pg_notify" in kinds["+ enqueue"]
+    assert kinds[overhead_sql.RELAY_IDLE] == kinds["+ enqueue"]  # the mark makes the difference
     assert "pg_notify" in kinds["+ NOTIFY"]
     assert "pg_notify" not in kinds["+ job, no NOTIFY"]
+    assert "2829, 6" not in kinds["+ job, no NOTIFY"]  # no look for an idle relay either
     assert "INSERT INTO outbox_jobs" in kinds["+ job, no NOTIFY"]
     for name in overhead_sql.NO_TRIGGER:
         assert "pg_notify" not in kinds[name]

@@ -1,0 +1,146 @@
+"""The idle mark: enqueue wakes relays with NOTIFY only while one of them is idle.
+
+NOTIFY makes every transaction of the server that sends one commit one at a time, which more
+than doubled the application's transaction at 4 clients (docs/benchmarks.md), and a relay
+with work in hand claims again without being told. So an idle relay says so: it holds the
+IDLE advisory lock shared, on a connection of its own, and enqueue sends NOTIFY only while
+some relay holds it (relay_idle in outbox/sql/enqueue.sql).
+
+A transaction that looked before the mark was taken did not notify, and may commit after the
+relay's last claim. Each such transaction holds GATE shared until it ends, so the relay, once
+marked, tries GATE exclusively: while that fails it claims again every few milliseconds, and
+once it succeeds it claims once more, and only then sleeps. The locks are only ever tried,
+never waited for, so neither side can hold up the other.
+
+Lost, the mark is taken again at the next idle claim; until then the poll interval covers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import psycopg
+import structlog
+
+from .service import database_fault
+from .sql import queries
+
+ENTER = queries["idle_enter"]
+GATE = queries["idle_gate"]
+LEAVE = queries["idle_leave"]
+RETRY_FIRST = 0.002  # seconds before the first claim again while the mark is not confirmed
+#: Most seconds between claims while a transaction that looked before the mark is open. Such a
+#: transaction's job is found within this of its commit; so at most 20 claims a second, while it
+#: lasts.
+RETRY_MOST = 0.05
+BUSY_CLAIMS = 2  # claims in a row that found jobs before the mark is given up
+
+log = structlog.get_logger("outbox.relay")
+
+
+class IdleMark:
+    """The producer's mark; only the producer thread calls it, but for :meth:`suspect`."""
+
+    def __init__(self, dsn: str, *, application_name: str, options: str) -> None:
+        self._dsn = dsn
+        self._application_name = application_name[:63]
+        self._options = options
+        self._connection: psycopg.Connection[tuple[object, ...]] | None = None
+        #: IDLE is held: every enqueue statement from now on notifies.
+        self.held = False
+        #: And GATE was passed since: a claim now finds every job enqueued without a NOTIFY.
+        self.confirmed = False
+        self._tries = 0  # enter() in a row that did not confirm
+        self._found = 0  # claims in a row that found jobs
+        self._suspect = threading.Event()
+
+    def enter(self) -> bool:
+        """Mark this relay idle, after a claim that found nothing. True once confirmed: claim
+        once more, then sleep until woken. False: claim again after :meth:`retry_in`."""
+        self._found = 0
+        if self._suspect.is_set():
+            self._suspect.clear()
+            self._drop()
+        if self.confirmed:
+            return True
+        try:
+            connection = self._connect()
+            if self.held:
+                passed = bool(_value(connection, GATE))
+            else:
+                row = _value(connection, ENTER)
+                self.held, passed = row is not None, bool(row)
+        except psycopg.Error as exc:
+            database_fault("idle", "idle mark failed; polling meanwhile", exc)
+            self._drop()
+            passed = False
+        self.confirmed = passed
+        self._tries = 0 if passed else self._tries + 1
+        return passed
+
+    def retry_in(self, longest: Callable[[], float]) -> float:
+        """Seconds to the next claim while :meth:`enter` does not confirm: a few milliseconds
+        while a transaction that looked before the mark is still open (it ends soon, as a rule),
+        growing to ``longest()`` (the relay's idle wait) when the mark itself cannot be taken."""
+        most = RETRY_MOST if self.held else longest()
+        return float(min(most, RETRY_FIRST * 2 ** min(self._tries, 16)))
+
+    def claimed(self) -> None:
+        """A claim found jobs: after BUSY_CLAIMS in a row, enqueue need not wake this relay.
+
+        A trickle (a job, then an empty claim) keeps the mark, at no cost per job."""
+        self._found += 1
+        if self._found >= BUSY_CLAIMS and self.held:
+            self.leave()
+
+    def leave(self) -> None:
+        """Give the mark up."""
+        if self.held and self._connection is not None:
+            try:
+                _value(self._connection, LEAVE)
+            except psycopg.Error as exc:
+                database_fault("idle", "giving up the idle mark failed", exc)
+                self._drop()
+        self.held = self.confirmed = False
+
+    def check(self) -> None:
+        """After a wait that no notification ended: is the mark's connection still there?"""
+        if self._connection is None or not self.held:
+            return
+        try:
+            _value(self._connection, "SELECT 1")
+        except psycopg.Error as exc:
+            database_fault("idle", "idle mark lost; taking it again", exc)
+            self._drop()
+
+    def suspect(self) -> None:
+        """The database may have been restarted (another thread lost its connection): check
+        the mark at the next idle claim. Thread-safe."""
+        self._suspect.set()
+
+    def close(self) -> None:
+        self._drop()
+
+    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+        if self._connection is None or self._connection.closed:
+            self._connection = psycopg.connect(
+                self._dsn,
+                autocommit=True,
+                connect_timeout=5,
+                application_name=self._application_name,
+                options=self._options,
+            )
+        return self._connection
+
+    def _drop(self) -> None:
+        """Forget the mark and close its connection: PostgreSQL releases the lock with it."""
+        self.held = self.confirmed = False
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+
+def _value(connection: psycopg.Connection[tuple[object, ...]], statement: str) -> object:
+    row = connection.execute(statement).fetchone()
+    return None if row is None else row[0]

@@ -1,0 +1,237 @@
+"""Enqueue sends NOTIFY only while a relay is idle (relay/idle.py), and loses no wake-up for it.
+
+Whether a notification was sent is read in order: after the enqueue commits, the test sends a
+notification of its own, and PostgreSQL delivers notifications in commit order, so whatever
+arrives before that marker is what the enqueue sent.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from outbox_relay.idle import RETRY_MOST, IdleMark
+from outbox_relay.notify import CHANNEL
+from sqlalchemy.orm import Session
+
+import outbox
+from outbox import locks
+from outbox.database import libpq_dsn
+from tests.integration.relay_harness import running_relay, wait_for
+
+MARKER = "end of test's transaction"
+HOLD_IDLE = f"SELECT pg_advisory_lock_shared{locks.IDLE}"
+
+
+@pytest.fixture
+def listener(db: sa.Engine, dsn: str) -> Iterator[Callable[[], list[str]]]:
+    """Returns the notifications sent since the last call (or since LISTEN)."""
+    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as listening:
+        listening.execute(f"LISTEN {CHANNEL}")
+
+        def sent() -> list[str]:
+            with psycopg.connect(libpq_dsn(dsn), autocommit=True) as other:
+                other.execute("SELECT pg_notify(%s, %s)", (CHANNEL, MARKER))
+            found: list[str] = []
+            for note in listening.notifies(timeout=10):
+                if note.payload == MARKER:
+                    return found
+                found.append(note.payload)
+            raise AssertionError("the marker notification never came")
+
+        assert sent() == []
+        yield sent
+
+
+@pytest.fixture
+def idle_relay(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A session standing for an idle relay: it holds IDLE shared."""
+    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as marked:
+        marked.execute(HOLD_IDLE)
+        yield marked
+
+
+def mark(dsn: str) -> IdleMark:
+    return IdleMark(libpq_dsn(dsn), application_name="test idle mark", options="")
+
+
+ENQUEUES: dict[str, Callable[[Session], object]] = {
+    "one job": lambda s: outbox.enqueue(s, "a.job", {}),
+    "one job, a key": lambda s: outbox.enqueue(s, "a.job", {}, key="k"),
+    "a batch": lambda s: outbox.enqueue_many(s, [outbox.NewJob("a.job", {}) for _ in range(3)]),
+    "a large batch (COPY)": lambda s: outbox.enqueue_many(
+        s, [outbox.NewJob("a.job", {"n": n}, queue=f"q{n % 2}") for n in range(600)]
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", ENQUEUES)
+def test_enqueue_notifies_only_while_a_relay_is_idle(
+    kind: str,
+    db: sa.Engine,
+    dsn: str,
+    listener: Callable[[], list[str]],
+) -> None:
+    with Session(db) as session:
+        ENQUEUES[kind](session)
+        session.commit()
+    assert listener() == [], "no relay is idle: nobody to wake"
+    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as marked:
+        marked.execute(HOLD_IDLE)
+        with Session(db) as session:
+            ENQUEUES[kind](session)
+            session.commit()
+        queues = {"default"} if "large" not in kind else {"q0", "q1"}
+        assert set(listener()) == queues
+    with Session(db) as session:
+        ENQUEUES[kind](session)
+        session.commit()
+    assert listener() == [], "the idle relay's connection is gone, and its mark with it"
+
+
+def test_a_rolled_back_enqueue_never_notifies(
+    db: sa.Engine, listener: Callable[[], list[str]], idle_relay: object
+) -> None:
+    with Session(db) as session:
+        outbox.enqueue(session, "a.job", {})
+        session.rollback()
+    assert listener() == []
+
+
+def test_every_enqueue_of_a_transaction_after_the_mark_notifies(
+    db: sa.Engine, dsn: str, listener: Callable[[], list[str]]
+) -> None:
+    """One statement looked before the relay was marked, the next after: the transaction
+    notifies, for the second."""
+    with Session(db) as session, psycopg.connect(libpq_dsn(dsn), autocommit=True) as marked:
+        outbox.enqueue(session, "a.job", {})
+        marked.execute(HOLD_IDLE)
+        outbox.enqueue(session, "a.job", {}, queue="later")
+        session.commit()
+    assert listener() == ["later"]
+
+
+def test_the_mark_is_confirmed_only_once_earlier_enqueues_have_ended(
+    db: sa.Engine, dsn: str, listener: Callable[[], list[str]]
+) -> None:
+    relay = mark(dsn)
+    try:
+        with Session(db) as session:
+            outbox.enqueue(session, "a.job", {})  # looks before the mark: no NOTIFY to come
+            assert relay.enter() is False
+            assert relay.held
+            assert not relay.confirmed
+            assert relay.retry_in(lambda: 60.0) <= RETRY_MOST
+            assert relay.enter() is False, "still open"
+            session.commit()
+        assert listener() == []
+        assert relay.enter() is True, "ended: a claim now finds its job"
+        assert relay.confirmed
+        with Session(db) as session:
+            outbox.enqueue(session, "a.job", {})
+            session.commit()
+        assert listener() == ["default"]
+    finally:
+        relay.close()
+
+
+def test_a_busy_relay_gives_the_mark_up_and_enqueue_stops_notifying(
+    db: sa.Engine, dsn: str, listener: Callable[[], list[str]]
+) -> None:
+    relay = mark(dsn)
+    try:
+        assert relay.enter() is True
+        relay.claimed()  # a trickle: a job, then (enter) an empty claim
+        assert relay.enter() is True
+        assert relay.held
+        relay.claimed()
+        relay.claimed()  # two claims in a row found jobs: busy
+        assert not relay.held
+        with Session(db) as session:
+            outbox.enqueue(session, "a.job", {})
+            session.commit()
+        assert listener() == []
+    finally:
+        relay.close()
+
+
+def test_a_lock_left_behind_by_an_enqueuer_makes_every_other_enqueue_notify(
+    db: sa.Engine, dsn: str, listener: Callable[[], list[str]]
+) -> None:
+    """An enqueue cancelled between trying IDLE and releasing it (a window of microseconds)
+    keeps IDLE exclusively until its session ends. Relays cannot mark themselves idle then,
+    and poll; other sessions' enqueues find IDLE taken, and notify."""
+    relay = mark(dsn)
+    try:
+        with psycopg.connect(libpq_dsn(dsn), autocommit=True) as leaked:
+            leaked.execute(f"SELECT pg_advisory_lock{locks.IDLE}")
+            assert relay.enter() is False
+            assert not relay.held
+            assert relay.retry_in(lambda: 0.7) <= 0.7
+            with Session(db) as session:
+                outbox.enqueue(session, "a.job", {})
+                session.commit()
+            assert listener() == ["default"]
+        assert wait_for(relay.enter, what="the mark, once the session is gone")
+    finally:
+        relay.close()
+
+
+def test_a_lost_mark_is_taken_again(db: sa.Engine, dsn: str) -> None:
+    relay = mark(dsn)
+    try:
+        assert relay.enter() is True
+        with db.connect() as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'test idle mark'"
+                )
+            )
+        relay.check()
+        assert not relay.held, "the connection is gone: the mark with it"
+        assert relay.enter() is True
+        assert relay.held
+    finally:
+        relay.close()
+
+
+def test_a_job_enqueued_before_the_relay_went_idle_runs_soon_after_its_commit(
+    db: sa.Engine, dsn: str
+) -> None:
+    """The race the gate closes: the enqueue statement runs while no relay is idle (so it
+    sends no NOTIFY), and commits after the relay's last claim. The relay claims again every
+    few milliseconds until that transaction has ended, not once a poll interval (30 s)."""
+    ran = threading.Event()
+    registry = outbox.Registry()
+    registry.register("a.now", lambda job: ran.set())
+    with Session(db) as session:
+        outbox.enqueue(session, "a.now", {})
+        with running_relay(registry, dsn, poll_interval=timedelta(seconds=30)) as worker:
+            wait_for(lambda: worker.idle.held, what="the relay to mark itself idle")
+            assert not worker.idle.confirmed, "the enqueue's transaction is still open"
+            session.commit()
+            committed = time.monotonic()
+            assert ran.wait(10), "found by a claim within RETRY_MOST, not the 30 s poll"
+            assert time.monotonic() - committed < 5
+            wait_for(lambda: worker.idle.confirmed, what="the mark confirmed")
+
+
+def test_an_idle_relay_keeps_its_mark_and_is_woken_at_once(db: sa.Engine, dsn: str) -> None:
+    done: list[float] = []
+    registry = outbox.Registry()
+    registry.register("a.now", lambda job: done.append(time.monotonic()))
+    with running_relay(registry, dsn, poll_interval=timedelta(seconds=30)) as worker:
+        wait_for(lambda: worker.idle.confirmed and worker.listener.connected.is_set(),
+                 what="the relay marked idle and listening")  # fmt: skip
+        for n in range(5):
+            with Session(db) as session:
+                outbox.enqueue(session, "a.now", {})
+                session.commit()
+            wait_for(lambda n=n: len(done) == n + 1, timeout=10, what=f"job {n}, not the poll")
+        assert worker.idle.held, "a trickle keeps the mark"
