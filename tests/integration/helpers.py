@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 from uuid import UUID
 
+import psycopg
 import sqlalchemy as sa
 
-from outbox.database import create_engine, sqlalchemy_url
+from outbox import locks
+from outbox.database import create_engine, libpq_dsn, sqlalchemy_url
 
 
 def jobs(engine: sa.Engine, where: str = "true", **params: Any) -> list[sa.Row[Any]]:
@@ -53,3 +56,30 @@ def login_role(
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP OWNED BY {name}"))
             conn.execute(sa.text(f"DROP ROLE {name}"))
+
+
+@contextlib.contextmanager
+def relay_idle(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A session standing for an idle relay: it holds the idle mark (relay/idle.py), so that
+    enqueue notifies."""
+    with holding(dsn, f"SELECT pg_advisory_lock_shared{locks.IDLE}") as marked:
+        yield marked
+
+
+@contextlib.contextmanager
+def holding(dsn: str, lock: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A session of its own that runs ``lock`` (an advisory lock) first. On leaving, waits
+    until the server has ended the session and let its locks go."""
+    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as session:
+        session.execute(lock)
+        pid = session.info.backend_pid
+        yield session
+    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as other:
+        for _ in range(500):  # the server ends the session after the client has gone
+            if not other.execute(HOLDS_LOCKS, (pid,)).fetchone():
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"session {pid} kept its advisory locks 5 s after it closed")
+
+
+HOLDS_LOCKS = "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = %s"

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 import outbox
 from outbox.bulk import COPY_THRESHOLD
 from outbox.database import libpq_dsn
-from tests.integration.helpers import count, history, jobs
+from tests.integration.helpers import count, history, jobs, relay_idle
 
 PAYLOAD = {"entry_id": 7, "amount": "12.50", "tags": ["a", "b"], "nested": {"x": None}}
 
@@ -180,7 +180,7 @@ def test_empty_enqueue_many_writes_nothing(db: sa.Engine) -> None:
 
 @pytest.mark.parametrize("size", [1, COPY_THRESHOLD], ids=["statement", "copy"])
 def test_one_notification_per_queue_per_transaction(db: sa.Engine, dsn: str, size: int) -> None:
-    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as listener:
+    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as listener, relay_idle(dsn):
         listener.execute("LISTEN outbox_jobs")
         with Session(db) as session:
             for _ in range(3):

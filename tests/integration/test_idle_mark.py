@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session
 import outbox
 from outbox import locks
 from outbox.database import libpq_dsn
+from tests.integration.helpers import holding, relay_idle
 from tests.integration.relay_harness import running_relay, wait_for
 
 MARKER = "end of test's transaction"
-HOLD_IDLE = f"SELECT pg_advisory_lock_shared{locks.IDLE}"
 
 
 @pytest.fixture
@@ -44,15 +44,27 @@ def listener(db: sa.Engine, dsn: str) -> Iterator[Callable[[], list[str]]]:
                 found.append(note.payload)
             raise AssertionError("the marker notification never came")
 
+        wait_for(lambda: not marked(db), what="relays of earlier tests to let their marks go")
         assert sent() == []
         yield sent
 
 
+def marked(db: sa.Engine) -> bool:
+    """Some session holds the idle mark, in this database."""
+    with db.connect() as conn:
+        return bool(conn.execute(IDLE_HELD, {"cls": locks.IDLE[0], "obj": locks.IDLE[1]}).scalar())
+
+
+IDLE_HELD = sa.text(
+    "SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+    "WHERE d.datname = current_database() AND l.locktype = 'advisory' "
+    "AND l.classid = :cls AND l.objid = :obj AND l.granted)"
+)
+
+
 @pytest.fixture
 def idle_relay(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    """A session standing for an idle relay: it holds IDLE shared."""
-    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as marked:
-        marked.execute(HOLD_IDLE)
+    with relay_idle(dsn) as marked:
         yield marked
 
 
@@ -81,8 +93,7 @@ def test_enqueue_notifies_only_while_a_relay_is_idle(
         ENQUEUES[kind](session)
         session.commit()
     assert listener() == [], "no relay is idle: nobody to wake"
-    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as marked:
-        marked.execute(HOLD_IDLE)
+    with relay_idle(dsn):
         with Session(db) as session:
             ENQUEUES[kind](session)
             session.commit()
@@ -108,11 +119,11 @@ def test_every_enqueue_of_a_transaction_after_the_mark_notifies(
 ) -> None:
     """One statement looked before the relay was marked, the next after: the transaction
     notifies, for the second."""
-    with Session(db) as session, psycopg.connect(libpq_dsn(dsn), autocommit=True) as marked:
+    with Session(db) as session:
         outbox.enqueue(session, "a.job", {})
-        marked.execute(HOLD_IDLE)
-        outbox.enqueue(session, "a.job", {}, queue="later")
-        session.commit()
+        with relay_idle(dsn):
+            outbox.enqueue(session, "a.job", {}, queue="later")
+            session.commit()
     assert listener() == ["later"]
 
 
@@ -168,8 +179,7 @@ def test_a_lock_left_behind_by_an_enqueuer_makes_every_other_enqueue_notify(
     and poll; other sessions' enqueues find IDLE taken, and notify."""
     relay = mark(dsn)
     try:
-        with psycopg.connect(libpq_dsn(dsn), autocommit=True) as leaked:
-            leaked.execute(f"SELECT pg_advisory_lock{locks.IDLE}")
+        with holding(dsn, f"SELECT pg_advisory_lock{locks.IDLE}"):
             assert relay.enter() is False
             assert not relay.held
             assert relay.retry_in(lambda: 0.7) <= 0.7
