@@ -44,10 +44,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import sqlalchemy as sa
 
-from bench.overhead import ENTRIES
+from bench.overhead import ENTRIES, relay_idle
 from outbox import locks
 from outbox.database import create_engine, libpq_dsn
 from outbox.sql import queries
@@ -132,14 +131,6 @@ def tps(pgbench: str, dsn: str, script: Path, clients: int, seconds: float) -> f
     if done.returncode != 0 or found is None:
         raise SystemExit(f"pgbench failed: {(done.stderr or done.stdout).strip()[:500]}")
     return float(found.group(1))
-
-
-@contextlib.contextmanager
-def relay_idle(dsn: str) -> Iterator[None]:
-    """A session holds the idle relay's mark for the block, as an idle relay does."""
-    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as marked:
-        marked.execute(f"SELECT pg_advisory_lock_shared{locks.IDLE}")
-        yield
 
 
 def kind_context(name: str, engine: sa.Engine, dsn: str) -> contextlib.AbstractContextManager[None]:

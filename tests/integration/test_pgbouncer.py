@@ -34,11 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 import outbox
+from outbox import locks
 from outbox.bulk import COPY_THRESHOLD
 from outbox.cli import cli
-from outbox.database import create_engine, create_engine_async, sqlalchemy_url
+from outbox.database import create_engine, create_engine_async, libpq_dsn, sqlalchemy_url
 from outbox.enqueue import SERVER_PID
 from outbox.testing import temporary_database
+from tests.integration.helpers import relay_idle
 
 
 def _find_pgbouncer() -> str | None:
@@ -231,6 +233,37 @@ def test_threaded_enqueues_through_transaction_pooling_all_commit(
     assert failures == [], f"{len(failures)} of 100 enqueues failed: {failures[:3]}"
     assert _count(direct_engine, "outbox_jobs") == 100
     assert _count(direct_engine, "outbox_history") == 100
+
+
+def test_enqueue_through_transaction_pooling_wakes_an_idle_relay_and_leaves_no_lock(
+    transaction_pooled: str, direct: str, direct_engine: sa.Engine
+) -> None:
+    """Whether a relay is idle is read from a session lock that each enqueue statement tries
+    and releases within itself: through a pooler, no server session keeps it."""
+    engine = create_engine(transaction_pooled, pool_size=4)
+
+    def enqueue(n: int) -> None:
+        with Session(engine) as session:
+            outbox.enqueue(session, "pgbouncer.woken", {"n": n}, queue=f"q{n}")
+            session.commit()
+
+    try:
+        with psycopg.connect(libpq_dsn(direct), autocommit=True) as listener:
+            listener.execute("LISTEN outbox_jobs")
+            with relay_idle(direct):
+                assert _from_threads(20, enqueue) == []
+                woken = {n.payload for n in listener.notifies(timeout=10, stop_after=20)}
+            assert woken == {f"q{n}" for n in range(20)}
+            assert _from_threads(20, enqueue) == []  # no relay idle: their IDLE tries succeed
+        held = sa.text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :c "
+            "AND objid = :o AND database = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database())"
+        )
+        with direct_engine.connect() as conn:
+            assert conn.execute(held, {"c": locks.IDLE[0], "o": locks.IDLE[1]}).scalar() == 0
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("size", [3, COPY_THRESHOLD])
