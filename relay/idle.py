@@ -8,9 +8,11 @@ some relay holds it (relay_idle in outbox/sql/enqueue.sql).
 
 A transaction that looked before the mark was taken did not notify, and may commit after the
 relay's last claim. Each such transaction holds GATE shared until it ends, so the relay, once
-marked, tries GATE exclusively: while that fails it claims again every few milliseconds, and
-once it succeeds it claims once more, and only then sleeps. The locks are only ever tried,
-never waited for, so neither side can hold up the other.
+marked, takes GATE exclusively, waiting for those transactions up to GATE_WAIT; once it has
+it, it claims once more, and only then sleeps. If one of them is still open, the relay claims
+again every few milliseconds (or when a notification comes) and tries GATE again, without
+waiting now. Enqueue never waits for either lock: it only tries them, and notifies when GATE
+is taken or waited for.
 
 Lost, the mark is taken again at the next idle claim; until then the poll interval covers.
 """
@@ -29,12 +31,13 @@ from .sql import queries
 ENTER = queries["idle_enter"]
 GATE = queries["idle_gate"]
 LEAVE = queries["idle_leave"]
+GATE_WAIT = 5  # milliseconds the relay waits for GATE, once, as it takes the mark
 RETRY_FIRST = 0.002  # seconds before the first claim again while the mark is not confirmed
 #: Most seconds between claims while a transaction that looked before the mark is open. Such a
 #: transaction's job is found within this of its commit; so at most 20 claims a second, while it
 #: lasts.
 RETRY_MOST = 0.05
-BUSY_CLAIMS = 2  # claims in a row that found jobs before the mark is given up
+BUSY_CLAIMS = 8  # claims in a row that found jobs before the mark is given up
 
 log = structlog.get_logger("outbox.relay")
 
@@ -69,7 +72,10 @@ class IdleMark:
             if self.held:
                 passed = bool(_value(connection, GATE))
             else:
-                row = _value(connection, ENTER)
+                try:
+                    row = _value(connection, ENTER)
+                except psycopg.errors.LockNotAvailable:  # GATE_WAIT passed: IDLE is held
+                    row = False
                 self.held, passed = row is not None, bool(row)
         except psycopg.Error as exc:
             database_fault("idle", "idle mark failed; polling meanwhile", exc)
@@ -129,7 +135,7 @@ class IdleMark:
                 autocommit=True,
                 connect_timeout=5,
                 application_name=self._application_name,
-                options=self._options,
+                options=f"{self._options} -c lock_timeout={GATE_WAIT}".strip(),
             )
         return self._connection
 

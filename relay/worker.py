@@ -271,6 +271,7 @@ class Worker:
             confirmed = self.idle.confirmed
             if self.idle.enter():
                 if not confirmed:
+                    fruitless -= 1  # that claim and the next are one look, not two
                     continue
                 wait, source = self._idle_wait(), "poll"
             else:

@@ -15,7 +15,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 import sqlalchemy as sa
-from outbox_relay.idle import RETRY_MOST, IdleMark
+from outbox_relay.idle import BUSY_CLAIMS, RETRY_MOST, IdleMark
 from outbox_relay.notify import CHANNEL
 from sqlalchemy.orm import Session
 
@@ -160,9 +160,12 @@ def test_a_busy_relay_gives_the_mark_up_and_enqueue_stops_notifying(
         relay.claimed()  # a trickle: a job, then (enter) an empty claim
         assert relay.enter() is True
         assert relay.held
+        for _ in range(BUSY_CLAIMS - 1):
+            relay.claimed()
+        assert relay.held, "a few claims in a row that found jobs: still a trickle"
         relay.claimed()
-        relay.claimed()  # two claims in a row found jobs: busy
-        assert not relay.held
+        assert not relay.held, "a backlog: the relay claims again without being told"
+
         with Session(db) as session:
             outbox.enqueue(session, "a.job", {})
             session.commit()
