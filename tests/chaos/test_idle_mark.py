@@ -10,26 +10,12 @@ import time
 import sqlalchemy as sa
 
 import outbox
-from outbox import locks
 from tests.chaos.conftest import Relays, enqueue, scalar, wait_for
+from tests.integration.helpers import idle_marks
 
 #: Far longer than any wait below: a job that runs in time was woken, not polled for.
 SLOW_POLL = {"OUTBOX_POLL_INTERVAL": "120s"}
 WOKEN_WITHIN = 10.0
-
-
-def marks(engine: sa.Engine) -> int:
-    """Sessions holding the idle mark in this database."""
-    return int(
-        scalar(
-            engine,
-            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-            "WHERE d.datname = current_database() AND l.locktype = 'advisory' "
-            "AND l.classid = :cls AND l.objid = :obj AND l.granted",
-            cls=locks.IDLE[0],
-            obj=locks.IDLE[1],
-        )
-    )
 
 
 def effects(engine: sa.Engine) -> int:
@@ -49,7 +35,7 @@ def test_idle_relays_stopped_or_killed_leave_the_others_woken_at_once(
 ) -> None:
     first = relays.start(env=SLOW_POLL)
     relays.start(env=SLOW_POLL)
-    wait_for(lambda: marks(chaos_db) == 2, 30, "both relays marked idle", relays)
+    wait_for(lambda: idle_marks(chaos_db) == 2, 30, "both relays marked idle", relays)
     runs_at_once(chaos_db, relays, "a job, both relays idle")
 
     os.kill(first.pid, signal.SIGSTOP)  # its mark stays: enqueues notify, the other wakes
@@ -57,17 +43,17 @@ def test_idle_relays_stopped_or_killed_leave_the_others_woken_at_once(
 
     os.kill(first.pid, signal.SIGKILL)
     first.wait(10)
-    wait_for(lambda: marks(chaos_db) == 1, 30, "the killed relay's mark to go", relays)
+    wait_for(lambda: idle_marks(chaos_db) == 1, 30, "the killed relay's mark to go", relays)
     runs_at_once(chaos_db, relays, "a job, one relay killed")
 
     for proc in relays.procs:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
-    wait_for(lambda: marks(chaos_db) == 0, 30, "no mark left", relays)
+    wait_for(lambda: idle_marks(chaos_db) == 0, 30, "no mark left", relays)
     enqueue(chaos_db, [outbox.NewJob("chaos.effect", {})])  # nobody idle: no NOTIFY
     before = effects(chaos_db)
     relays.start(env=SLOW_POLL)  # its first claim finds the job
     wait_for(lambda: effects(chaos_db) == before + 1, 30, "the job, by a new relay", relays)
-    wait_for(lambda: marks(chaos_db) == 1, 30, "the new relay marked idle", relays)
+    wait_for(lambda: idle_marks(chaos_db) == 1, 30, "the new relay marked idle", relays)
     runs_at_once(chaos_db, relays, "a job, a new relay idle")

@@ -83,3 +83,16 @@ def holding(dsn: str, lock: str) -> Iterator[psycopg.Connection[tuple[object, ..
 
 
 HOLDS_LOCKS = "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = %s"
+
+
+def idle_marks(engine: sa.Engine) -> int:
+    """Sessions holding the idle mark (relay/idle.py) in the engine's database."""
+    with engine.connect() as conn:
+        return int(conn.execute(IDLE_MARKS, {"cls": locks.IDLE[0], "obj": locks.IDLE[1]}).scalar())
+
+
+IDLE_MARKS = sa.text(
+    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+    "WHERE d.datname = current_database() AND l.locktype = 'advisory' "
+    "AND l.classid = :cls AND l.objid = :obj AND l.granted"
+)

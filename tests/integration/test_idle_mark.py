@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 import outbox
 from outbox import locks
 from outbox.database import libpq_dsn
-from tests.integration.helpers import holding, relay_idle
+from tests.integration.helpers import holding, idle_marks, relay_idle
 from tests.integration.relay_harness import running_relay, wait_for
 
 MARKER = "end of test's transaction"
@@ -44,22 +44,9 @@ def listener(db: sa.Engine, dsn: str) -> Iterator[Callable[[], list[str]]]:
                 found.append(note.payload)
             raise AssertionError("the marker notification never came")
 
-        wait_for(lambda: not marked(db), what="relays of earlier tests to let their marks go")
+        wait_for(lambda: idle_marks(db) == 0, what="relays of earlier tests to let their marks go")
         assert sent() == []
         yield sent
-
-
-def marked(db: sa.Engine) -> bool:
-    """Some session holds the idle mark, in this database."""
-    with db.connect() as conn:
-        return bool(conn.execute(IDLE_HELD, {"cls": locks.IDLE[0], "obj": locks.IDLE[1]}).scalar())
-
-
-IDLE_HELD = sa.text(
-    "SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-    "WHERE d.datname = current_database() AND l.locktype = 'advisory' "
-    "AND l.classid = :cls AND l.objid = :obj AND l.granted)"
-)
 
 
 @pytest.fixture

@@ -34,13 +34,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 import outbox
-from outbox import locks
 from outbox.bulk import COPY_THRESHOLD
 from outbox.cli import cli
 from outbox.database import create_engine, create_engine_async, libpq_dsn, sqlalchemy_url
 from outbox.enqueue import SERVER_PID
 from outbox.testing import temporary_database
-from tests.integration.helpers import relay_idle
+from tests.integration.helpers import idle_marks, relay_idle
 
 
 def _find_pgbouncer() -> str | None:
@@ -255,13 +254,7 @@ def test_enqueue_through_transaction_pooling_wakes_an_idle_relay_and_leaves_no_l
                 woken = {n.payload for n in listener.notifies(timeout=10, stop_after=20)}
             assert woken == {f"q{n}" for n in range(20)}
             assert _from_threads(20, enqueue) == []  # no relay idle: their IDLE tries succeed
-        held = sa.text(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :c "
-            "AND objid = :o AND database = (SELECT oid FROM pg_database "
-            "WHERE datname = current_database())"
-        )
-        with direct_engine.connect() as conn:
-            assert conn.execute(held, {"c": locks.IDLE[0], "o": locks.IDLE[1]}).scalar() == 0
+        assert idle_marks(direct_engine) == 0
     finally:
         engine.dispose()
 
