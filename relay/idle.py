@@ -20,7 +20,9 @@ Lost, the mark is taken again at the next idle claim; until then the poll interv
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import structlog
@@ -31,15 +33,19 @@ from .sql import queries
 ENTER = queries["idle_enter"]
 GATE = queries["idle_gate"]
 LEAVE = queries["idle_leave"]
+HOLDERS = queries["idle_holders"]
 GATE_WAIT = 5  # milliseconds the relay waits for GATE, once, as it takes the mark
 RETRY_FIRST = 0.002  # seconds before the first claim again while the mark is not confirmed
 #: Most seconds between claims while a transaction that looked before the mark is open. Such a
 #: transaction's job is found within this of its commit; so at most 20 claims a second, while it
 #: lasts.
 RETRY_MOST = 0.05
+#: Seconds the mark may be refused (another session holds IDLE exclusively) before a warning.
+REFUSED_WARN = 30.0
 BUSY_CLAIMS = 8  # claims in a row that found jobs before the mark is given up
 
 log = structlog.get_logger("outbox.relay")
+Conn = psycopg.Connection[tuple[Any, ...]]
 
 
 class IdleMark:
@@ -49,7 +55,7 @@ class IdleMark:
         self._dsn = dsn
         self._application_name = application_name[:63]
         self._options = options
-        self._connection: psycopg.Connection[tuple[object, ...]] | None = None
+        self._connection: Conn | None = None
         #: IDLE is held: every enqueue statement from now on notifies.
         self.held = False
         #: And GATE was passed since: a claim now finds every job enqueued without a NOTIFY.
@@ -57,6 +63,8 @@ class IdleMark:
         self._tries = 0  # enter() in a row that did not confirm
         self._found = 0  # claims in a row that found jobs
         self._suspect = threading.Event()
+        self._refused_since: float | None = None  # the mark refused since, without a break
+        self._warned = False
 
     def enter(self) -> bool:
         """Mark this relay idle, after a claim that found nothing. True once confirmed: claim
@@ -77,6 +85,7 @@ class IdleMark:
                 except psycopg.errors.LockNotAvailable:  # GATE_WAIT passed: IDLE is held
                     row = False
                 self.held, passed = row is not None, bool(row)
+                self._note_refusal(connection, refused=row is None)
         except psycopg.Error as exc:
             database_fault("idle", "idle mark failed; polling meanwhile", exc)
             self._drop()
@@ -128,7 +137,26 @@ class IdleMark:
     def close(self) -> None:
         self._drop()
 
-    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+    def _note_refusal(self, connection: Conn, *, refused: bool) -> None:
+        """Warn once when the mark has been refused for REFUSED_WARN seconds: an enqueue
+        cancelled between trying IDLE and releasing it left IDLE to its session (its own
+        enqueues then wake no relay until it disconnects)."""
+        if not refused:
+            self._refused_since, self._warned = None, False
+            return
+        now = time.monotonic()
+        if self._refused_since is None:
+            self._refused_since = now
+        elif now - self._refused_since >= REFUSED_WARN and not self._warned:
+            self._warned = True
+            holders = connection.execute(HOLDERS).fetchall()
+            log.warning(
+                "the idle mark is held exclusively by another session: this relay polls, "
+                "and that session's enqueues wake no relay until it disconnects",
+                sessions=[{"pid": pid, "application_name": name} for pid, name in holders],
+            )
+
+    def _connect(self) -> Conn:
         if self._connection is None or self._connection.closed:
             self._connection = psycopg.connect(
                 self._dsn,
@@ -147,6 +175,6 @@ class IdleMark:
             connection.close()
 
 
-def _value(connection: psycopg.Connection[tuple[object, ...]], statement: str) -> object:
+def _value(connection: Conn, statement: str) -> object:
     row = connection.execute(statement).fetchone()
     return None if row is None else row[0]

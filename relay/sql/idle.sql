@@ -18,3 +18,12 @@ SELECT pg_try_advisory_xact_lock(2829, 7);
 -- name: idle_leave
 -- The relay is busy: enqueue need not wake it.
 SELECT pg_advisory_unlock_shared(2829, 6);
+
+-- name: idle_holders
+-- The sessions holding IDLE exclusively in this database (none should, but for an instant).
+SELECT l.pid, a.application_name
+FROM pg_locks AS l
+LEFT JOIN pg_stat_activity AS a USING (pid)
+WHERE l.locktype = 'advisory' AND l.classid = 2829 AND l.objid = 6 AND l.objsubid = 2
+  AND l.mode = 'ExclusiveLock' AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());

@@ -15,9 +15,11 @@ from datetime import timedelta
 import psycopg
 import pytest
 import sqlalchemy as sa
+from outbox_relay import idle
 from outbox_relay.idle import BUSY_CLAIMS, RETRY_MOST, IdleMark
 from outbox_relay.notify import CHANNEL
 from sqlalchemy.orm import Session
+from structlog.testing import capture_logs
 
 import outbox
 from outbox import locks
@@ -162,21 +164,28 @@ def test_a_busy_relay_gives_the_mark_up_and_enqueue_stops_notifying(
 
 
 def test_a_lock_left_behind_by_an_enqueuer_makes_every_other_enqueue_notify(
-    db: sa.Engine, dsn: str, listener: Callable[[], list[str]]
+    db: sa.Engine, dsn: str, listener: Callable[[], list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An enqueue cancelled between trying IDLE and releasing it (a window of microseconds)
     keeps IDLE exclusively until its session ends. Relays cannot mark themselves idle then,
-    and poll; other sessions' enqueues find IDLE taken, and notify."""
+    and poll, saying which session holds it; other sessions' enqueues find IDLE taken, and
+    notify."""
+    monkeypatch.setattr(idle, "REFUSED_WARN", 0.0)
     relay = mark(dsn)
     try:
-        with holding(dsn, f"SELECT pg_advisory_lock{locks.IDLE}"):
+        with holding(dsn, f"SELECT pg_advisory_lock{locks.IDLE}") as leaked, capture_logs() as logs:
+            pid = leaked.info.backend_pid
             assert relay.enter() is False
             assert not relay.held
             assert relay.retry_in(lambda: 0.7) <= 0.7
+            assert relay.enter() is False
             with Session(db) as session:
                 outbox.enqueue(session, "a.job", {})
                 session.commit()
             assert listener() == ["default"]
+        warned = [e for e in logs if "held exclusively" in e["event"]]
+        assert len(warned) == 1
+        assert [s["pid"] for s in warned[0]["sessions"]] == [pid]
         assert wait_for(relay.enter, what="the mark, once the session is gone")
     finally:
         relay.close()
