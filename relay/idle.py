@@ -7,18 +7,19 @@ IDLE advisory lock shared, on a connection of its own, and enqueue sends NOTIFY 
 some relay holds it (relay_idle in outbox/sql/enqueue.sql).
 
 A transaction that looked before the mark was taken did not notify, and may commit after the
-relay's last claim. Each such transaction holds GATE shared until it ends, so the relay, once
-marked, takes GATE exclusively, waiting for those transactions up to GATE_WAIT; once it has
-it, it claims once more, and only then sleeps. If one of them is still open, the relay claims
-again every few milliseconds (or when a notification comes) and tries GATE again, without
-waiting now. Enqueue never waits for either lock: it only tries them, and notifies when GATE
-is taken or waited for.
+relay's last claim. Each such transaction holds GATE shared until it ends, so the relay, as it
+takes the mark, takes GATE exclusively, waiting for those transactions up to GATE_WAIT; once it
+has it, it claims once more, and only then sleeps. If some are still open, it notes which
+(pg_locks), and claims again every few milliseconds (or when a notification comes) until
+they have ended. Enqueue never waits for either lock: it only tries them, and notifies when
+GATE is taken or waited for.
 
 Lost, the mark is taken again at the next idle claim; until then the poll interval covers.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections.abc import Callable
@@ -27,14 +28,18 @@ from typing import Any
 import psycopg
 import structlog
 
+from outbox.sql import pyformat
+
 from .service import database_fault
 from .sql import queries
 
+SESSION = pyformat(queries["idle_session"])
 ENTER = queries["idle_enter"]
-GATE = queries["idle_gate"]
+GATE_HOLDERS = queries["idle_gate_holders"]
+GATE_WAITED = pyformat(queries["idle_gate_waited"])
 LEAVE = queries["idle_leave"]
 HOLDERS = queries["idle_holders"]
-GATE_WAIT = 5  # milliseconds the relay waits for GATE, once, as it takes the mark
+GATE_WAIT = "5ms"  # how long the relay waits for GATE as it takes the mark (lock_timeout)
 RETRY_FIRST = 0.002  # seconds before the first claim again while the mark is not confirmed
 #: Most seconds between claims while a transaction that looked before the mark is open. Such a
 #: transaction's job is found within this of its commit; so at most 20 claims a second, while it
@@ -48,6 +53,17 @@ log = structlog.get_logger("outbox.relay")
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 
+class Step(enum.Enum):
+    """What the producer does after a claim that found nothing (:meth:`IdleMark.enter`)."""
+
+    #: Newly confirmed: claim once more (it finds what was enqueued without a NOTIFY), then sleep.
+    CLAIM_AGAIN = "claim again"
+    #: Confirmed before: sleep until a notification or the poll interval.
+    SLEEP = "sleep"
+    #: Not confirmed: claim again after :meth:`IdleMark.retry_in`.
+    RETRY = "retry"
+
+
 class IdleMark:
     """The producer's mark; only the producer thread calls it, but for :meth:`suspect`."""
 
@@ -58,45 +74,43 @@ class IdleMark:
         self._connection: Conn | None = None
         #: IDLE is held: every enqueue statement from now on notifies.
         self.held = False
-        #: And GATE was passed since: a claim now finds every job enqueued without a NOTIFY.
+        #: And every transaction that looked before it was taken has ended since.
         self.confirmed = False
+        self._waiting: list[str] = []  # those transactions, while some are open
         self._tries = 0  # enter() in a row that did not confirm
         self._found = 0  # claims in a row that found jobs
         self._suspect = threading.Event()
         self._refused_since: float | None = None  # the mark refused since, without a break
         self._warned = False
 
-    def enter(self) -> bool:
-        """Mark this relay idle, after a claim that found nothing. True once confirmed: claim
-        once more, then sleep until woken. False: claim again after :meth:`retry_in`."""
+    def enter(self) -> Step:
+        """Mark this relay idle, after a claim that found nothing."""
         self._found = 0
         if self._suspect.is_set():
             self._suspect.clear()
             self._drop()
         if self.confirmed:
-            return True
+            return Step.SLEEP
         try:
             connection = self._connect()
             if self.held:
-                passed = bool(_value(connection, GATE))
+                passed = bool(_value(connection, GATE_WAITED, {"waiting": self._waiting}))
             else:
-                try:
-                    row = _value(connection, ENTER)
-                except psycopg.errors.LockNotAvailable:  # GATE_WAIT passed: IDLE is held
-                    row = False
-                self.held, passed = row is not None, bool(row)
-                self._note_refusal(connection, refused=row is None)
+                passed = self._take(connection)
         except psycopg.Error as exc:
             database_fault("idle", "idle mark failed; polling meanwhile", exc)
             self._drop()
             passed = False
         self.confirmed = passed
-        self._tries = 0 if passed else self._tries + 1
-        return passed
+        if passed:
+            self._tries, self._waiting = 0, []
+            return Step.CLAIM_AGAIN
+        self._tries += 1
+        return Step.RETRY
 
     def retry_in(self, longest: Callable[[], float]) -> float:
-        """Seconds to the next claim while :meth:`enter` does not confirm: a few milliseconds
-        while a transaction that looked before the mark is still open (it ends soon, as a rule),
+        """Seconds to the next claim after :attr:`Step.RETRY`: a few milliseconds while a
+        transaction that looked before the mark is still open (it ends soon, as a rule),
         growing to ``longest()`` (the relay's idle wait) when the mark itself cannot be taken."""
         most = RETRY_MOST if self.held else longest()
         return float(min(most, RETRY_FIRST * 2 ** min(self._tries, 16)))
@@ -117,7 +131,7 @@ class IdleMark:
             except psycopg.Error as exc:
                 database_fault("idle", "giving up the idle mark failed", exc)
                 self._drop()
-        self.held = self.confirmed = False
+        self._forget()
 
     def check(self) -> None:
         """After a wait that no notification ended: is the mark's connection still there?"""
@@ -136,6 +150,19 @@ class IdleMark:
 
     def close(self) -> None:
         self._drop()
+
+    def _take(self, connection: Conn) -> bool:
+        """Take IDLE and wait for GATE; True once every earlier enqueue has ended."""
+        try:
+            taken = _value(connection, ENTER)
+        except psycopg.errors.LockNotAvailable:  # GATE_WAIT ran out, IDLE held all the same
+            taken = False
+        self.held = taken is not None
+        self._note_refusal(connection, refused=taken is None)
+        if taken is not False:
+            return bool(taken)
+        self._waiting = list(_value(connection, GATE_HOLDERS) or ())
+        return not self._waiting  # they may all have ended meanwhile
 
     def _note_refusal(self, connection: Conn, *, refused: bool) -> None:
         """Warn once when the mark has been refused for REFUSED_WARN seconds: an enqueue
@@ -158,23 +185,33 @@ class IdleMark:
 
     def _connect(self) -> Conn:
         if self._connection is None or self._connection.closed:
-            self._connection = psycopg.connect(
+            connection: Conn = psycopg.connect(
                 self._dsn,
                 autocommit=True,
                 connect_timeout=5,
                 application_name=self._application_name,
-                options=f"{self._options} -c lock_timeout={GATE_WAIT}".strip(),
+                options=self._options,
             )
+            try:
+                _value(connection, SESSION, {"gate_wait": GATE_WAIT})
+            except psycopg.Error:
+                connection.close()
+                raise
+            self._connection = connection
         return self._connection
+
+    def _forget(self) -> None:
+        self.held = self.confirmed = False
+        self._waiting, self._tries = [], 0
 
     def _drop(self) -> None:
         """Forget the mark and close its connection: PostgreSQL releases the lock with it."""
-        self.held = self.confirmed = False
+        self._forget()
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
 
 
-def _value(connection: Conn, statement: str) -> object:
-    row = connection.execute(statement).fetchone()
+def _value(connection: Conn, statement: str, params: dict[str, Any] | None = None) -> Any:
+    row = connection.execute(statement, params).fetchone()
     return None if row is None else row[0]

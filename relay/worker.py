@@ -45,7 +45,7 @@ from .dispatch import Dispatcher
 from .floors import Floors, FloorWatch
 from .gauges import QueueGauges
 from .http import HttpServer, Readiness, format_addr
-from .idle import IdleMark
+from .idle import IdleMark, Step
 from .inflight import InFlight
 from .leases import Heartbeat
 from .log import first_line
@@ -268,11 +268,11 @@ class Worker:
             next_look = 0.0  # idle: a job that must run alone may go first
             # Enqueue notifies only while a relay is marked idle (relay/idle.py). Newly
             # marked, claim once more: it finds what was enqueued without a notification.
-            confirmed = self.idle.confirmed
-            if self.idle.enter():
-                if not confirmed:
-                    fruitless -= 1  # that claim and the next are one look, not two
-                    continue
+            step = self.idle.enter()
+            if step is Step.CLAIM_AGAIN:
+                fruitless -= 1  # that claim and the next are one look, not two
+                continue
+            if step is Step.SLEEP:
                 wait, source = self._idle_wait(), "poll"
             else:
                 wait, source = self.idle.retry_in(self._idle_wait), "retry"

@@ -1,3 +1,11 @@
+-- name: idle_session
+-- Settings of the idle mark's connection, sent as a statement (a pooler may drop startup
+-- options): how long idle_enter waits for GATE, and no idle_session_timeout, since the
+-- connection is idle for as long as the relay is (where the server has the setting at all).
+SELECT set_config('lock_timeout', CAST(:gate_wait AS text), false),
+       (SELECT set_config(name, '0', false) FROM pg_settings
+        WHERE name = 'idle_session_timeout');
+
 -- name: idle_enter
 -- An idle relay's mark, taken on a connection of its own (relay/idle.py): IDLE (2829, 6)
 -- shared, held by the session until the relay is busy again; while any relay holds it, enqueue
@@ -10,10 +18,23 @@
 SELECT CASE WHEN pg_try_advisory_lock_shared(2829, 6)
             THEN pg_advisory_xact_lock(2829, 7) IS NOT NULL END;
 
--- name: idle_gate
--- GATE tried again, IDLE already held, without waiting: true once those transactions have
--- ended.
-SELECT pg_try_advisory_xact_lock(2829, 7);
+-- name: idle_gate_holders
+-- After that wait ran out: the transactions holding GATE, IDLE being held. Those that looked
+-- before it was taken are among them; later ones saw IDLE and notify. The relay waits for
+-- these only: new enqueues keep taking GATE, and under steady traffic it is never free.
+SELECT coalesce(array_agg(virtualtransaction), '{}')
+FROM pg_locks
+WHERE locktype = 'advisory' AND classid = 2829 AND objid = 7 AND objsubid = 2 AND granted
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database());
+
+-- name: idle_gate_waited
+-- True once none of those transactions is open any more (a transaction holds GATE until it
+-- ends; virtual transaction ids are never reused while the server runs).
+SELECT NOT EXISTS (
+    SELECT FROM pg_locks
+    WHERE locktype = 'advisory' AND classid = 2829 AND objid = 7 AND objsubid = 2 AND granted
+      AND virtualtransaction = ANY(CAST(:waiting AS text[]))
+);
 
 -- name: idle_leave
 -- The relay is busy: enqueue need not wake it.

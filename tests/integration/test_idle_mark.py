@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from outbox_relay import idle
-from outbox_relay.idle import BUSY_CLAIMS, RETRY_MOST, IdleMark
+from outbox_relay.idle import BUSY_CLAIMS, RETRY_FIRST, RETRY_MOST, IdleMark, Step
 from outbox_relay.notify import CHANNEL
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
@@ -123,15 +123,16 @@ def test_the_mark_is_confirmed_only_once_earlier_enqueues_have_ended(
     try:
         with Session(db) as session:
             outbox.enqueue(session, "a.job", {})  # looks before the mark: no NOTIFY to come
-            assert relay.enter() is False
+            assert relay.enter() is Step.RETRY
             assert relay.held
             assert not relay.confirmed
             assert relay.retry_in(lambda: 60.0) <= RETRY_MOST
-            assert relay.enter() is False, "still open"
+            assert relay.enter() is Step.RETRY, "still open"
             session.commit()
         assert listener() == []
-        assert relay.enter() is True, "ended: a claim now finds its job"
+        assert relay.enter() is Step.CLAIM_AGAIN, "ended: a claim now finds its job"
         assert relay.confirmed
+        assert relay.enter() is Step.SLEEP
         with Session(db) as session:
             outbox.enqueue(session, "a.job", {})
             session.commit()
@@ -145,9 +146,9 @@ def test_a_busy_relay_gives_the_mark_up_and_enqueue_stops_notifying(
 ) -> None:
     relay = mark(dsn)
     try:
-        assert relay.enter() is True
+        assert relay.enter() is Step.CLAIM_AGAIN
         relay.claimed()  # a trickle: a job, then (enter) an empty claim
-        assert relay.enter() is True
+        assert relay.enter() is Step.SLEEP
         assert relay.held
         for _ in range(BUSY_CLAIMS - 1):
             relay.claimed()
@@ -175,10 +176,10 @@ def test_a_lock_left_behind_by_an_enqueuer_makes_every_other_enqueue_notify(
     try:
         with holding(dsn, f"SELECT pg_advisory_lock{locks.IDLE}") as leaked, capture_logs() as logs:
             pid = leaked.info.backend_pid
-            assert relay.enter() is False
+            assert relay.enter() is Step.RETRY
             assert not relay.held
             assert relay.retry_in(lambda: 0.7) <= 0.7
-            assert relay.enter() is False
+            assert relay.enter() is Step.RETRY
             with Session(db) as session:
                 outbox.enqueue(session, "a.job", {})
                 session.commit()
@@ -186,7 +187,7 @@ def test_a_lock_left_behind_by_an_enqueuer_makes_every_other_enqueue_notify(
         warned = [e for e in logs if "held exclusively" in e["event"]]
         assert len(warned) == 1
         assert [s["pid"] for s in warned[0]["sessions"]] == [pid]
-        assert wait_for(relay.enter, what="the mark, once the session is gone")
+        wait_for(lambda: relay.enter() is not Step.RETRY, what="the mark, once the session is gone")
     finally:
         relay.close()
 
@@ -194,7 +195,7 @@ def test_a_lock_left_behind_by_an_enqueuer_makes_every_other_enqueue_notify(
 def test_a_lost_mark_is_taken_again(db: sa.Engine, dsn: str) -> None:
     relay = mark(dsn)
     try:
-        assert relay.enter() is True
+        assert relay.enter() is Step.CLAIM_AGAIN
         with db.connect() as conn:
             conn.execute(
                 sa.text(
@@ -204,8 +205,91 @@ def test_a_lost_mark_is_taken_again(db: sa.Engine, dsn: str) -> None:
             )
         relay.check()
         assert not relay.held, "the connection is gone: the mark with it"
-        assert relay.enter() is True
+        assert relay.enter() is Step.CLAIM_AGAIN, "taken again: claim once more"
         assert relay.held
+    finally:
+        relay.close()
+
+
+def test_a_suspected_mark_taken_again_claims_once_more(
+    db: sa.Engine, dsn: str, listener: Callable[[], list[str]]
+) -> None:
+    """The listener lost its connection (a restarted server?): the mark is dropped and taken
+    again, and an enqueue that looked in between sent no NOTIFY, so the producer must claim
+    once more, not sleep."""
+    relay = mark(dsn)
+    try:
+        assert relay.enter() is Step.CLAIM_AGAIN
+        assert relay.enter() is Step.SLEEP
+        relay.suspect()
+        assert relay.enter() is Step.CLAIM_AGAIN
+        assert relay.enter() is Step.SLEEP
+    finally:
+        relay.close()
+
+
+def test_steady_enqueue_traffic_does_not_keep_the_mark_unconfirmed(
+    db: sa.Engine, dsn: str, listener: Callable[[], list[str]]
+) -> None:
+    """Only the transactions that looked before the mark are waited for: one that began
+    after it (and notifies) does not hold the confirmation back, though it holds GATE."""
+    relay = mark(dsn)
+    try:
+        with Session(db) as early, Session(db) as later:
+            outbox.enqueue(early, "a.job", {}, queue="early")
+            assert relay.enter() is Step.RETRY
+            outbox.enqueue(later, "a.job", {}, queue="later")
+            assert relay.enter() is Step.RETRY, "the early one is still open"
+            early.commit()
+            assert relay.enter() is Step.CLAIM_AGAIN, "the later one notifies: no need to wait"
+            later.commit()
+        assert listener() == ["later"]
+    finally:
+        relay.close()
+
+
+def test_retries_start_short_again_after_the_mark_is_given_up(dsn: str, db: sa.Engine) -> None:
+    relay = mark(dsn)
+    try:
+        with Session(db) as session:
+            outbox.enqueue(session, "a.job", {})
+            for _ in range(12):
+                assert relay.enter() is Step.RETRY
+            assert relay.retry_in(lambda: 30.0) == RETRY_MOST
+            relay.leave()
+            assert relay.retry_in(lambda: 30.0) <= 2 * RETRY_FIRST
+            session.commit()
+    finally:
+        relay.close()
+
+
+def test_the_mark_outlives_an_idle_session_timeout(
+    db: sa.Engine, dsn: str, listener: Callable[[], list[str]]
+) -> None:
+    """Its connection is idle for as long as the relay is; the server's idle_session_timeout
+    (here from startup options, as a server or role setting would give it) must not end it.
+    Nor does the mark's wait for GATE depend on startup options, which a pooler may drop."""
+    relay = IdleMark(
+        libpq_dsn(dsn),
+        application_name="test idle mark",
+        options="-c idle_session_timeout=200 -c lock_timeout=0",
+    )
+    try:
+        assert relay.enter() is Step.CLAIM_AGAIN
+        time.sleep(0.6)  # idle three times as long as the timeout
+        relay.check()
+        assert relay.held
+        with Session(db) as session:
+            outbox.enqueue(session, "a.job", {})
+            session.commit()
+        assert listener() == ["default"]
+        relay.leave()
+        with Session(db) as session:
+            outbox.enqueue(session, "a.job", {})
+            started = time.monotonic()
+            assert relay.enter() is Step.RETRY, "GATE waited for 5 ms, not without end"
+            assert time.monotonic() - started < 5
+            session.commit()
     finally:
         relay.close()
 
