@@ -26,7 +26,8 @@ CHAIN = (CLASS, 5)
 #: Enqueue sends NOTIFY only while some relay holds it (outbox/sql/enqueue.sql, relay_idle).
 IDLE = (CLASS, 6)
 #: Transaction lock: shared by each enqueue statement that looked for an idle relay, until its
-#: transaction ends; tried exclusively by a relay that has just taken IDLE (relay/idle.py).
+#: transaction ends; taken exclusively by a relay that has just taken IDLE, waiting 5 ms at
+#: most (relay/idle.py). Enqueue only tries it, so it never queues behind that wait.
 GATE = (CLASS, 7)
 
 #: The class of enqueue's per-key transaction locks, (KEY_CLASS, hashtext(key)) (G4).

@@ -3,11 +3,12 @@
 --   an idle relay holds IDLE (2829, 6) shared on a connection of its own (relay/idle.py), so
 --   trying IDLE exclusively fails while any relay is idle: then notify. Before that look, the
 --   statement takes GATE (2829, 7) shared until its transaction ends. A relay that has just
---   taken IDLE tries GATE exclusively, and claims once more only after that succeeds, when
---   every transaction that looked before it took IDLE has ended: the claim finds their jobs,
---   and every later statement notifies. A relay trying GATE at this moment: notify.
+--   taken IDLE takes GATE exclusively (waiting 5 ms at most, then waiting for the transactions
+--   that held it then to end), and claims once more only after that, when every transaction
+--   that looked before it took IDLE has ended: the claim finds their jobs, and every later
+--   statement notifies. GATE not to be had (a relay waits for it): notify.
 -- Trying IDLE exclusively and releasing it in one expression leaves no lock behind, even
--- behind a transaction-pooling PgBouncer. The locks are never waited for.
+-- behind a transaction-pooling PgBouncer. Neither lock is ever waited for here.
 
 -- name: enqueue
 -- Insert a batch of jobs in one round trip, inside the caller's transaction, so they commit or
