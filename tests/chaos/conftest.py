@@ -77,11 +77,15 @@ def with_kill(proc: subprocess.Popen[bytes]) -> None:
 def chaos_db(db: sa.Engine) -> sa.Engine:
     with db.begin() as conn:
         conn.execute(sa.text("DROP TABLE IF EXISTS chaos_effects"))
-        conn.execute(sa.text(
-            "CREATE TABLE chaos_effects (id bigserial, job uuid, key text, seq int, pid int, "
-            "at timestamptz DEFAULT clock_timestamp())"
-        ))  # fmt: skip
+        conn.execute(CREATE_EFFECTS)
     return db
+
+
+#: The table every effect of tests/chaos/app.py is a row of.
+CREATE_EFFECTS = sa.text(
+    "CREATE TABLE chaos_effects (id bigserial, job uuid, key text, seq int, pid int, "
+    "at timestamptz DEFAULT clock_timestamp())"
+)
 
 
 @pytest.fixture

@@ -88,7 +88,9 @@ HOLDS_LOCKS = "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = %s"
 def idle_marks(engine: sa.Engine) -> int:
     """Sessions holding the idle mark (relay/idle.py) in the engine's database."""
     with engine.connect() as conn:
-        return int(conn.execute(IDLE_MARKS, {"cls": locks.IDLE[0], "obj": locks.IDLE[1]}).scalar())
+        return int(
+            conn.execute(IDLE_MARKS, {"cls": locks.IDLE[0], "obj": locks.IDLE[1]}).scalar_one()
+        )
 
 
 IDLE_MARKS = sa.text(
