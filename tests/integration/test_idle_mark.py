@@ -200,7 +200,7 @@ def test_a_lost_mark_is_taken_again(db: sa.Engine, dsn: str) -> None:
             conn.execute(
                 sa.text(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name = 'test idle mark'"
+                    "WHERE application_name = 'test idle mark' AND datname = current_database()"
                 )
             )
         relay.check()
