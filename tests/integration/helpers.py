@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 from uuid import UUID
@@ -14,6 +13,7 @@ import sqlalchemy as sa
 
 from outbox import locks
 from outbox.database import create_engine, libpq_dsn, sqlalchemy_url
+from tests.integration.relay_harness import wait_for
 
 
 def jobs(engine: sa.Engine, where: str = "true", **params: Any) -> list[sa.Row[Any]]:
@@ -75,11 +75,9 @@ def holding(dsn: str, lock: str) -> Iterator[psycopg.Connection[tuple[object, ..
         pid = session.info.backend_pid
         yield session
     with psycopg.connect(libpq_dsn(dsn), autocommit=True) as other:
-        for _ in range(500):  # the server ends the session after the client has gone
-            if not other.execute(HOLDS_LOCKS, (pid,)).fetchone():
-                return
-            time.sleep(0.01)
-    raise AssertionError(f"session {pid} kept its advisory locks 5 s after it closed")
+        # the server ends the session after the client has gone
+        wait_for(lambda: not other.execute(HOLDS_LOCKS, (pid,)).fetchone(), timeout=5,
+                 what=f"session {pid} to let its advisory locks go")  # fmt: skip
 
 
 HOLDS_LOCKS = "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = %s"
