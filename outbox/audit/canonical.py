@@ -2,14 +2,13 @@
 
 Each row's canonical text is built in the database (``outbox_history_canonical``) and hashed
 with SHA-256; a range's rows digest is the SHA-256 of its rows' hashes concatenated in
-canonical order (transaction id, then id). A seal keeps each row's 8-byte prefix, so that
-verification can name the first row that no longer matches.
+canonical order (transaction id, then id), computed there too. A seal keeps each row's 8-byte
+prefix, so that verification can name the first row that no longer matches.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Iterator
 
 import sqlalchemy as sa
@@ -40,15 +39,14 @@ def count_range(connection: sa.Connection, xid_from: int, xid_to: int) -> int:
 
 
 def digest_range(connection: sa.Connection, xid_from: int, xid_to: int) -> RangeDigest:
+    """The range's rows counted and hashed in the database (``digest_range`` in audit.sql)."""
     row = connection.execute(_DIGEST, {"xid_from": xid_from, "xid_to": xid_to}).one()
-    hashes = bytes(row.hashes or b"")
-    prefixes = b"".join(hashes[i : i + 8] for i in range(0, len(hashes), 32))
     return RangeDigest(
         row.row_count,
         row.first_history_id,
         row.last_history_id,
-        hashlib.sha256(hashes).digest(),
-        prefixes,
+        bytes(row.rows_digest),
+        bytes(row.row_hashes),
     )
 
 

@@ -33,14 +33,22 @@ SELECT count(*) FROM outbox_history WHERE xid >= :xid_from AND xid < :xid_to;
 
 -- name: digest_range
 -- The rows of [:xid_from, :xid_to) in canonical order (transaction id, then id): how many, the
--- first and last ids, and each row's SHA-256 concatenated (the caller hashes them once more).
+-- first and last ids, the rows digest (the SHA-256 of each row's SHA-256 concatenated) and
+-- each row's 8-byte hash prefix concatenated. Hashed here, so that a seal of 100,000 rows
+-- sends the relay 0.8 MB of prefixes instead of 3.2 MB of hashes (6.4 MB as text) to cut up.
+-- OFFSET 0 keeps the subquery whole: each row's canonical text is hashed once, not once for
+-- each aggregate that reads it.
 SELECT count(*) AS row_count,
-       min(h.id) AS first_history_id,
-       max(h.id) AS last_history_id,
-       string_agg(sha256(convert_to(outbox_history_canonical(h), 'UTF8')), ''::bytea
-                  ORDER BY h.xid, h.id) AS hashes
-FROM outbox_history AS h
-WHERE h.xid >= :xid_from AND h.xid < :xid_to;
+       min(r.id) AS first_history_id,
+       max(r.id) AS last_history_id,
+       sha256(coalesce(string_agg(r.hash, ''::bytea ORDER BY r.xid, r.id), ''::bytea))
+           AS rows_digest,
+       coalesce(string_agg(substr(r.hash, 1, 8), ''::bytea ORDER BY r.xid, r.id), ''::bytea)
+           AS row_hashes
+FROM (SELECT h.id, h.xid, sha256(convert_to(outbox_history_canonical(h), 'UTF8')) AS hash
+      FROM outbox_history AS h
+      WHERE h.xid >= :xid_from AND h.xid < :xid_to
+      OFFSET 0) AS r;
 
 -- name: range_split
 -- Where to end a seal so that it holds about :rows rows (a backlog is sealed in pieces).

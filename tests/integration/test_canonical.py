@@ -6,6 +6,7 @@ difference would make every seal ever written fail `outbox audit verify`.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from outbox.audit import seal
+from outbox.audit import canonical, seal
 from outbox.audit.verify import verify
 from tests.integration.relay_harness import SEALING, wait_for
 
@@ -164,3 +165,32 @@ def _replace_canonical(db: sa.Engine, body: str) -> None:
             "CREATE OR REPLACE FUNCTION outbox_history_canonical(h outbox_history) RETURNS text "
             f"LANGUAGE sql STABLE PARALLEL SAFE AS $$ {body} $$"
         )
+
+
+def test_a_seal_digests_its_rows_canonical_texts_as_verifiers_recompute_them(
+    db: sa.Engine,
+) -> None:
+    """The rows digest and prefixes, hashed in the database, are what anyone gets from the
+    canonical texts alone: SHA-256 of each row's text, concatenated in canonical order and
+    hashed once more; each row's first 8 bytes kept."""
+    with db.begin() as conn:
+        for n in range(30):
+            conn.execute(INSERT, {
+                "job_uuid": uuid.uuid4(), "event": EVENTS[n % len(EVENTS)], "type": "a.b",
+                "queue": "q", "key": f"é{n}", "attempt": n % 3,
+                "payload": json.dumps({"n": n}), "payload_sha256": None, "run_at": None,
+                "relay": None, "actor": None, "reason": None, "error": None,
+                "duration_ms": n / 3, "at": str(datetime.now(UTC)),
+            })  # fmt: skip
+    with db.connect() as conn:
+        sealed = wait_for(lambda: seal.seal_all(conn), timeout=SEALING, what="a seal")
+        for link in sealed:
+            texts = list(canonical.canonical_rows(conn, link.xid_from, link.xid_to))
+            hashes = [hashlib.sha256(text.encode()).digest() for text in texts]
+            assert link.row_count == len(texts)
+            assert link.rows_digest == hashlib.sha256(b"".join(hashes)).digest()
+            assert link.row_hashes == b"".join(h[:8] for h in hashes)
+        empty = canonical.digest_range(conn, 0, 1)  # no transaction 0: no rows
+    assert sum(link.row_count for link in sealed) >= 30
+    assert (empty.row_count, empty.row_hashes) == (0, b"")
+    assert empty.rows_digest == hashlib.sha256(b"").digest()
