@@ -29,7 +29,14 @@ def load(package: str) -> dict[str, str]:
     return found
 
 
-_DOLLAR = re.compile(r"\$[A-Za-z_]*\$")
+#: The pieces of a statement: quoted text ('...', "...", $tag$...$tag$: kept exactly, line
+#: breaks and all; an unclosed quote runs to the end), a comment, a line break, a run of
+#: spaces and tabs, and anything else.
+_PIECE = re.compile(
+    r"""(?P<quoted>'[^']*(?:'|\Z)|"[^"]*(?:"|\Z)|(?P<tag>\$[A-Za-z_]*\$).*?(?:(?P=tag)|\Z))"""
+    r"|(?P<comment>--[^\n]*)|(?P<newline>\n)|(?P<blank>[ \t]+)|[^'\"$\n \t-]+|.",
+    re.DOTALL,
+)
 
 
 def compact(statement: str) -> str:
@@ -44,42 +51,16 @@ def compact(statement: str) -> str:
     """
     lines: list[str] = []
     line: list[str] = []
-    quote: str | None = None  # the closing quote (or dollar tag) of the text we are in
-    at_line_start = True
-    i = 0
-    while i < len(statement):
-        char = statement[i]
-        if quote is None:
-            if char == "\n":
-                lines.append("".join(line).rstrip())
-                line, at_line_start = [], True
-                i += 1
-                continue
-            if char in " \t" and (at_line_start or (line and line[-1] == " ")):
-                i += 1  # indentation, and runs of spaces (alignment), go
-                continue
-            if char == "\t":
-                char = " "
-            at_line_start = False
-            if statement.startswith("--", i):
-                while i < len(statement) and statement[i] != "\n":
-                    i += 1
-                continue
-            dollar = _DOLLAR.match(statement, i) if char == "$" else None
-            if dollar is not None:
-                quote = dollar[0]
-                line.append(quote)
-                i += len(quote)
-                continue
-            if char in "'\"":
-                quote = char
-        elif statement.startswith(quote, i):
-            line.append(quote)
-            i += len(quote)
-            quote = None
-            continue
-        line.append(char)
-        i += 1
+    for piece in _PIECE.finditer(statement):
+        kind = piece.lastgroup
+        if kind == "newline":
+            lines.append("".join(line).rstrip())
+            line = []
+        elif kind == "blank":
+            if line:  # indentation goes; a run of spaces (alignment) becomes one
+                line.append(" ")
+        elif kind != "comment":
+            line.append(piece[0])
     lines.append("".join(line).rstrip())
     return "\n".join(kept for kept in lines if kept)
 

@@ -81,6 +81,10 @@ def test_every_statement_is_short_enough_for_psycopgs_statement_cache(name: str)
         ("SELECT a - -1", "SELECT a - -1"),
         ("SELECT  a,\t  b   FROM t", "SELECT a, b FROM t"),
         ("SELECT 'a    b'", "SELECT 'a    b'"),
+        ("SELECT 'open -- x\n  y", "SELECT 'open -- x\n  y"),  # unclosed: kept to the end
+        ("SELECT $a$ open\n  -- kept", "SELECT $a$ open\n  -- kept"),
+        ("SELECT $1,  $2 -- two\n\n  FROM t", "SELECT $1, $2\nFROM t"),
+        ("\t\tSELECT\t1\t\n", "SELECT 1"),
     ],
 )
 def test_comments_and_indentation_go_and_quoted_text_stays(text: str, kept: str) -> None:
