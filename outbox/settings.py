@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import os
 import re
+import reprlib
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -97,6 +98,7 @@ class Settings:
     seal_interval: timedelta = timedelta(seconds=1)
 
     def __post_init__(self) -> None:
+        self._check_types()
         try:
             validate.queue(self.default_queue)
         except InvalidJob as exc:
@@ -124,6 +126,32 @@ class Settings:
                 raise ConfigurationError(f"{name} must be zero or longer")
         if self.lease < timedelta(seconds=2):
             raise ConfigurationError("lease must be at least 2 seconds (heartbeats renew it)")
+
+    def _check_types(self) -> None:
+        """Refuse a value of the wrong type by the setting's name (a number of seconds where a
+        timedelta belongs would otherwise fail deep inside with a TypeError); a path given as
+        a string becomes a Path."""
+        if self.dsn is not None and not isinstance(self.dsn, str):
+            raise ConfigurationError(
+                f"dsn must be a str (a postgresql:// URL) or None, not {_shown(self.dsn)}"
+            )
+        if isinstance(self.embedded_dir, str | os.PathLike):
+            object.__setattr__(self, "embedded_dir", Path(self.embedded_dir))
+        else:
+            raise ConfigurationError(
+                f"embedded_dir must be a path, not {_shown(self.embedded_dir)}"
+            )
+        for name in ("payload_limit", "default_max_attempts", *_INT_VARS):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigurationError(f"{name} must be a whole number, not {_shown(value)}")
+        for name in ("idempotency_retention", "inbox_retention", *_DURATION_VARS):
+            value = getattr(self, name)
+            if not isinstance(value, timedelta):
+                raise ConfigurationError(
+                    f"{name} must be a datetime.timedelta (for example timedelta(seconds=30)), "
+                    f"not {_shown(value)}"
+                )
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -164,6 +192,11 @@ class Settings:
             raise ConfigurationError(f"unknown settings: {', '.join(sorted(unknown))}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _shown(value: object) -> str:
+    """A wrong value for a message: its type and (shortened) repr."""
+    return f"{type(value).__name__} {reprlib.repr(value)}"
 
 
 @functools.cache

@@ -207,3 +207,37 @@ def test_garbage_duration_is_refused_naming_the_variable_and_the_forms(text: str
 def test_duration_too_long_for_a_timedelta_is_refused_naming_the_variable(text: str) -> None:
     with pytest.raises(ConfigurationError, match="OUTBOX_LEASE"):
         Settings.load(env={"OUTBOX_LEASE": text})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"lease": 30},
+            r"lease must be a datetime\.timedelta \(for example "
+            r"timedelta\(seconds=30\)\), not int 30",
+        ),
+        ({"seal_interval": "1s"}, r"seal_interval must be a datetime\.timedelta .*, not str '1s'"),
+        ({"idempotency_retention": 7.5}, "idempotency_retention must be a datetime.timedelta"),
+        ({"concurrency": "16"}, "concurrency must be a whole number, not str '16'"),
+        ({"claim_batch": 2.5}, "claim_batch must be a whole number, not float 2.5"),
+        ({"payload_limit": True}, "payload_limit must be a whole number, not bool True"),
+        ({"default_max_attempts": "25"}, "default_max_attempts must be a whole number"),
+        ({"dsn": 5432}, "dsn must be a str .*, not int 5432"),
+        ({"embedded_dir": 7}, "embedded_dir must be a path, not int 7"),
+        ({"default_queue": 3}, "default_queue: job queue must be a str, not int"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_naming_the_setting(
+    overrides: dict[str, Any], message: str
+) -> None:
+    """Settings(...) is called from code: a number where a timedelta belongs (or a string
+    where a number does) gets the setting's name and the type it needs, not a TypeError from
+    deep inside, whether it comes through Settings or Settings.load."""
+    for make in (Settings, lambda **kw: Settings.load(env={}, **kw)):
+        with pytest.raises(ConfigurationError, match=f"^{message}"):
+            make(**overrides)
+
+
+def test_an_embedded_dir_given_as_a_string_is_a_path() -> None:
+    assert Settings(embedded_dir="/srv/pg").embedded_dir == Path("/srv/pg")
