@@ -10,6 +10,8 @@ import math
 from datetime import timedelta
 from typing import ClassVar
 
+from outbox.storable import storable
+
 
 class OutboxError(Exception):
     """Base class of every error outbox raises on purpose."""
@@ -90,8 +92,9 @@ class RetryLater(OutboxError):
         if reason is not None and not isinstance(reason, str):
             raise TypeError(f"RetryLater reason must be a str, not {type(reason).__name__}")
         #: Why, in a few words (``HTTP 503 from the partner``): kept in history after the
-        #: delay, cut to :data:`REASON_MAX` characters.
-        self.reason = None if not reason else reason[:REASON_MAX]
+        #: delay, cut to :data:`REASON_MAX` characters, a NUL or a lone surrogate written as
+        #: its escape (PostgreSQL stores neither).
+        self.reason = None if not reason else storable(reason[:REASON_MAX])[:REASON_MAX]
         why = f" ({self.reason})" if self.reason else ""
         super().__init__(f"{self.REASON}{_words(self.seconds)}{why}")
 

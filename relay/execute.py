@@ -13,6 +13,7 @@ from outbox.errors import PermanentFailure, RetryLater
 from outbox.job import Job
 from outbox.publish.target import Delivery
 from outbox.registry import ErrorRedactor, Handler, redact_messages
+from outbox.storable import storable
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -90,20 +91,11 @@ def _message(exc: BaseException) -> str:
             text = f"{str.__str__(repr(exc))} (its str() raised {_kind(failed)})"
         except BaseException:
             text = f"{_kind(exc)} (cannot be printed: its str() and repr() raise)"
-    return _storable(text[:MESSAGE_LIMIT])[:MESSAGE_LIMIT]
+    return storable(text[:MESSAGE_LIMIT])[:MESSAGE_LIMIT]
 
 
 def _kind(exc: BaseException) -> str:
     return type(exc).__qualname__
-
-
-def _storable(text: str) -> str:
-    """``text`` as jsonb can hold it: NUL and lone surrogates written as escapes."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    if not text.isascii():
-        text = text.encode("utf-8", "backslashreplace").decode()
-    return text
 
 
 def _traceback(exc: BaseException) -> str:
@@ -111,7 +103,7 @@ def _traceback(exc: BaseException) -> str:
         text = "".join(traceback.format_exception(exc))
     except BaseException:  # pragma: no cover - traceback prints what cannot be printed
         text = f"{_kind(exc)} (its traceback cannot be printed)\n"
-    return _bounded(_storable(text), TRACEBACK_LIMIT)
+    return _bounded(storable(text), TRACEBACK_LIMIT)
 
 
 def _bounded(text: str, limit: int) -> str:
@@ -243,8 +235,8 @@ def redacted(
         message = f"{message} (the redact_error hook raised {_kind(failed)})"
     return {
         "type": error["type"],
-        "message": _storable(message[:MESSAGE_LIMIT])[:MESSAGE_LIMIT],
-        "traceback": None if text is None else _bounded(_storable(text), TRACEBACK_LIMIT),
+        "message": storable(message[:MESSAGE_LIMIT])[:MESSAGE_LIMIT],
+        "traceback": None if text is None else _bounded(storable(text), TRACEBACK_LIMIT),
     }
 
 

@@ -226,3 +226,31 @@ def test_a_keyed_job_that_waits_to_retry_keeps_its_key(db: sa.Engine, dsn: str) 
     with running_relay(registry, dsn):
         wait_for(lambda: live_jobs(db) == 0, what="both jobs")
     assert order == ["first", "second"]
+
+
+@pytest.mark.parametrize(
+    ("reason", "kept"),
+    [("partner\x00said no", "partner\\x00said no"), ("bad \ud800 text", "bad \\ud800 text")],
+    ids=["NUL", "lone-surrogate"],
+)
+def test_a_reason_postgresql_cannot_store_is_kept_escaped(
+    db: sa.Engine, dsn: str, reason: str, kept: str
+) -> None:
+    """A partner's answer may hold a NUL or a lone surrogate: PostgreSQL text takes neither,
+    and the completion used to be abandoned, leaving the job running until its lease ran out,
+    again at every attempt."""
+    calls: list[int] = []
+    registry = outbox.Registry()
+
+    @registry.handler("a.partner")
+    def partner(job: outbox.Job) -> None:
+        calls.append(job.attempt)
+        if len(calls) == 1:
+            raise outbox.RetryLater(0.1, reason=reason)
+
+    handle = enqueue(db, "a.partner")
+    with running_relay(registry, dsn):
+        wait_for(lambda: live_jobs(db) == 0, what="the job to be retried and succeed")
+    rows = history(db, handle.uuid)
+    assert [r.event for r in rows] == ["enqueued", "claimed", "retried", "claimed", "succeeded"]
+    assert rows[2].reason == f"retry later requested: 0.1s ({kept})"
