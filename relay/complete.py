@@ -32,6 +32,8 @@ from .sql import queries
 FENCE = sa.text(queries["fence"])
 BATCH = sa.text(queries["complete_batch"])
 FLUSH_AT = 500  # outcomes per completion transaction, at most
+#: The largest statement_timeout and idle_in_transaction_session_timeout PostgreSQL takes (ms).
+MAX_TIMEOUT_MS = 2**31 - 1
 
 log = structlog.get_logger("outbox.relay")
 
@@ -158,10 +160,12 @@ def run_in_transaction(
     with connection.begin():
         # Handlers may think between statements for as long as their timeout, not just the
         # lease that bounds the relay's own short transactions.
-        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
-        connection.exec_driver_sql(
-            f"SET LOCAL idle_in_transaction_session_timeout = {int(timeout_ms) + 5000}"
-        )
+        # PostgreSQL takes at most MAX_TIMEOUT_MS for either: a longer timeout (30 days) is
+        # set to that, which is as good as none for a transaction.
+        statement_ms = min(int(timeout_ms), MAX_TIMEOUT_MS)
+        idle_ms = min(int(timeout_ms) + 5000, MAX_TIMEOUT_MS)
+        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {statement_ms}")
+        connection.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms}")
         owned = fence(connection, relay, [job for _, job in work])
         outcomes = []
         for handler, job in work:

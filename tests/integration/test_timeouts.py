@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -95,3 +96,26 @@ def test_a_job_rescued_while_its_handler_still_runs_here_never_runs_beside_itsel
     # The first run's completion met its fence; the job then ran again, alone.
     assert calls == {"now": 0, "most": 1, "total": 2}
     assert events(db, handle.uuid) == ["enqueued", "claimed", "rescued", "claimed", "succeeded"]
+
+
+def test_session_handlers_may_have_a_timeout_longer_than_postgresql_can_set(
+    db: sa.Engine, dsn: str
+) -> None:
+    """statement_timeout takes at most 2,147,483,647 ms (24.8 days). A handler's timeout of
+    30 days (or a relay's OUTBOX_HANDLER_TIMEOUT=30d) made SET LOCAL fail, and every session
+    job of it stayed running, its completion abandoned."""
+    registry = outbox.Registry()
+
+    @registry.handler("s.month", timeout=30 * 86400)
+    def month(job: outbox.Job, session: Session) -> None:
+        session.execute(sa.text("SELECT 1"))
+
+    @registry.handler("s.default")
+    def default(job: outbox.Job, session: Session) -> None:
+        session.execute(sa.text("SELECT 1"))
+
+    handles = enqueue(db, [outbox.NewJob("s.month", {}), outbox.NewJob("s.default", {})])
+    with running_relay(registry, dsn, handler_timeout=timedelta(days=40)):
+        wait_for(lambda: live_jobs(db) == 0, what="both session jobs to succeed")
+    for handle in handles:
+        assert events(db, handle.uuid) == ["enqueued", "claimed", "succeeded"]
