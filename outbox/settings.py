@@ -18,6 +18,9 @@ from outbox import validate
 from outbox.errors import ConfigurationError, InvalidJob
 
 MIB = 1024 * 1024
+#: The longest lease: relay connections set idle_in_transaction_session_timeout to it, and
+#: PostgreSQL takes at most 2**31 - 1 ms (24.8 days).
+LEASE_MAX = timedelta(days=24)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -126,6 +129,11 @@ class Settings:
                 raise ConfigurationError(f"{name} must be zero or longer")
         if self.lease < timedelta(seconds=2):
             raise ConfigurationError("lease must be at least 2 seconds (heartbeats renew it)")
+        if self.lease > LEASE_MAX:
+            raise ConfigurationError(
+                "lease must be at most 24 days (a relay's connections end a transaction left "
+                "idle for that long, and PostgreSQL takes no longer timeout)"
+            )
 
     def _check_types(self) -> None:
         """Refuse a value of the wrong type by the setting's name (a number of seconds where a

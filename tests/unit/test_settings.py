@@ -160,6 +160,12 @@ def test_bad_override_is_refused_like_a_bad_variable(
         Settings.load(env={}, **overrides)
 
 
+def test_a_lease_longer_than_24_days_is_refused() -> None:
+    assert Settings(lease=timedelta(days=24)).lease == timedelta(days=24)
+    with pytest.raises(ConfigurationError, match=r"^lease must be at most 24 days"):
+        Settings.load(env={"OUTBOX_LEASE": "25d"})
+
+
 def test_two_second_lease_is_the_shortest_accepted() -> None:
     assert Settings.load(env={"OUTBOX_LEASE": "2"}).lease == timedelta(seconds=2)
 
