@@ -7,7 +7,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -127,6 +127,15 @@ def schedule(when: object, delay: object) -> tuple[datetime | None, timedelta | 
             raise InvalidJob(
                 "run_at is a naive datetime; give it a time zone, e.g. datetime.now(UTC)"
             )
+        try:
+            when.astimezone(UTC)
+        except OverflowError:
+            # PostgreSQL would store it, but nothing could read it back as a datetime.
+            side = "after year 9999" if when.year > 1 else "before year 1"
+            raise InvalidJob(
+                f"run_at {when.isoformat()} is {side} in UTC; give a run_at between the years "
+                "1 and 9999 in UTC"
+            ) from None
         return when, None
     if delay is not None:
         return None, timedelta(seconds=_seconds(delay))

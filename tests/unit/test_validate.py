@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from types import MappingProxyType
@@ -202,6 +203,25 @@ def test_no_schedule_means_once_committed() -> None:
 )
 def test_aware_run_at_is_kept_as_given(when: datetime) -> None:
     assert validate.schedule(when, None) == (when, None)
+
+
+@pytest.mark.parametrize(
+    ("when", "utc"),
+    [
+        (datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5))), "after year 9999"),
+        (datetime(1, 1, 1, 1, tzinfo=timezone(timedelta(hours=5))), "before year 1"),
+    ],
+)
+def test_run_at_outside_the_years_1_to_9999_in_utc_is_refused(when: datetime, utc: str) -> None:
+    """PostgreSQL stores it, but no relay or listing could read it back into a datetime: the
+    claim failed at every try and `outbox jobs list` for every job."""
+    with pytest.raises(InvalidJob, match=f"^run_at {re.escape(when.isoformat())} is {utc} in UTC"):
+        validate.schedule(when, None)
+
+
+def test_run_at_at_the_edges_of_the_years_in_utc_is_kept() -> None:
+    for when in (datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)):
+        assert validate.schedule(when, None) == (when, None)
 
 
 @pytest.mark.parametrize(
