@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import json
+import math
 import re
 import string
 import threading
@@ -107,7 +108,11 @@ class NatsJetStream:
         self.servers = _servers(url)
         self.subject = subject
         self._parts = _template(subject)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < math.inf
+        ):
             raise ConfigurationError(
                 f"NatsJetStream timeout must be a number of seconds above 0, not {timeout!r}"
             )

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import math
 import re
 import threading
 import time
@@ -86,7 +87,11 @@ class RabbitMQ:
                 "RabbitMQ routing_key is empty: the default exchange (exchange='') routes to"
                 " the queue the routing key names; give routing_key='<queue>'"
             )
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < math.inf
+        ):
             raise ConfigurationError(f"RabbitMQ timeout must be seconds above 0, not {timeout!r}")
         self.exchange, self.routing_key, self.timeout = exchange, routing_key, float(timeout)
         self._where = f"exchange {exchange!r} routing key {routing_key!r}"

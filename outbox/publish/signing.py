@@ -15,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -109,6 +110,19 @@ def signature(keys: tuple[bytes, ...], msg_id: str, timestamp: int, body: bytes)
     )
 
 
+def _check_seconds(name: str, value: object, *, low: float | None = None, what: str = "") -> None:
+    """Refuse a ``tolerance`` or ``now`` that is not a finite number of seconds (a NaN
+    tolerance would compare false with every skew and let any old request through)."""
+    fine = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (low is None or value >= low)
+    )
+    if not fine:
+        raise ConfigurationError(f"{name} must be {what or 'seconds, 0 or more'}, not {value!r}")
+
+
 #: The name :mod:`outbox.publish` exports :func:`sign` under.
 sign_webhook = sign
 
@@ -131,8 +145,25 @@ def verify_webhook(
     Raises :class:`WebhookVerificationError` saying what was wrong; the request must then be
     refused (HTTP 400 or 401), never applied.
     """
+    _check_seconds("tolerance", tolerance, low=0.0)
+    if now is not None:
+        _check_seconds("now", now, what="Unix seconds or None")
+    if not isinstance(body, bytes | bytearray | memoryview | str):
+        raise ConfigurationError(
+            f"pass the raw request body as bytes or str, not {type(body).__name__} (the "
+            "signature covers the bytes as received, not what they parse to)"
+        )
+    if not isinstance(headers, Mapping):
+        raise ConfigurationError(
+            f"headers must be a mapping of names to values, not {type(headers).__name__}"
+        )
     keys = secret_keys(secrets)
-    found = {name.lower(): value for name, value in headers.items()}
+    found = {str(name).lower(): value for name, value in headers.items()}
+    for name in (ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER):
+        if name in found and not isinstance(found[name], str):
+            raise ConfigurationError(
+                f"header {name} must be a str, not {type(found[name]).__name__}"
+            )
     missing = [h for h in (ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER) if h not in found]
     if missing:
         raise WebhookVerificationError(

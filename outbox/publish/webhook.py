@@ -21,6 +21,8 @@ import asyncio
 import concurrent.futures
 import email.utils
 import ipaddress
+import math
+import re
 import socket
 import ssl
 import time
@@ -67,6 +69,9 @@ ANSWER_CHARS = 200
 #: An answer's body longer than this is not read: its connection is closed instead.
 ANSWER_READ_MAX = 64 * 1024
 USER_AGENT = "outbox-relay"
+#: Characters no URL may hold as they are: spaces and controls (a CR LF would reach the request
+#: line), which urlsplit keeps.
+_UNSAFE_IN_URL = re.compile(r"[\x00-\x20\x7f]")
 
 
 class AddressRefused(Exception):
@@ -152,7 +157,11 @@ class Webhook:
         if not isinstance(url, str):
             raise ConfigurationError(f"a webhook url is a str, not {type(url).__name__}")
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or _UNSAFE_IN_URL.search(url) is not None
+        ):
             raise ConfigurationError(
                 f"a webhook url is http:// or https:// with a host, not {url!r}"
             )
@@ -161,11 +170,25 @@ class Webhook:
                 "a webhook url carries no user or password: the signature authenticates"
             )
         try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
+            port = parts.port
         except ValueError:
-            raise ConfigurationError(f"a webhook url's port is not a port: {url!r}") from None
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            port = 0
+        if port is None:
+            port = 443 if parts.scheme == "https" else 80
+        elif not 0 < port < 65536:
+            raise ConfigurationError(f"a webhook url's port is not a port: {url!r}")
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or not timeout > 0
+        ):
             raise ConfigurationError(f"timeout is seconds above 0, not {timeout!r}")
+        if not isinstance(allow_private, bool):
+            raise ConfigurationError(
+                f"allow_private is True or False, not {allow_private!r}: anything else could "
+                "switch the private-address guard off by mistake"
+            )
         self.url, self.timeout, self.allow_private = url, float(timeout), allow_private
         self._host, self._port = parts.hostname, port
         #: The TLS settings of new connections: the system's CAs, the url's host name.

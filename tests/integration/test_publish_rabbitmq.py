@@ -327,6 +327,8 @@ def test_a_broker_that_is_not_there_fails_quickly() -> None:
         ({"exchange": "bad name!"}, "is not an exchange name"),
         ({"timeout": 0}, "timeout must be seconds above 0"),
         ({"timeout": True}, "timeout must be seconds above 0"),
+        ({"timeout": float("nan")}, "timeout must be seconds above 0"),
+        ({"timeout": float("inf")}, "timeout must be seconds above 0"),
     ],
 )
 def test_bad_constructor_input_is_refused_with_one_clear_error(

@@ -639,6 +639,13 @@ def test_a_name_resolving_to_loopback_is_refused_at_start_and_at_each_publish(
         ("https://partner.example:99999/", {}, "port is not a port"),
         ("https://partner.example/", {"timeout": 0}, "timeout is seconds above 0"),
         ("https://partner.example/", {"timeout": "5"}, "timeout is seconds above 0"),
+        ("https://partner.example/", {"timeout": float("inf")}, "timeout is seconds above 0"),
+        ("https://partner.example/", {"timeout": float("nan")}, "timeout is seconds above 0"),
+        # A truthy string would have switched the private-address guard off.
+        ("https://partner.example/", {"allow_private": "false"}, "allow_private is True or "),
+        ("https://partner.example/", {"allow_private": 1}, "allow_private is True or False"),
+        ("https://partner.example:0/", {}, "port is not a port"),
+        ("https://partner.exa mple/", {}, "http:// or https:// with a host"),
         ("https://partner.example/", {"secret": "whsec_%%%"}, "not valid base64"),
         ("https://partner.example/", {"secret": []}, "no webhook secret given"),
         (b"https://partner.example/", {}, "url is a str"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -152,3 +153,43 @@ def test_signing_needs_no_http_client() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"tolerance": float("nan")}, "tolerance must be seconds, 0 or more, not nan"),
+        ({"tolerance": -1}, "tolerance must be seconds, 0 or more, not -1"),
+        ({"tolerance": "300"}, "tolerance must be seconds, 0 or more, not '300'"),
+        ({"tolerance": None}, "tolerance must be seconds, 0 or more, not None"),
+        ({"tolerance": float("inf")}, "tolerance must be seconds, 0 or more, not inf"),
+        ({"now": "x"}, "now must be Unix seconds or None, not 'x'"),
+        ({"now": float("nan")}, "now must be Unix seconds or None, not nan"),
+    ],
+)
+def test_a_tolerance_or_clock_that_is_not_seconds_is_refused(
+    options: dict[str, object], message: str
+) -> None:
+    """A NaN tolerance compared false with every skew: a request stamped in 1970 verified,
+    and replay protection was gone."""
+    stamped_1970 = sign(SECRET, MSG_ID, 1, BODY)
+    with pytest.raises(ConfigurationError, match=f"^{re.escape(message)}"):
+        verify_webhook(BODY, headers(stamped_1970, 1), SECRET, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("body", "given", "message"),
+    [
+        ({"test": 2432232314}, None, "pass the raw request body as bytes or str, not dict"),
+        (None, None, "pass the raw request body as bytes or str, not NoneType"),
+        (BODY, [("webhook-id", MSG_ID)], "headers must be a mapping of names to values, not list"),
+        (BODY, None, "header webhook-id must be a str, not bytes"),
+    ],
+)
+def test_a_body_or_headers_of_the_wrong_type_are_refused(
+    body: object, given: object, message: str
+) -> None:
+    if given is None and isinstance(body, bytes):
+        given = {**headers(), "webhook-id": MSG_ID.encode()}
+    with pytest.raises(ConfigurationError, match=f"^{re.escape(message)}"):
+        verify_webhook(body, given or headers(), SECRET, now=TIMESTAMP)  # type: ignore[arg-type]
