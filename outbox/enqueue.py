@@ -144,7 +144,7 @@ def enqueue(
     Raises :class:`outbox.InvalidJob` (or a subclass) before anything is written.
     """
     job = NewJob(type, payload, key, idempotency_key, queue, priority, run_at, delay, max_attempts)
-    settings = settings or default_settings()
+    settings = _settings(settings, registry)
     columns = _bind([job], registry, settings)
     if _is_async(session):
         return _first(_execute_async(session, columns, settings))
@@ -179,13 +179,39 @@ def enqueue_many(
     One bad job refuses the whole batch, and nothing of it is written. Batches of
     :data:`outbox.bulk.COPY_THRESHOLD` jobs or more are sent with COPY.
     """
-    settings = settings or default_settings()
-    columns = _bind(list(jobs), registry, settings)
+    settings = _settings(settings, registry)
+    columns = _bind(_listed(jobs), registry, settings)
     if not columns.uuid:
         return _no_jobs(session)
     if _is_async(session):
         return _execute_async(session, columns, settings)
     return _execute(cast("SyncTarget", session), columns, settings)
+
+
+def _settings(settings: object, registry: object) -> Settings:
+    """The settings to use, once a ``settings`` or ``registry`` of the wrong type is refused
+    (``{}`` would otherwise have meant the environment's settings, silently)."""
+    if registry is not None and not isinstance(registry, Registry):
+        raise InvalidJob(
+            f"registry must be an outbox.Registry or None, not {type(registry).__name__}"
+        )
+    if settings is None:
+        return default_settings()
+    if not isinstance(settings, Settings):
+        raise InvalidJob(
+            f"settings must be an outbox.Settings or None, not {type(settings).__name__}"
+        )
+    return settings
+
+
+def _listed(jobs: object) -> list[NewJob]:
+    """``enqueue_many``'s jobs as a list; one job, or what is not a collection, refused."""
+    if isinstance(jobs, NewJob | str | bytes | Mapping) or not isinstance(jobs, Iterable):
+        raise InvalidJob(
+            f"enqueue_many takes an iterable of outbox.NewJob (a list), not "
+            f"{type(jobs).__name__}; for one job use enqueue()"
+        )
+    return list(jobs)
 
 
 def _bind(batch: Sequence[NewJob], registry: Registry | None, settings: Settings) -> Columns:
@@ -307,7 +333,13 @@ def connection_of(session: SyncTarget, what: str) -> sa.Connection:
     anything else (``what`` names the caller: enqueue, inbox)."""
     orm = sys.modules.get("sqlalchemy.orm")
     if orm is not None and isinstance(session, orm.Session | orm.scoped_session):
-        connection: sa.Connection = session.connection()
+        try:
+            connection: sa.Connection = session.connection()
+        except sa.exc.UnboundExecutionError:
+            raise UnsupportedSession(
+                f"{what} needs a Session bound to an engine; this one has no bind: create "
+                "it with Session(engine)"
+            ) from None
     elif isinstance(session, sa.Connection):
         connection = session
     else:

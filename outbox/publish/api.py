@@ -186,6 +186,11 @@ def publish_many(
 ) -> list[Enqueued] | Coroutine[Any, Any, list[Enqueued]]:
     """Publish many messages in the transaction of ``session`` (with COPY when many);
     handles come back in the order given. One bad message refuses them all."""
+    if isinstance(messages, Publish | str | bytes | Mapping) or not isinstance(messages, Iterable):
+        raise InvalidJob(
+            f"publish_many takes an iterable of outbox.publish.Publish (a list), not "
+            f"{type(messages).__name__}; for one message use publish()"
+        )
     jobs = []
     for n, item in enumerate(messages):
         if not isinstance(item, Publish):

@@ -153,3 +153,55 @@ def test_any_mapping_is_accepted_as_a_payload(db: sa.Engine) -> None:
         outbox.enqueue(session, "x.y", MappingProxyType({"a": 1}))
         session.commit()
     assert jobs(db)[0].payload == {"a": 1}
+
+
+def test_a_session_with_no_bind_is_refused() -> None:
+    with Session() as session, pytest.raises(outbox.UnsupportedSession, match="no bind"):
+        outbox.enqueue(session, "x.y", {})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"settings": {"payload_limit": 5}}, "settings must be an outbox.Settings or None, not"),
+        ({"settings": outbox.Settings}, "settings must be an outbox.Settings or None, not type"),
+        ({"settings": 0}, "settings must be an outbox.Settings or None, not int"),
+        ({"registry": {}}, "registry must be an outbox.Registry or None, not dict"),
+        ({"registry": outbox.Registry}, "registry must be an outbox.Registry or None, not type"),
+    ],
+)
+def test_settings_or_a_registry_of_the_wrong_type_are_refused(
+    db: sa.Engine, options: dict[str, Any], message: str
+) -> None:
+    """A falsy wrong value ({} or 0) used to fall back to the environment's settings
+    silently; a truthy one failed deep inside with an AttributeError."""
+    with Session(db) as session:
+        for call in (
+            lambda: outbox.enqueue(session, "x.y", {}, **options),
+            lambda: outbox.enqueue_many(session, [outbox.NewJob("x.y", {})], **options),
+        ):
+            with pytest.raises(outbox.InvalidJob, match=f"^{message}"):
+                call()
+        if "registry" not in options:
+            publish = outbox.publish.Publish("orders", {})
+            with pytest.raises(outbox.InvalidJob, match=f"^{message}"):
+                outbox.publish.publish(session, "orders", {}, **options)
+            with pytest.raises(outbox.InvalidJob, match=f"^{message}"):
+                outbox.publish.publish_many(session, [publish], **options)
+    assert count(db, "outbox_jobs") == 0
+
+
+@pytest.mark.parametrize("given", [outbox.NewJob("x.y", {}), None, 5])
+def test_enqueue_many_of_something_that_is_not_a_list_of_jobs_is_refused(
+    db: sa.Engine, given: Any
+) -> None:
+    with Session(db) as session, pytest.raises(outbox.InvalidJob, match=r"^enqueue_many takes "):
+        outbox.enqueue_many(session, given)
+
+
+@pytest.mark.parametrize("given", [outbox.publish.Publish("orders", {}), None, 5])
+def test_publish_many_of_something_that_is_not_a_list_of_messages_is_refused(
+    db: sa.Engine, given: Any
+) -> None:
+    with Session(db) as session, pytest.raises(outbox.InvalidJob, match=r"^publish_many takes "):
+        outbox.publish.publish_many(session, given)
