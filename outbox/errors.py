@@ -114,8 +114,10 @@ def _delay_seconds(delay: object) -> float:
     most = RetryLater.MAX_DELAY.total_seconds()
     if isinstance(delay, timedelta):
         seconds = delay.total_seconds()
-    elif isinstance(delay, int | float) and not isinstance(delay, bool):
-        seconds = float(delay)
+    elif isinstance(delay, float):
+        seconds = delay
+    elif isinstance(delay, int) and not isinstance(delay, bool):
+        seconds = float(max(min(delay, 2**63), -(2**63)))  # float() of a huge int raises
     else:
         raise TypeError(
             f"RetryLater delay must be seconds (an int or float) or a timedelta, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import inspect
 import math
@@ -73,6 +74,8 @@ class Registry:
             raise RegistryError(
                 f"redact_error must be callable as (job, exception, error), not {redact_error!r}"
             )
+        if not isinstance(strict, bool):
+            raise RegistryError(f"strict must be True or False, not {strict!r}")
         self.strict = strict
         self._redact_error = redact_error
         self._handlers: dict[str, Handler] = {}
@@ -94,6 +97,12 @@ class Registry:
         retry: wait_base | None = None,
     ) -> Callable[[HandlerFunc], HandlerFunc]:
         """Register the decorated function as the handler of ``type``."""
+        if callable(type) and not isinstance(type, str):
+            raise RegistryError(
+                f'use @registry.handler("job.type"), with the job type in parentheses: '
+                f"@registry.handler alone was given {getattr(type, '__qualname__', type)!r} "
+                "and would register nothing"
+            )
 
         def register(func: HandlerFunc) -> HandlerFunc:
             self.register(
@@ -214,6 +223,11 @@ class Registry:
             type = job_type(name)
         except InvalidJob as exc:
             raise RegistryError(f"destination {name!r}: {exc}") from None
+        if isinstance(target, builtins.type):
+            raise RegistryError(
+                f"destination {name!r}: {target.__qualname__} is a class; give a target built "
+                f"from it, e.g. {target.__qualname__}(url, ...)"
+            )
         if not isinstance(target, TargetProtocol):
             raise RegistryError(
                 f"destination {name!r}: {target!r} is not a publishing target; use one of "

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import tenacity
 
+import outbox
 from outbox import DuplicateHandler, Handler, Job, Registry, RegistryError
 from outbox.registry import DEFAULT_RETRY
 
@@ -302,3 +303,25 @@ def test_lookups_find_registered_handlers_only() -> None:
 def test_registry_is_lenient_unless_made_strict() -> None:
     assert Registry().strict is False
     assert Registry(strict=True).strict is True
+
+
+def test_the_decorator_without_its_job_type_is_refused() -> None:
+    """@registry.handler with no parentheses registered nothing and replaced the function
+    with a closure: its jobs then waited for a handler that never came."""
+    registry = outbox.Registry()
+    with pytest.raises(outbox.RegistryError, match=r'^use @registry.handler\("job.type"\)'):
+
+        @registry.handler  # type: ignore[arg-type]
+        def charge(job: outbox.Job) -> None: ...
+
+
+def test_a_strict_that_is_not_a_bool_is_refused() -> None:
+    with pytest.raises(outbox.RegistryError, match=r"^strict must be True or False, not 'no'"):
+        outbox.Registry(strict="no")  # type: ignore[arg-type]
+
+
+def test_a_destination_given_a_target_class_instead_of_a_target_is_refused() -> None:
+    from outbox.publish import Webhook
+
+    with pytest.raises(outbox.RegistryError, match="is a class; give a target built from it"):
+        outbox.Registry().destination("orders", Webhook)  # type: ignore[arg-type]

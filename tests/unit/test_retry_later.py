@@ -40,6 +40,8 @@ def test_a_delay_in_seconds_or_a_timedelta_is_kept_as_seconds(
         (float("nan"), ValueError, "RetryLater delay must be a finite number of seconds, not nan"),
         (float("inf"), ValueError, "RetryLater delay must be a finite number of seconds, not inf"),
         (float("-inf"), ValueError, "must be a finite number of seconds"),
+        (10**400, ValueError, "is over the most"),  # float() of it raised OverflowError
+        (-(10**400), ValueError, "must not be negative"),
         (366 * 86_400, ValueError, "is over the most, 31536000s (365 days)"),
         (timedelta(days=400), ValueError, "enqueue a new job with run_at instead"),
         (True, TypeError, "must be seconds (an int or float) or a timedelta, not bool True"),
