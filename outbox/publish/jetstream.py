@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import itertools
 import json
 import math
@@ -88,6 +89,21 @@ class _Call:
 _Queued = tuple[str, bytes, dict[str, str], _Call, int]
 
 
+def _connect_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` once each is one ``nats.connect`` takes: a misspelt one would otherwise
+    fail every connection attempt, at the relay's start and at each publish after."""
+    from nats.aio.client import Client
+
+    known = set(inspect.signature(Client.connect).parameters) - {"self", "servers"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigurationError(
+            f"NatsJetStream: nats.connect takes no option {', '.join(map(repr, unknown))}; "
+            "its options are listed in nats-py's Client.connect"
+        )
+    return options
+
+
 class NatsJetStream:
     """Publishes each message to a JetStream subject and waits for its PubAck.
 
@@ -117,7 +133,7 @@ class NatsJetStream:
                 f"NatsJetStream timeout must be a number of seconds above 0, not {timeout!r}"
             )
         self.timeout = float(timeout)
-        self.options = options
+        self.options = _connect_options(options)
         self._lock = threading.Lock()
         self._loop_thread = LoopThread("outbox-nats", self._reset)
         # Touched only on the loop's thread.

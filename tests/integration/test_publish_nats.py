@@ -339,6 +339,7 @@ def test_an_unreachable_server_at_start_warns_and_publishes_fail_fast() -> None:
         ({"url": URL, "subject": "orders", "timeout": 0}, "timeout must be a number"),
         ({"url": URL, "subject": "orders", "timeout": "5"}, "timeout must be a number"),
         ({"url": URL, "subject": "orders", "timeout": float("inf")}, "timeout must be a number"),
+        ({"url": URL, "subject": "orders", "tokn": "x"}, "nats.connect takes no option 'tokn'"),
     ],
 )
 def test_bad_constructor_input_is_refused_with_one_clear_error(
