@@ -169,6 +169,10 @@ class Settings:
         were left out fall through to the environment.
         """
         env = os.environ if env is None else env
+        if not isinstance(env, Mapping):
+            raise ConfigurationError(
+                f"env must be a mapping of variable names to values, not {type(env).__name__}"
+            )
         values: dict[str, Any] = {}
         if dsn := env.get("OUTBOX_DSN"):
             values["dsn"] = dsn

@@ -247,3 +247,9 @@ def test_a_value_of_the_wrong_type_is_refused_naming_the_setting(
 
 def test_an_embedded_dir_given_as_a_string_is_a_path() -> None:
     assert Settings(embedded_dir="/srv/pg").embedded_dir == Path("/srv/pg")
+
+
+@pytest.mark.parametrize("env", [5, [("OUTBOX_LEASE", "30")]])
+def test_an_env_that_is_not_a_mapping_is_refused(env: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"^env must be a mapping of variable names"):
+        Settings.load(env=env)
