@@ -252,6 +252,15 @@ class Completer:
             with metrics.COMPLETION_DURATION.time():
                 lost = self._write(batch)
         except Exception as exc:
+            if len(batch) > 1 and not isinstance(exc, sa.exc.OperationalError):
+                # A value PostgreSQL refuses fails the whole transaction: each half is
+                # written on its own, so that only the outcome at fault is abandoned and its
+                # batch-mates are not run again. (A database that stays unreachable is not
+                # split: each half would wait out the retries again.)
+                half = len(batch) // 2
+                self._flush(batch[:half])
+                self._flush(batch[half:])
+                return
             # The jobs keep their leases and are rescued, then run again (G2); external
             # effects are deduplicated by the job's idempotency key (G3).
             # The first line only: the rest is the statement and its parameters (payloads).

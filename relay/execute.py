@@ -148,7 +148,7 @@ def run(handler: Handler, job: Job, session: Session | None = None) -> Outcome:
     except BaseException as exc:  # sys.exit(), KeyboardInterrupt: the job's failure (G6)
         return failed(handler, job, exc, _ms(started))
     # Only a publish's Delivery is kept: other return values mean nothing to outbox.
-    note = str(result)[:NOTE_LIMIT] if isinstance(result, Delivery) else None
+    note = storable(str(result)[:NOTE_LIMIT]) if isinstance(result, Delivery) else None
     return Outcome(job, _ms(started), note=note)
 
 
@@ -169,7 +169,7 @@ def run_batch(handler: Handler, jobs: Sequence[Job]) -> list[Outcome]:
         elif isinstance(answer, BaseException):
             outcomes.append(failed(handler, job, answer, elapsed))
         else:
-            note = str(answer)[:NOTE_LIMIT] if isinstance(answer, Delivery) else None
+            note = storable(str(answer)[:NOTE_LIMIT]) if isinstance(answer, Delivery) else None
             outcomes.append(Outcome(job, elapsed, note=note))
     return outcomes
 

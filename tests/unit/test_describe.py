@@ -3,6 +3,7 @@ raises itself, whatever the exception does when it is printed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -295,3 +296,25 @@ def test_a_deadlock_is_known_as_transient_by_its_code_even_when_its_message_is_r
     outcome = execute.run(handler, card_job())
     assert outcome.transient  # the session group runs it again alone (relay/complete.py)
     assert not execute.run(Registry().register("card.parse", parse_card), card_job()).transient
+
+
+def test_a_delivery_note_postgresql_cannot_store_is_kept_escaped() -> None:
+    """A target's answer is kept in history: a NUL or a lone surrogate in it would have made
+    PostgreSQL refuse the completion (a custom target may return any text)."""
+    from outbox.publish.target import Delivery
+
+    registry = Registry()
+    handler = registry.register("a.b", lambda job: Delivery("delivered", "seq \x00 \ud800"))
+    made = Job(
+        uuid=uuid4(), type="a.b", queue="default", key=None, payload={}, attempt=1,
+        max_attempts=3, enqueued_at=datetime.now(UTC), idempotency_key="k",
+    )  # fmt: skip
+    outcome = execute.run(handler, made)
+    assert outcome.succeeded
+    assert outcome.note == "delivered: seq \\x00 \\ud800"
+    assert (
+        execute.run_batch(
+            dataclasses.replace(handler, batch=lambda jobs: [Delivery("delivered", "\x00")]), [made]
+        )[0].note
+        == "delivered: \\x00"
+    )
