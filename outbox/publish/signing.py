@@ -99,7 +99,11 @@ def sign(secret: Secrets, msg_id: str, timestamp: int | datetime, body: bytes | 
     ``timestamp`` is Unix seconds (what ``webhook-timestamp`` carries) or a datetime; ``body``
     is the exact bytes sent (a str is encoded as UTF-8).
     """
-    raw = body.encode() if isinstance(body, str) else body
+    if not isinstance(msg_id, str):
+        raise TypeError(f"msg_id is the message id as a str, not {type(msg_id).__name__}")
+    if not isinstance(body, bytes | bytearray | memoryview | str):
+        raise TypeError(f"body is the exact bytes sent (or a str), not {type(body).__name__}")
+    raw = body.encode() if isinstance(body, str) else bytes(body)
     return signature(secret_keys(secret), msg_id, _timestamp(timestamp), raw)
 
 
@@ -108,6 +112,14 @@ def signature(keys: tuple[bytes, ...], msg_id: str, timestamp: int, body: bytes)
     return " ".join(
         "v1," + base64.b64encode(_digest(key, msg_id, timestamp, body)).decode() for key in keys
     )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: no request carried it
+        return False
+    return True
 
 
 def _check_seconds(name: str, value: object, *, low: float | None = None, what: str = "") -> None:
@@ -170,6 +182,8 @@ def verify_webhook(
             f"not a Standard Webhooks request: header {', '.join(missing)} missing"
         )
     msg_id, stamp, signatures = found[ID_HEADER], found[TIMESTAMP_HEADER], found[SIGNATURE_HEADER]
+    if not msg_id.isascii() and not _encodable(msg_id):
+        raise WebhookVerificationError(f"webhook-id is not valid text: {msg_id[:40]!r}")
     try:
         at = int(stamp)
     except ValueError:

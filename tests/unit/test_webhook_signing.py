@@ -193,3 +193,16 @@ def test_a_body_or_headers_of_the_wrong_type_are_refused(
         given = {**headers(), "webhook-id": MSG_ID.encode()}
     with pytest.raises(ConfigurationError, match=f"^{re.escape(message)}"):
         verify_webhook(body, given or headers(), SECRET, now=TIMESTAMP)  # type: ignore[arg-type]
+
+
+def test_sign_refuses_an_id_or_body_of_the_wrong_type() -> None:
+    with pytest.raises(TypeError, match=r"^msg_id is the message id as a str, not int"):
+        sign(SECRET, 5, TIMESTAMP, BODY)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^body is the exact bytes sent \(or a str\), not dict"):
+        sign(SECRET, MSG_ID, TIMESTAMP, {"test": 1})  # type: ignore[arg-type]
+
+
+def test_an_id_that_is_not_valid_text_is_refused_not_crashed_on() -> None:
+    given = {**headers(), "webhook-id": "msg_\ud800"}
+    with pytest.raises(WebhookVerificationError, match="webhook-id is not valid text"):
+        verify_webhook(BODY, given, SECRET, now=TIMESTAMP)
