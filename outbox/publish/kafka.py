@@ -369,8 +369,19 @@ def _check_config(config: Mapping[str, object]) -> dict[str, str | int | float |
                 f"Kafka setting {given!r} must be a string, number or boolean, not "
                 f"{type(value).__name__}"
             )
+        if isinstance(value, str) and not _encodable(value):
+            raise ConfigurationError(f"Kafka setting {given!r} is not valid text: {value[:40]!r}")
         checked[name] = value
     return checked
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` has no lone surrogate (librdkafka failed on one with SystemError)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_client_accepts(client: Any, config: Mapping[str, object]) -> None:

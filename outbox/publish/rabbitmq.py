@@ -80,7 +80,15 @@ class RabbitMQ:
                 f"RabbitMQ exchange {exchange!r} is not an exchange name: up to 255 letters,"
                 " digits, '-', '_', '.' or ':' ('' is the default exchange)"
             )
-        if not isinstance(routing_key, str) or len(routing_key.encode()) > 255:
+        if not isinstance(routing_key, str):
+            raise ConfigurationError("RabbitMQ routing_key must be a string of at most 255 bytes")
+        try:
+            size = len(routing_key.encode())
+        except UnicodeEncodeError:  # a lone surrogate
+            raise ConfigurationError(
+                f"RabbitMQ routing_key is not valid text: {routing_key[:40]!r}"
+            ) from None
+        if size > 255:
             raise ConfigurationError("RabbitMQ routing_key must be a string of at most 255 bytes")
         if exchange == "" and not routing_key:
             raise ConfigurationError(

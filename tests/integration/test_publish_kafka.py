@@ -250,6 +250,7 @@ def test_close_delivers_what_is_in_flight(cluster: MockCluster, topic: str) -> N
         ),
         (("h:1",), {"topic": "t", "linger_ms": "soon"}, "Invalid value"),
         (("h:1",), {"topic": "t", "linger_ms": [1]}, "must be a string, number or boolean"),
+        (("h:1",), {"topic": "t", "client_id": "a\ud800"}, "'client_id' is not valid text"),
     ],
 )
 def test_bad_constructor_input_is_refused(

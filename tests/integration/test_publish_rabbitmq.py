@@ -324,6 +324,7 @@ def test_a_broker_that_is_not_there_fails_quickly() -> None:
         ({"url": ""}, "must be an amqp:// URL"),
         ({"routing_key": ""}, "routing_key is empty"),
         ({"routing_key": "q" * 256}, "at most 255 bytes"),
+        ({"routing_key": "q\ud800"}, "routing_key is not valid text"),
         ({"exchange": "bad name!"}, "is not an exchange name"),
         ({"timeout": 0}, "timeout must be seconds above 0"),
         ({"timeout": True}, "timeout must be seconds above 0"),
