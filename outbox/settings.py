@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 import os
 import re
 import reprlib
@@ -151,8 +152,14 @@ class Settings:
             )
         for name in ("payload_limit", "default_max_attempts", *_INT_VARS):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigurationError(f"{name} must be a whole number, not {_shown(value)}")
+            try:  # any integer type (numpy's too) but a bool
+                if isinstance(value, bool):
+                    raise TypeError
+                object.__setattr__(self, name, operator.index(value))
+            except TypeError:
+                raise ConfigurationError(
+                    f"{name} must be a whole number, not {_shown(value)}"
+                ) from None
         for name in ("idempotency_retention", "inbox_retention", *_DURATION_VARS):
             value = getattr(self, name)
             if not isinstance(value, timedelta):

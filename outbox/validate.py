@@ -18,6 +18,9 @@ QUEUE_MAX = 64
 KEY_MAX = 255
 PRIORITY_MIN, PRIORITY_MAX = 0, 100
 ATTEMPTS_MAX = 1000
+#: The range of run_at in UTC: what any session's time zone can read back as a datetime.
+RUN_AT_EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+RUN_AT_LATEST = datetime(9999, 12, 31, tzinfo=UTC)
 MAX_DELAY = timedelta(days=3660)  # ten years: anything later is a mistake, or a run_at
 
 _TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")
@@ -128,14 +131,17 @@ def schedule(when: object, delay: object) -> tuple[datetime | None, timedelta | 
                 "run_at is a naive datetime; give it a time zone, e.g. datetime.now(UTC)"
             )
         try:
-            when.astimezone(UTC)
+            utc = when.astimezone(UTC)
         except OverflowError:
-            # PostgreSQL would store it, but nothing could read it back as a datetime.
-            side = "after year 9999" if when.year > 1 else "before year 1"
+            utc = None
+        if utc is None or not RUN_AT_EARLIEST <= utc < RUN_AT_LATEST:
+            # PostgreSQL would store it, but a connection in another time zone could not read
+            # it back as a datetime: the claim, or a listing, would fail on it.
             raise InvalidJob(
-                f"run_at {when.isoformat()} is {side} in UTC; give a run_at between the years "
-                "1 and 9999 in UTC"
-            ) from None
+                f"run_at {when.isoformat()} is outside {RUN_AT_EARLIEST:%Y-%m-%d} to "
+                f"{RUN_AT_LATEST:%Y-%m-%d} in UTC (the years 1 to 9999, a day short of each end "
+                "so that every time zone reads it)"
+            )
         return when, None
     if delay is not None:
         return None, timedelta(seconds=_seconds(delay))

@@ -32,6 +32,9 @@ from .sql import queries
 FENCE = sa.text(queries["fence"])
 BATCH = sa.text(queries["complete_batch"])
 FLUSH_AT = 500  # outcomes per completion transaction, at most
+#: Errors one outcome's values can cause (PostgreSQL refusing a value, or encoding it
+#: failing): a batch that meets one is written in halves to find the outcome at fault.
+DATA_FAULTS = (sa.exc.DataError, sa.exc.IntegrityError, ValueError, TypeError)
 #: The largest statement_timeout and idle_in_transaction_session_timeout PostgreSQL takes (ms).
 MAX_TIMEOUT_MS = 2**31 - 1
 
@@ -247,31 +250,37 @@ class Completer:
                 break
         return batch
 
-    def _flush(self, batch: list[Outcome]) -> None:
+    def _flush(self, batch: list[Outcome]) -> bool:
+        """Write ``batch``; False when the database could not be reached (after retries)."""
         try:
             with metrics.COMPLETION_DURATION.time():
                 lost = self._write(batch)
         except Exception as exc:
-            if len(batch) > 1 and not isinstance(exc, sa.exc.OperationalError):
-                # A value PostgreSQL refuses fails the whole transaction: each half is
-                # written on its own, so that only the outcome at fault is abandoned and its
-                # batch-mates are not run again. (A database that stays unreachable is not
-                # split: each half would wait out the retries again.)
+            if len(batch) > 1 and isinstance(exc, DATA_FAULTS):
+                # A value PostgreSQL refuses fails the whole statement: each half is written
+                # on its own, so that only the outcome at fault is abandoned and its
+                # batch-mates are not run again. Errors that every half would meet (the
+                # database gone, read-only or missing a column) are not split.
                 half = len(batch) // 2
-                self._flush(batch[:half])
-                self._flush(batch[half:])
-                return
-            # The jobs keep their leases and are rescued, then run again (G2); external
-            # effects are deduplicated by the job's idempotency key (G3).
-            # The first line only: the rest is the statement and its parameters (payloads).
-            log.error("completion abandoned", jobs=len(batch), error=first_line(exc))
-            self._inflight.finished([], batch)
-            return
+                if self._flush(batch[:half]):
+                    return self._flush(batch[half:])
+                self._abandon(batch[half:], "the database could not be reached")
+                return False
+            self._abandon(batch, first_line(exc))
+            return not isinstance(exc, sa.exc.OperationalError)
         for outcome in lost:
             log.warning("lease lost before completion", **_fields(outcome.job))
         metrics.FENCING_REJECTIONS.inc(len(lost))
         lost_ids = {o.job.uuid for o in lost}
         self._inflight.finished([o for o in batch if o.job.uuid not in lost_ids], lost)
+        return True
+
+    def _abandon(self, batch: list[Outcome], error: str) -> None:
+        # The jobs keep their leases and are rescued, then run again (G2); external
+        # effects are deduplicated by the job's idempotency key (G3).
+        # The first line only: the rest is the statement and its parameters (payloads).
+        log.error("completion abandoned", jobs=len(batch), error=error)
+        self._inflight.finished([], batch)
 
     @tenacity.retry(
         retry=tenacity.retry_if_exception_type(sa.exc.OperationalError),

@@ -144,12 +144,21 @@ def run(handler: Handler, job: Job, session: Session | None = None) -> Outcome:
         if session is not None:
             session.flush()
     except RetryLater as later:  # not done: again after the delay it asked for
-        return Outcome(job, _ms(started), later=later.seconds, note=str(later))
+        return Outcome(job, _ms(started), later=later.seconds, note=_note(later))
     except BaseException as exc:  # sys.exit(), KeyboardInterrupt: the job's failure (G6)
         return failed(handler, job, exc, _ms(started))
     # Only a publish's Delivery is kept: other return values mean nothing to outbox.
-    note = storable(str(result)[:NOTE_LIMIT]) if isinstance(result, Delivery) else None
+    note = _note(result) if isinstance(result, Delivery) else None
     return Outcome(job, _ms(started), note=note)
+
+
+def _note(said: Delivery | RetryLater) -> str:
+    """A delivery's or a later retry's words as history keeps them: storable, bounded."""
+    try:
+        text = str(said)
+    except Exception:  # a subclass's __str__ that fails: its kind is kept
+        text = type(said).__qualname__
+    return storable(text[:NOTE_LIMIT])[:NOTE_LIMIT]
 
 
 def run_batch(handler: Handler, jobs: Sequence[Job]) -> list[Outcome]:
@@ -165,11 +174,11 @@ def run_batch(handler: Handler, jobs: Sequence[Job]) -> list[Outcome]:
     outcomes = []
     for job, answer in zip(jobs, answers, strict=True):
         if isinstance(answer, RetryLater):
-            outcomes.append(Outcome(job, elapsed, later=answer.seconds, note=str(answer)))
+            outcomes.append(Outcome(job, elapsed, later=answer.seconds, note=_note(answer)))
         elif isinstance(answer, BaseException):
             outcomes.append(failed(handler, job, answer, elapsed))
         else:
-            note = storable(str(answer)[:NOTE_LIMIT]) if isinstance(answer, Delivery) else None
+            note = _note(answer) if isinstance(answer, Delivery) else None
             outcomes.append(Outcome(job, elapsed, note=note))
     return outcomes
 

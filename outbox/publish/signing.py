@@ -165,7 +165,7 @@ def verify_webhook(
             f"pass the raw request body as bytes or str, not {type(body).__name__} (the "
             "signature covers the bytes as received, not what they parse to)"
         )
-    if not isinstance(headers, Mapping):
+    if not callable(getattr(headers, "items", None)):  # a Mapping, or a framework's headers
         raise ConfigurationError(
             f"headers must be a mapping of names to values, not {type(headers).__name__}"
         )

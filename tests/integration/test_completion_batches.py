@@ -7,8 +7,9 @@ lease, was rescued after it and ran again: 499 handlers run twice for one bad va
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 import sqlalchemy as sa
 from outbox_relay.claim import AttemptLimits, claim_batch
@@ -58,3 +59,64 @@ def test_a_refused_outcome_leaves_its_batch_mates_completed(db: sa.Engine, dsn: 
             assert events(db, job.uuid) == ["enqueued", "claimed", "succeeded"]
     assert book.lost == [poison.uuid]  # abandoned: the relay lets it go, its lease stays
     assert len(book.done) == 8
+
+
+def test_a_lone_surrogate_in_one_outcome_costs_only_its_own_job(db: sa.Engine, dsn: str) -> None:
+    """psycopg cannot even encode it (UnicodeEncodeError, before PostgreSQL sees anything)."""
+    with Session(db) as session:
+        outbox.enqueue_many(session, [outbox.NewJob("t.batch", {"n": n}) for n in range(4)])
+        session.commit()
+    with db.connect() as conn:
+        jobs = claim_batch(
+            conn, queues=["default"], limit=10, lease=timedelta(minutes=5), relay="r1",
+            limits=AttemptLimits(default=5, types=("t.batch",)),
+        )  # fmt: skip
+    outcomes = [Outcome(job, 1.0, note="\ud800" if n == 0 else "ok") for n, job in enumerate(jobs)]
+    book = Finished()
+    fast = create_engine(dsn, isolation_level="AUTOCOMMIT")
+    try:
+        Completer(fast, "r1", outbox.Registry(), book)._flush(outcomes)  # type: ignore[arg-type]
+    finally:
+        fast.dispose()
+    assert [len(events(db, job.uuid)) for job in jobs] == [2, 3, 3, 3]
+    assert book.lost == [jobs[0].uuid]
+
+
+class Refusing(Completer):
+    """A completer whose writes fail as ``errors`` say, one per call, counted."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        super().__init__(None, "r1", outbox.Registry(), Finished())  # type: ignore[arg-type]
+        self.errors, self.writes = errors, 0
+
+    def _write(self, batch: list[Outcome]) -> list[Outcome]:
+        self.writes += 1
+        raise self.errors[min(self.writes, len(self.errors)) - 1]
+
+
+def outcomes(n: int) -> list[Outcome]:
+    made = [outbox.Job(
+        uuid=uuid4(), type="t.x", queue="default", key=None, payload={}, attempt=1,
+        max_attempts=3, enqueued_at=datetime.now(UTC), idempotency_key="k",
+    ) for _ in range(n)]  # fmt: skip
+    return [Outcome(job, 1.0) for job in made]
+
+
+def test_an_error_every_half_would_meet_is_not_split() -> None:
+    """A read-only standby, a missing column, a revoked privilege: splitting 500 outcomes
+    would cost 999 statements and 500 log lines for the same error."""
+    broken = sa.exc.ProgrammingError("UPDATE", {}, Exception("column does not exist"))
+    completer = Refusing([broken])
+    completer._flush(outcomes(500))
+    assert completer.writes == 1
+    assert len(completer._inflight.lost) == 500  # type: ignore[attr-defined]
+
+
+def test_a_database_lost_while_splitting_abandons_the_rest_without_trying_it() -> None:
+    """Each half would wait out the connection retries (a minute) again."""
+    refused = sa.exc.DataError("UPDATE", {}, Exception("text cannot contain NUL"))
+    gone = sa.exc.OperationalError("UPDATE", {}, Exception("connection refused"))
+    completer = Refusing([refused, gone])
+    completer._flush(outcomes(8))
+    assert completer.writes == 2  # the batch, then its first half: the second is not tried
+    assert len(completer._inflight.lost) == 8  # type: ignore[attr-defined]

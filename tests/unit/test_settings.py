@@ -253,3 +253,16 @@ def test_an_embedded_dir_given_as_a_string_is_a_path() -> None:
 def test_an_env_that_is_not_a_mapping_is_refused(env: Any) -> None:
     with pytest.raises(ConfigurationError, match=r"^env must be a mapping of variable names"):
         Settings.load(env=env)
+
+
+def test_any_integer_type_is_taken_as_a_whole_number() -> None:
+    class Count(int):
+        pass
+
+    class Index:  # numpy's integers are no int, but say what int they are this way
+        def __index__(self) -> int:
+            return 8
+
+    settings = Settings(concurrency=Count(4), claim_batch=Index())  # type: ignore[arg-type]
+    assert (settings.concurrency, settings.claim_batch) == (4, 8)
+    assert type(settings.claim_batch) is int

@@ -206,3 +206,14 @@ def test_an_id_that_is_not_valid_text_is_refused_not_crashed_on() -> None:
     given = {**headers(), "webhook-id": "msg_\ud800"}
     with pytest.raises(WebhookVerificationError, match="webhook-id is not valid text"):
         verify_webhook(BODY, given, SECRET, now=TIMESTAMP)
+
+
+def test_headers_of_the_standard_library_and_frameworks_are_read() -> None:
+    """http.server's headers (an email Message) and older Werkzeug's have items() but are no
+    Mapping: they are read as before."""
+    from email.message import Message
+
+    received = Message()
+    for name, value in headers().items():
+        received[name] = value
+    assert verify_webhook(BODY, received, SECRET, now=TIMESTAMP) == MSG_ID  # type: ignore[arg-type]
