@@ -34,24 +34,35 @@ class Finished:
         self.lost += [o.job.uuid for o in lost]
 
 
-def test_a_refused_outcome_leaves_its_batch_mates_completed(db: sa.Engine, dsn: str) -> None:
+def claimed(db: sa.Engine, n: int) -> list[outbox.Job]:
+    """``n`` jobs enqueued, then claimed by relay r1, in claim order."""
     with Session(db) as session:
-        outbox.enqueue_many(session, [outbox.NewJob("t.batch", {"n": n}) for n in range(9)])
+        outbox.enqueue_many(session, [outbox.NewJob("t.batch", {"n": i}) for i in range(n)])
         session.commit()
     with db.connect() as conn:
         jobs = claim_batch(
-            conn, queues=["default"], limit=10, lease=timedelta(minutes=5), relay="r1",
+            conn, queues=["default"], limit=n + 1, lease=timedelta(minutes=5), relay="r1",
             limits=AttemptLimits(default=5, types=("t.batch",)),
         )  # fmt: skip
-    assert len(jobs) == 9
-    poison = jobs[4]
-    outcomes = [Outcome(job, 1.0, note="a\x00b" if job is poison else "ok") for job in jobs]
+    assert len(jobs) == n
+    return jobs
+
+
+def flushed(dsn: str, outcomes: list[Outcome]) -> Finished:
+    """What relay r1's completer tells its book after writing ``outcomes`` as one batch."""
     book = Finished()
     fast = create_engine(dsn, isolation_level="AUTOCOMMIT")
     try:
         Completer(fast, "r1", outbox.Registry(), book)._flush(outcomes)  # type: ignore[arg-type]
     finally:
         fast.dispose()
+    return book
+
+
+def test_a_refused_outcome_leaves_its_batch_mates_completed(db: sa.Engine, dsn: str) -> None:
+    jobs = claimed(db, 9)
+    poison = jobs[4]
+    book = flushed(dsn, [Outcome(j, 1.0, note="a\x00b" if j is poison else "ok") for j in jobs])
     for job in jobs:
         if job is poison:
             assert events(db, job.uuid) == ["enqueued", "claimed"]  # left to its lease
@@ -63,21 +74,9 @@ def test_a_refused_outcome_leaves_its_batch_mates_completed(db: sa.Engine, dsn: 
 
 def test_a_lone_surrogate_in_one_outcome_costs_only_its_own_job(db: sa.Engine, dsn: str) -> None:
     """psycopg cannot even encode it (UnicodeEncodeError, before PostgreSQL sees anything)."""
-    with Session(db) as session:
-        outbox.enqueue_many(session, [outbox.NewJob("t.batch", {"n": n}) for n in range(4)])
-        session.commit()
-    with db.connect() as conn:
-        jobs = claim_batch(
-            conn, queues=["default"], limit=10, lease=timedelta(minutes=5), relay="r1",
-            limits=AttemptLimits(default=5, types=("t.batch",)),
-        )  # fmt: skip
-    outcomes = [Outcome(job, 1.0, note="\ud800" if n == 0 else "ok") for n, job in enumerate(jobs)]
-    book = Finished()
-    fast = create_engine(dsn, isolation_level="AUTOCOMMIT")
-    try:
-        Completer(fast, "r1", outbox.Registry(), book)._flush(outcomes)  # type: ignore[arg-type]
-    finally:
-        fast.dispose()
+    jobs = claimed(db, 4)
+    book = flushed(dsn, [Outcome(job, 1.0, note="\ud800" if n == 0 else "ok")
+                         for n, job in enumerate(jobs)])  # fmt: skip
     assert [len(events(db, job.uuid)) for job in jobs] == [2, 3, 3, 3]
     assert book.lost == [jobs[0].uuid]
 
