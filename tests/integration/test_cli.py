@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 
+import psycopg
 import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy.orm import Session
@@ -11,6 +13,7 @@ from structlog.testing import capture_logs
 
 import outbox
 from outbox.cli import cli
+from outbox.database import libpq_dsn
 
 
 def test_status_json_matches_what_was_enqueued(db: sa.Engine, dsn: str) -> None:
@@ -43,9 +46,15 @@ def test_status_table_renders(db: sa.Engine, dsn: str) -> None:
 
 
 def test_demo_runs_the_ledger_and_reports_it_balanced(server: str) -> None:
-    # A database of this test's own: a server's outbox_demo may be an older demo's.
-    args = ["--dsn", server, "demo", "--database", "outbox_demo_cli_test", "--transfers", "12"]
-    result = CliRunner().invoke(cli, args)
+    # A database of this test's own (a server's outbox_demo may be an older demo's), dropped
+    # after: the demo keeps its database for the user to look at.
+    name = f"outbox_demo_cli_test_{os.getpid()}"
+    args = ["--dsn", server, "demo", "--database", name, "--transfers", "12"]
+    try:
+        result = CliRunner().invoke(cli, args)
+    finally:
+        with psycopg.connect(libpq_dsn(server), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     assert result.exit_code == 0, result.output
     assert "12 transfers committed" in result.output
     assert "5 recognised as duplicates" in result.output
