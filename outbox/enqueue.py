@@ -180,7 +180,10 @@ def enqueue_many(
     :data:`outbox.bulk.COPY_THRESHOLD` jobs or more are sent with COPY.
     """
     settings = _settings(settings, registry)
-    columns = _bind(_listed(jobs), registry, settings)
+    batch = listed(
+        jobs, NewJob, "enqueue_many takes an iterable of outbox.NewJob", "for one job use enqueue()"
+    )
+    columns = _bind(batch, registry, settings)
     if not columns.uuid:
         return _no_jobs(session)
     if _is_async(session):
@@ -204,14 +207,12 @@ def _settings(settings: object, registry: object) -> Settings:
     return settings
 
 
-def _listed(jobs: object) -> list[NewJob]:
-    """``enqueue_many``'s jobs as a list; one job, or what is not a collection, refused."""
-    if isinstance(jobs, NewJob | str | bytes | Mapping) or not isinstance(jobs, Iterable):
-        raise InvalidJob(
-            f"enqueue_many takes an iterable of outbox.NewJob (a list), not "
-            f"{type(jobs).__name__}; for one job use enqueue()"
-        )
-    return list(jobs)
+def listed(items: object, one: type, takes: str, single: str) -> list[Any]:
+    """``items`` as a list; a single ``one``, or what is not a collection, refused with
+    ``takes`` (what the caller takes) and ``single`` (the call for one item)."""
+    if isinstance(items, one | str | bytes | Mapping) or not isinstance(items, Iterable):
+        raise InvalidJob(f"{takes} (a list), not {type(items).__name__}; {single}")
+    return list(items)
 
 
 def _bind(batch: Sequence[NewJob], registry: Registry | None, settings: Settings) -> Columns:

@@ -94,7 +94,7 @@ class RetryLater(OutboxError):
         #: Why, in a few words (``HTTP 503 from the partner``): kept in history after the
         #: delay, cut to :data:`REASON_MAX` characters, a NUL or a lone surrogate written as
         #: its escape (PostgreSQL stores neither).
-        self.reason = None if not reason else storable(reason[:REASON_MAX])[:REASON_MAX]
+        self.reason = None if not reason else storable(reason, REASON_MAX)
         why = f" ({self.reason})" if self.reason else ""
         super().__init__(f"{self.REASON}{_words(self.seconds)}{why}")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import inspect
-import math
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
@@ -135,12 +134,7 @@ class Registry:
                 f"job type {type!r} already has a handler ({existing.__module__}."
                 f"{existing.__qualname__}); each type has exactly one"
             )
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or timeout <= 0
-        ):
+        if timeout is not None and not validate.positive_seconds(timeout):
             raise RegistryError(f"handler for {type!r}: timeout must be positive seconds")
         if retry is not None and not isinstance(retry, wait_base):
             raise RegistryError(

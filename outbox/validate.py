@@ -148,6 +148,17 @@ def schedule(when: object, delay: object) -> tuple[datetime | None, timedelta | 
     return None, None
 
 
+def positive_seconds(value: object, *, most: float = math.inf) -> bool:
+    """Whether ``value`` is a number of seconds above 0 and at most ``most``: an int or a
+    float, not a bool, not NaN, not infinite (a timeout of those would never end)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 < value <= most
+    )
+
+
 def _seconds(delay: object) -> float:
     if isinstance(delay, timedelta):
         seconds = delay.total_seconds()

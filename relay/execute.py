@@ -91,7 +91,7 @@ def _message(exc: BaseException) -> str:
             text = f"{str.__str__(repr(exc))} (its str() raised {_kind(failed)})"
         except BaseException:
             text = f"{_kind(exc)} (cannot be printed: its str() and repr() raise)"
-    return storable(text[:MESSAGE_LIMIT])[:MESSAGE_LIMIT]
+    return storable(text, MESSAGE_LIMIT)
 
 
 def _kind(exc: BaseException) -> str:
@@ -158,7 +158,7 @@ def _note(said: Delivery | RetryLater) -> str:
         text = str(said)
     except Exception:  # a subclass's __str__ that fails: its kind is kept
         text = type(said).__qualname__
-    return storable(text[:NOTE_LIMIT])[:NOTE_LIMIT]
+    return storable(text, NOTE_LIMIT)
 
 
 def run_batch(handler: Handler, jobs: Sequence[Job]) -> list[Outcome]:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, overload
 
 from outbox import validate
-from outbox.enqueue import Enqueued, NewJob, enqueue_many
+from outbox.enqueue import Enqueued, NewJob, enqueue_many, listed
 from outbox.errors import InvalidJob
 from outbox.settings import Settings
 
@@ -186,13 +186,12 @@ def publish_many(
 ) -> list[Enqueued] | Coroutine[Any, Any, list[Enqueued]]:
     """Publish many messages in the transaction of ``session`` (with COPY when many);
     handles come back in the order given. One bad message refuses them all."""
-    if isinstance(messages, Publish | str | bytes | Mapping) or not isinstance(messages, Iterable):
-        raise InvalidJob(
-            f"publish_many takes an iterable of outbox.publish.Publish (a list), not "
-            f"{type(messages).__name__}; for one message use publish()"
-        )
+    given = listed(
+        messages, Publish, "publish_many takes an iterable of outbox.publish.Publish",
+        "for one message use publish()",
+    )  # fmt: skip
     jobs = []
-    for n, item in enumerate(messages):
+    for n, item in enumerate(given):
         if not isinstance(item, Publish):
             raise InvalidJob(
                 f"message {n}: publish_many takes outbox.publish.Publish items, "

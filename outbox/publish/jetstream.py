@@ -20,7 +20,6 @@ import concurrent.futures
 import inspect
 import itertools
 import json
-import math
 import re
 import string
 import threading
@@ -40,6 +39,7 @@ from outbox.publish.target import (
     PublishRejected,
     missing_extra,
 )
+from outbox.validate import positive_seconds
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -124,11 +124,7 @@ class NatsJetStream:
         self.servers = _servers(url)
         self.subject = subject
         self._parts = _template(subject)
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not 0 < timeout < math.inf
-        ):
+        if not positive_seconds(timeout):
             raise ConfigurationError(
                 f"NatsJetStream timeout must be a number of seconds above 0, not {timeout!r}"
             )

@@ -36,6 +36,8 @@ from outbox.publish.target import (
     PublishRejected,
     missing_extra,
 )
+from outbox.storable import encodable
+from outbox.validate import positive_seconds
 
 if TYPE_CHECKING:
     from confluent_kafka import KafkaError, Producer
@@ -113,11 +115,7 @@ class Kafka:
                 "'_' or '-' (not '.' or '..')"
             )
         self.topic = topic
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not 0 < timeout <= 300
-        ):
+        if not positive_seconds(timeout, most=300):
             raise ConfigurationError(
                 f"Kafka timeout must be a number of seconds above 0, at most 300, not {timeout!r}"
             )
@@ -369,19 +367,10 @@ def _check_config(config: Mapping[str, object]) -> dict[str, str | int | float |
                 f"Kafka setting {given!r} must be a string, number or boolean, not "
                 f"{type(value).__name__}"
             )
-        if isinstance(value, str) and not _encodable(value):
+        if isinstance(value, str) and not encodable(value):
             raise ConfigurationError(f"Kafka setting {given!r} is not valid text: {value[:40]!r}")
         checked[name] = value
     return checked
-
-
-def _encodable(text: str) -> bool:
-    """Whether ``text`` has no lone surrogate (librdkafka failed on one with SystemError)."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _check_client_accepts(client: Any, config: Mapping[str, object]) -> None:

@@ -17,7 +17,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import math
 import re
 import threading
 import time
@@ -37,6 +36,8 @@ from outbox.publish.target import (
     PublishRejected,
     missing_extra,
 )
+from outbox.storable import encodable
+from outbox.validate import positive_seconds
 
 if TYPE_CHECKING:
     import aiormq
@@ -80,26 +81,18 @@ class RabbitMQ:
                 f"RabbitMQ exchange {exchange!r} is not an exchange name: up to 255 letters,"
                 " digits, '-', '_', '.' or ':' ('' is the default exchange)"
             )
-        if not isinstance(routing_key, str):
-            raise ConfigurationError("RabbitMQ routing_key must be a string of at most 255 bytes")
-        try:
-            size = len(routing_key.encode())
-        except UnicodeEncodeError:  # a lone surrogate
+        if isinstance(routing_key, str) and not encodable(routing_key):
             raise ConfigurationError(
                 f"RabbitMQ routing_key is not valid text: {routing_key[:40]!r}"
-            ) from None
-        if size > 255:
+            )
+        if not isinstance(routing_key, str) or len(routing_key.encode()) > 255:
             raise ConfigurationError("RabbitMQ routing_key must be a string of at most 255 bytes")
         if exchange == "" and not routing_key:
             raise ConfigurationError(
                 "RabbitMQ routing_key is empty: the default exchange (exchange='') routes to"
                 " the queue the routing key names; give routing_key='<queue>'"
             )
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not 0 < timeout < math.inf
-        ):
+        if not positive_seconds(timeout):
             raise ConfigurationError(f"RabbitMQ timeout must be seconds above 0, not {timeout!r}")
         self.exchange, self.routing_key, self.timeout = exchange, routing_key, float(timeout)
         self._where = f"exchange {exchange!r} routing key {routing_key!r}"

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from outbox.errors import ConfigurationError, OutboxError
+from outbox.storable import encodable
 
 #: The prefix of a secret in its text form: ``whsec_`` then the key in base64.
 SECRET_PREFIX = "whsec_"
@@ -114,14 +115,6 @@ def signature(keys: tuple[bytes, ...], msg_id: str, timestamp: int, body: bytes)
     )
 
 
-def _encodable(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:  # a lone surrogate: no request carried it
-        return False
-    return True
-
-
 def _check_seconds(name: str, value: object, *, low: float | None = None, what: str = "") -> None:
     """Refuse a ``tolerance`` or ``now`` that is not a finite number of seconds (a NaN
     tolerance would compare false with every skew and let any old request through)."""
@@ -182,7 +175,7 @@ def verify_webhook(
             f"not a Standard Webhooks request: header {', '.join(missing)} missing"
         )
     msg_id, stamp, signatures = found[ID_HEADER], found[TIMESTAMP_HEADER], found[SIGNATURE_HEADER]
-    if not msg_id.isascii() and not _encodable(msg_id):
+    if not msg_id.isascii() and not encodable(msg_id):
         raise WebhookVerificationError(f"webhook-id is not valid text: {msg_id[:40]!r}")
     try:
         at = int(stamp)

@@ -21,7 +21,6 @@ import asyncio
 import concurrent.futures
 import email.utils
 import ipaddress
-import math
 import re
 import socket
 import ssl
@@ -51,6 +50,7 @@ from outbox.publish.target import (
     PublishRejected,
     missing_extra,
 )
+from outbox.validate import positive_seconds
 
 if TYPE_CHECKING:
     import aiohttp
@@ -177,12 +177,7 @@ class Webhook:
             port = 443 if parts.scheme == "https" else 80
         elif not 0 < port < 65536:
             raise ConfigurationError(f"a webhook url's port is not a port: {url!r}")
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or not timeout > 0
-        ):
+        if not positive_seconds(timeout):
             raise ConfigurationError(f"timeout is seconds above 0, not {timeout!r}")
         if not isinstance(allow_private, bool):
             raise ConfigurationError(
