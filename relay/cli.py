@@ -9,7 +9,7 @@ import click
 import psycopg
 import sqlalchemy as sa
 
-from outbox import migrate
+from outbox import collector, migrate
 from outbox.cli.context import Context, clear_errors
 from outbox.errors import ConfigurationError
 
@@ -86,52 +86,57 @@ def command(
     Jobs never started are given back; jobs left running are rescued when their
     lease (OUTBOX_LEASE) expires. Run as many relays, on as many machines, as you like.
     """
-    log.configure(log_format, log_level)
-    addr = _metrics_addr(metrics_addr)
-    settings = ctx.settings
-    if queues is not None and queues.threads is not None:
-        threads = _threads_for_limits(queues, concurrency, settings.concurrency)
-        settings = dataclasses.replace(settings, concurrency=threads)
-    elif concurrency is not None:
-        settings = dataclasses.replace(settings, concurrency=concurrency)
-    registry = load_registry(app)
-    dsn = ctx.dsn
-    engine = ctx.engine(poolclass=sa.NullPool)
-    try:
-        with engine.connect() as connection:
-            migrate.check_at_head(connection)
-    finally:
-        engine.dispose()
-    try:
-        preflight.check(dsn, settings)
-    except preflight.UnfitConnection as exc:  # the DSN is wrong for a relay: a usage error
-        raise click.UsageError(str(exc)) from None
-    except psycopg.OperationalError as exc:
-        raise click.ClickException(f"cannot reach the database: {log.first_line(exc)}") from None
+    # Collection stays paused while the application loads and the relay connects; each relay
+    # process gives it back when it freezes its start-up heap (worker.settle_garbage_collector).
+    with collector.paused():
+        log.configure(log_format, log_level)
+        addr = _metrics_addr(metrics_addr)
+        settings = ctx.settings
+        if queues is not None and queues.threads is not None:
+            threads = _threads_for_limits(queues, concurrency, settings.concurrency)
+            settings = dataclasses.replace(settings, concurrency=threads)
+        elif concurrency is not None:
+            settings = dataclasses.replace(settings, concurrency=concurrency)
+        registry = load_registry(app)
+        dsn = ctx.dsn
+        engine = ctx.engine(poolclass=sa.NullPool)
+        try:
+            with engine.connect() as connection:
+                migrate.check_at_head(connection)
+        finally:
+            engine.dispose()
+        try:
+            preflight.check(dsn, settings)
+        except preflight.UnfitConnection as exc:  # the DSN is wrong for a relay: a usage error
+            raise click.UsageError(str(exc)) from None
+        except psycopg.OperationalError as exc:
+            raise click.ClickException(
+                f"cannot reach the database: {log.first_line(exc)}"
+            ) from None
 
-    def relay_worker(metrics_addr: tuple[str, int] | None) -> Worker:
-        return Worker(
-            registry, dsn, settings,
-            queues=queues.names if queues is not None and queues.limits is None else None,
-            queue_limits=queues.limits if queues is not None else None,
-            metrics_addr=metrics_addr,
-        )  # fmt: skip
+        def relay_worker(metrics_addr: tuple[str, int] | None) -> Worker:
+            return Worker(
+                registry, dsn, settings,
+                queues=queues.names if queues is not None and queues.limits is None else None,
+                queue_limits=queues.limits if queues is not None else None,
+                metrics_addr=metrics_addr,
+            )  # fmt: skip
 
-    if processes > 1:
-        # The DSN goes to the children in their environment, never on a command line.
-        child = ["-m", "outbox", "relay", "--app", app, "--processes", "1"]
-        child += ["--metrics-addr", "off"]  # the supervisor serves them for all
-        child += ["--log-format", log_format, "--log-level", log_level]
-        if queues is not None:
-            child += ["--queues", str(queues)]
-        if concurrency:
-            child += ["--concurrency", str(concurrency)]
-        grace = settings.shutdown_grace.total_seconds()
-        # The first processes are forked from this one, the same relay (relay/forked.py);
-        # one that dies is started again from `child`.
-        fork = lambda: supervisor.run_worker(relay_worker(None))  # noqa: E731
-        raise SystemExit(supervisor.run_processes(child, processes, grace, dsn, addr, fork))
-    raise SystemExit(supervisor.run_worker(relay_worker(addr)))
+        if processes > 1:
+            # The DSN goes to the children in their environment, never on a command line.
+            child = ["-m", "outbox", "relay", "--app", app, "--processes", "1"]
+            child += ["--metrics-addr", "off"]  # the supervisor serves them for all
+            child += ["--log-format", log_format, "--log-level", log_level]
+            if queues is not None:
+                child += ["--queues", str(queues)]
+            if concurrency:
+                child += ["--concurrency", str(concurrency)]
+            grace = settings.shutdown_grace.total_seconds()
+            # The first processes are forked from this one, the same relay (relay/forked.py);
+            # one that dies is started again from `child`.
+            fork = lambda: supervisor.run_worker(relay_worker(None))  # noqa: E731
+            raise SystemExit(supervisor.run_processes(child, processes, grace, dsn, addr, fork))
+        raise SystemExit(supervisor.run_worker(relay_worker(addr)))
 
 
 def _metrics_addr(text: str) -> tuple[str, int] | None:

@@ -33,7 +33,7 @@ from .dispatch import HANDLER_THREAD_PREFIX
 from .forked import Child
 from .gauges import QueueGauges
 from .http import HttpServer, Readiness, format_addr
-from .worker import Worker
+from .worker import Worker, settle_garbage_collector
 
 log = structlog.get_logger("outbox.relay")
 RESTART_BACKOFF_MAX = 10.0
@@ -159,6 +159,9 @@ def run_processes(
     The children write their metrics to files of prometheus-client's multiprocess mode;
     the supervisor serves their sums, and the queue gauges, on one endpoint.
     """
+    # Frozen before the first forks (their start-up heap stays shared, untouched by their
+    # collections), and collection on again here: the command paused it (outbox.collector).
+    settle_garbage_collector()
     with tempfile.TemporaryDirectory(prefix="outbox-metrics-") as metrics_dir:
         servers: list[HttpServer] = []
 

@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 
 import click
 
-from outbox import distribution
+from outbox import collector, distribution
 from outbox.cli.context import Context, fail_clearly
 
 #: Each subcommand as ``module:object``, imported when it runs or a help lists it: a relay's
@@ -43,7 +43,8 @@ class _Commands(click.Group):
         if target is None:
             return None
         module, _, name = target.partition(":")
-        command: click.Command = getattr(importlib.import_module(module), name)
+        with collector.paused():
+            command: click.Command = getattr(importlib.import_module(module), name)
         return command
 
 
