@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -171,6 +172,35 @@ def test_plain_jobs_run_in_the_handler_threads_and_their_outcomes_go_to_the_comp
     assert sorted(o.job.uuid for o in completions.outcomes) == sorted(j.uuid for j in claimed)
     assert all(o.succeeded for o in completions.outcomes)
     assert inflight.alone() is True
+
+
+def test_a_finished_job_leaves_no_reference_cycle_for_the_collector() -> None:
+    """Each job's objects are freed as soon as it is done, not kept until a collection: at
+    20,000 jobs/s the cycles of a chunk's future and its jobs held about 10 MiB between
+    collections (a relay's peak memory in a drain)."""
+    inflight, _ = ledger()
+    completions = Completions(inflight)
+    dispatch = dispatcher(inflight, completions)
+    gc.collect()
+    gc.disable()
+    try:
+        dispatch.dispatch([job() for _ in range(40)])
+        deadline = time.monotonic() + 5
+        while (
+            len(completions.outcomes) < 40 or inflight.running()
+        ) and time.monotonic() < deadline:
+            completions.done.wait(0.05)
+        assert len(completions.outcomes) == 40
+        completions.outcomes.clear()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = {type(thing).__qualname__ for thing in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        dispatch.shutdown()
+    assert left.isdisjoint({"Running", "Job", "Future"}), left
 
 
 def test_a_job_of_an_unknown_type_fails_for_good_without_a_thread() -> None:
