@@ -209,6 +209,8 @@ class Dispatcher:
             alone = Group([running])
             running.group = alone
             self._run_in_transaction(alone, [running])
+            self._inflight.disband(alone)
+        self._inflight.disband(group)
 
     def _run_in_transaction(self, group: Group, members: list[Running]) -> list[Running]:
         """Run ``members`` in one transaction; returns those deferred by a deadlock."""

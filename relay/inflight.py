@@ -231,6 +231,15 @@ class InFlight:
             group.done = True
             return group.broken
 
+    def disband(self, group: Group) -> None:
+        """A group whose transaction ended unbroken lets go of its members. Each keeps its
+        group (a done group tells the heartbeat that the outcome is being written), but the
+        group no longer keeps them: a member and its group referring to each other would
+        make every session job garbage that only the cyclic collector frees."""
+        with self.guard:
+            if group.done and not group.broken:
+                group.members = []
+
     def broken_group_left(self, group: Group) -> None:
         """The thread of a group the heartbeat broke is free again."""
         with self.guard:
