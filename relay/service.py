@@ -6,7 +6,9 @@ carries on after a wait, since every fault here is one a later pass may not meet
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -47,11 +49,25 @@ class Service:
         self.every = every
         self._first_wait = every if first_wait is None else first_wait
         self._stopping = threading.Event()
+        #: Set by stop() and nudge(): the loop looks again at when its next pass is due.
+        self._wake = threading.Event()
+        self._soon = math.inf  # monotonic: a pass asked for by nudge()
 
     def run(self) -> None:
-        wait = self._first_wait
+        due = time.monotonic() + self._first_wait
         failures = 0
-        while not self._stopping.wait(wait):
+        while True:
+            self._wake.wait(max(0.0, min(due, self._soon) - time.monotonic()))
+            if self._stopping.is_set():
+                break
+            self._wake.clear()
+            now = time.monotonic()
+            if now < min(due, self._soon):
+                continue  # nudged for later than now: wait until then
+            # A nudged pass leaves the regular ones where they were: it may have come too
+            # early for what it was asked for, and the next regular pass then takes it.
+            regular = now >= due
+            self._soon = math.inf
             try:
                 next_wait = self.tick()
             except DATABASE_FAULTS as exc:
@@ -59,13 +75,22 @@ class Service:
                 wait = self.retry_in(failures)
                 database_fault(self.name, self.failure, exc, retry_in=round(wait, 2))
                 self.recover()
-                continue
-            failures = 0
-            wait = self.every if next_wait is None else next_wait
+                regular = True
+            else:
+                failures = 0
+                wait = self.every if next_wait is None else next_wait
+            if regular:
+                due = time.monotonic() + wait
         self.finish()
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
+
+    def nudge(self, within: float) -> None:
+        """Run a pass ``within`` seconds, if the next one is not due sooner (any thread)."""
+        self._soon = min(self._soon, time.monotonic() + within)
+        self._wake.set()
 
     @property
     def stopping(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,24 @@ def test_relays_seal_by_themselves_and_export_the_lag(db: sa.Engine, dsn: str) -
     assert check(db).rows == 150
     with db.connect() as conn:
         assert seal.lag_seconds(conn) == 0
+
+
+def test_a_backlog_is_sealed_as_soon_as_it_runs_dry_not_at_the_next_interval(
+    db: sa.Engine, dsn: str
+) -> None:
+    """With a 10 s interval the relay seals once as it starts (the backlog's enqueued rows);
+    the rows of the drain (claimed, succeeded) are sealed within a moment of the queue
+    emptying, not 10 s later."""
+    registry = outbox.Registry()
+    registry.register("a.b", lambda job: None)
+    enqueue(db, 2_000)
+    with running_relay(registry, dsn, seal_interval=timedelta(seconds=10)):
+        wait_for(lambda: scalar(db, "SELECT count(*) FROM outbox_jobs") == 0, timeout=30,
+                 what="the backlog to drain")  # fmt: skip
+        emptied = time.monotonic()
+        wait_for(lambda: scalar(db, "SELECT coalesce(sum(row_count), 0) FROM outbox_seals")
+                 == 6_000, timeout=8, what="the relay to seal all 6,000 rows")  # fmt: skip
+        assert time.monotonic() - emptied < 5
 
 
 def test_two_sealers_at_once_never_fork_the_chain(db: sa.Engine) -> None:
