@@ -50,24 +50,24 @@ class Service:
         self._first_wait = every if first_wait is None else first_wait
         self._stopping = threading.Event()
         #: Set by stop() and nudge(): the loop looks again at when its next pass is due.
-        self._wake = threading.Event()
-        self._soon = math.inf  # monotonic: a pass asked for by nudge()
+        self.__nudged = threading.Event()
+        self.__soon = math.inf  # monotonic: a pass asked for by nudge()
 
     def run(self) -> None:
         due = time.monotonic() + self._first_wait
         failures = 0
         while True:
-            self._wake.wait(max(0.0, min(due, self._soon) - time.monotonic()))
+            self.__nudged.wait(max(0.0, min(due, self.__soon) - time.monotonic()))
             if self._stopping.is_set():
                 break
-            self._wake.clear()
+            self.__nudged.clear()
             now = time.monotonic()
-            if now < min(due, self._soon):
+            if now < min(due, self.__soon):
                 continue  # nudged for later than now: wait until then
             # A nudged pass leaves the regular ones where they were: it may have come too
             # early for what it was asked for, and the next regular pass then takes it.
             regular = now >= due
-            self._soon = math.inf
+            self.__soon = math.inf
             try:
                 next_wait = self.tick()
             except DATABASE_FAULTS as exc:
@@ -85,12 +85,12 @@ class Service:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._wake.set()
+        self.__nudged.set()
 
     def nudge(self, within: float) -> None:
         """Run a pass ``within`` seconds, if the next one is not due sooner (any thread)."""
-        self._soon = min(self._soon, time.monotonic() + within)
-        self._wake.set()
+        self.__soon = min(self.__soon, time.monotonic() + within)
+        self.__nudged.set()
 
     @property
     def stopping(self) -> bool:

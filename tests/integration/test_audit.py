@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from outbox_relay import complete, execute
 from outbox_relay.claim import AttemptLimits, claim_batch, claim_isolated
 from outbox_relay.rescue import rescue_expired
+from outbox_relay.sealer import Sealer
 from sqlalchemy.orm import Session
 
 import outbox
@@ -286,22 +287,29 @@ def test_relays_seal_by_themselves_and_export_the_lag(db: sa.Engine, dsn: str) -
         assert seal.lag_seconds(conn) == 0
 
 
-def test_a_backlog_is_sealed_as_soon_as_it_runs_dry_not_at_the_next_interval(
-    db: sa.Engine, dsn: str
+def test_a_relay_seals_as_soon_as_a_backlog_runs_dry_not_at_its_next_interval(
+    db: sa.Engine, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With a 10 s interval the relay seals once as it starts (the backlog's enqueued rows);
-    the rows of the drain (claimed, succeeded) are sealed within a moment of the queue
-    emptying, not 10 s later."""
+    """With a 30 s interval the relay seals once as it starts; once the backlog is drained it
+    seals again within moments. (What a pass seals depends on every transaction of the
+    server having ended, which other tests' may not have: the passes are what is timed.)"""
+    passes: list[float] = []
+    tick = Sealer.tick
+
+    def timed(self: Sealer) -> float:
+        passes.append(time.monotonic())
+        return tick(self)
+
+    monkeypatch.setattr(Sealer, "tick", timed)
     registry = outbox.Registry()
     registry.register("a.b", lambda job: None)
     enqueue(db, 2_000)
-    with running_relay(registry, dsn, seal_interval=timedelta(seconds=10)):
+    with running_relay(registry, dsn, seal_interval=timedelta(seconds=30)):
         wait_for(lambda: scalar(db, "SELECT count(*) FROM outbox_jobs") == 0, timeout=30,
                  what="the backlog to drain")  # fmt: skip
         emptied = time.monotonic()
-        wait_for(lambda: scalar(db, "SELECT coalesce(sum(row_count), 0) FROM outbox_seals")
-                 == 6_000, timeout=8, what="the relay to seal all 6,000 rows")  # fmt: skip
-        assert time.monotonic() - emptied < 5
+        wait_for(lambda: len(passes) >= 2, timeout=5, what="a sealing pass after the drain")
+    assert passes[1] - emptied < 2
 
 
 def test_two_sealers_at_once_never_fork_the_chain(db: sa.Engine) -> None:

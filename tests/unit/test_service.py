@@ -83,3 +83,27 @@ def test_stop_ends_the_wait_at_once_even_after_a_nudge() -> None:
     assert not thread.is_alive()
     assert time.monotonic() - started < 1
     assert chore.passes == []
+
+
+def test_a_chore_with_attributes_of_the_same_names_still_stops_and_is_nudged() -> None:
+    """The listener keeps the producer's wake-up event as ``_wake``: the loop's own state
+    must not be taken for it (it was, and cleared the producer's wake-ups)."""
+
+    class Named(Counting):
+        def __init__(self) -> None:
+            super().__init__(every=30.0, first_wait=30.0)
+            self._wake = threading.Event()
+            self._soon = 0.0
+            self._nudged = threading.Event()
+
+    chore = Named()
+    thread = running(chore)
+    try:
+        chore.nudge(0.01)
+        assert chore.passed.wait(5)
+        assert not chore._wake.is_set()
+    finally:
+        chore.stop()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert not chore._wake.is_set()
