@@ -405,7 +405,7 @@ def notes(outcomes: Sequence[Outcome], results: dict[Case, list[Result]], quick:
             lines.append(
                 f"{case.name}: until the queue was empty, before the wait for the last seal: "
                 + ", ".join(number(v, "jobs_per_s") for v in empty)
-                + " jobs/s (sealing runs every 1 s: the last seal can add up to a second)"
+                + " jobs/s (sealing runs every 1 s, and 0.1 s after a backlog runs dry)"
             )
         waits = values(runs, "seal_wait_s")
         if waits and max(waits) > SEAL_WAIT_NOTE:
