@@ -187,7 +187,11 @@ class Dispatcher:
         started = [r for r in chunk if self._inflight.begin(r, self.timeout(handler))]
         if not started:
             return
-        outcomes = execute.run_batch(handler, [r.job for r in started])
+        self._inflight.share(len(started) - 1)
+        try:
+            outcomes = execute.run_batch(handler, [r.job for r in started])
+        finally:
+            self._inflight.share(1 - len(started))
         for running, outcome in zip(started, outcomes, strict=True):
             self._returned(running, outcome)
 

@@ -89,6 +89,9 @@ class InFlight:
         self._running: dict[UUID, Running] = {}
         self._stuck = 0  # handler threads still busy with abandoned jobs
         self._completing = 0  # jobs whose outcome waits for the completer
+        #: Jobs that run in a batch call beside its first: one call holds one thread, so
+        #: they hold no place of their own (a batch handler's jobs share their call's).
+        self._sharing = 0
         #: Jobs finished here so far (completed, failed or given up): the pace of claims.
         self.finished_total = 0
         #: Of those, the ones that may have made a job ready behind the last one claimed: a
@@ -111,14 +114,16 @@ class InFlight:
         return fresh
 
     def busy(self, claim: int) -> int:
-        """Jobs that hold a place: claimed and not yet run (or running), plus stuck threads.
+        """Jobs that hold a place: claimed and not yet run (or running), plus stuck threads;
+        the jobs of a running batch call hold one place together (a thread).
         Outcomes waiting for their completion batch hold none, up to two claims (of ``claim``
         jobs) of them, so claiming goes on while a completion is written (the pipeline never
         drains)."""
         with self.guard:
             completing = self._completing
             allowance = 2 * claim
-            return len(self._running) - completing + self._stuck + max(0, completing - allowance)
+            held = len(self._running) - completing - self._sharing
+            return held + self._stuck + max(0, completing - allowance)
 
     @property
     def limited(self) -> bool:
@@ -160,6 +165,17 @@ class InFlight:
             if timeout is not None:
                 running.deadline = running.started + timeout
             return True
+
+    def share(self, change: int) -> None:
+        """A batch call began (``change``: its jobs but one) or returned (minus as many):
+        its jobs hold its thread's one place together while it runs. Without this, a claim
+        of publish jobs held every place it took until its calls all returned at once, and
+        the producer claimed only then: claims and publishes took turns instead of
+        overlapping."""
+        with self.guard:
+            self._sharing += change
+        if change < 0:
+            self.space.set()
 
     def time_handler(self, group: Group, current: Running | None, timeout: float) -> None:
         """Only the session handler running now is timed: the others wait, or are done.

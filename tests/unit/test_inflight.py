@@ -18,6 +18,7 @@ from outbox_relay.leases import Heartbeat
 
 import outbox
 from outbox.job import Job
+from outbox.publish.target import Delivery, Message
 
 LOG = structlog.get_logger("test")
 
@@ -154,9 +155,65 @@ def test_shutdown_takes_back_what_never_started() -> None:
     assert inflight.running() == 1
 
 
-def dispatcher(inflight: InFlight, completions: Any, concurrency: int = 2) -> Dispatcher:
+def dispatcher(
+    inflight: InFlight, completions: Any, concurrency: int = 2, registry: outbox.Registry = REGISTRY
+) -> Dispatcher:
     settings = outbox.Settings(dsn="postgresql://unused", concurrency=concurrency)
-    return Dispatcher(inflight, completions, REGISTRY, None, "r:1:a", settings, LOG)  # type: ignore[arg-type]
+    return Dispatcher(inflight, completions, registry, None, "r:1:a", settings, LOG)  # type: ignore[arg-type]
+
+
+class HeldTarget:
+    """A publish target whose calls wait until released, counting the calls that began."""
+
+    extra = "none"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls: list[int] = []
+
+    def start(self, limits: object) -> None: ...
+
+    def close(self) -> None: ...
+
+    def publish(self, message: Message) -> Delivery:
+        return self.publish_many([message])[0]
+
+    def publish_many(self, messages: list[Message]) -> list[Delivery]:
+        self.calls.append(len(messages))
+        self.release.wait(5)
+        return [Delivery("delivered", "ok") for _ in messages]
+
+
+def test_the_jobs_of_a_running_batch_call_hold_one_place_together() -> None:
+    """A publish call sends up to BATCH messages from one thread: its jobs hold that thread's
+    place, not one each. Counted one each, a claim of publish jobs filled every place until
+    its calls returned together, and the producer claimed only then: claims and publishes
+    took turns instead of overlapping (JetStream: 10 to 11 thousand messages/s instead of 12
+    to 13)."""
+    target = HeldTarget()
+    registry = outbox.Registry()
+    registry.destination("events", target)
+    inflight, _ = ledger()
+    completions = Completions(inflight)
+    dispatch = dispatcher(inflight, completions, concurrency=4, registry=registry)
+    claimed = [job("publish:events", payload={"message": {"n": n}}) for n in range(250)]
+    try:
+        dispatch.dispatch(claimed)
+        assert inflight.busy(claim=500) >= 3  # no fewer than the calls, started or not
+        deadline = time.monotonic() + 5
+        while len(target.calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert sorted(target.calls) == [50, 100, 100]
+        assert inflight.busy(claim=500) == 3  # three calls, three threads
+    finally:
+        target.release.set()
+        deadline = time.monotonic() + 5
+        while len(completions.outcomes) < 250 and time.monotonic() < deadline:
+            completions.done.wait(0.05)
+        dispatch.shutdown()
+    assert all(o.succeeded for o in completions.outcomes)
+    assert inflight.busy(claim=500) == 0
+    assert inflight.alone() is True
 
 
 def test_plain_jobs_run_in_the_handler_threads_and_their_outcomes_go_to_the_completer() -> None:
