@@ -96,6 +96,23 @@ def create_engine(dsn: str, **options: Any) -> sa.Engine:
     return sa.create_engine(sqlalchemy_url(dsn), **options)
 
 
+def binary_arrays(engine: sa.Engine) -> None:
+    """Send the list parameters of ``engine``'s statements in PostgreSQL's binary array form.
+
+    psycopg sends lists as text by default, quoting and escaping each element in Python: a
+    list of 500 UUIDs took 0.6 ms to build, 0.09 ms in binary. Lists must then hold one type
+    of element (as in text, where mixed types are refused too), and an empty list or one of
+    only None needs a cast to its type in the statement. The relay's own statements (claims
+    and completions) are written that way; an application's engine is left as it is.
+    """
+    from psycopg.types.array import ListBinaryDumper
+
+    def connected(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)
+
+    sa.event.listen(engine, "connect", connected)
+
+
 def create_engine_async(dsn: str, **options: Any) -> AsyncEngine:
     from sqlalchemy.ext.asyncio import create_async_engine  # for applications that use it
 
