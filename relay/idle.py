@@ -116,12 +116,19 @@ class IdleMark:
         return float(min(most, RETRY_FIRST * 2 ** min(self._tries, 16)))
 
     def claimed(self) -> None:
-        """A claim found jobs: after BUSY_CLAIMS in a row, enqueue need not wake this relay.
-
-        A trickle (a job, then an empty claim) keeps the mark, at no cost per job."""
+        """A claim came back full: after BUSY_CLAIMS in a row (a backlog), enqueue need not
+        wake this relay."""
         self._found += 1
         if self._found >= BUSY_CLAIMS and self.held:
             self.leave()
+
+    def ran_dry(self) -> bool:
+        """A claim found jobs, fewer than it asked for: it read the queue dry. True when the
+        producer may sleep at once, as after an empty claim: the mark is confirmed, so every
+        job enqueued since notifies. False: claim again (an empty claim then calls
+        :meth:`enter`). A trickle, a job a claim, keeps the mark at no cost per job."""
+        self._found = 0
+        return self.confirmed and not self._suspect.is_set()
 
     def leave(self) -> None:
         """Give the mark up."""

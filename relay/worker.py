@@ -271,18 +271,27 @@ class Worker:
                 fruitless = 0
                 backlog = backlog or busy_queue
                 self.dispatcher.dispatch(jobs)
-                self.idle.claimed()
-                continue
-            fruitless += 1
-            next_look = 0.0  # idle: a job that must run alone may go first
+                if busy_queue:
+                    self.idle.claimed()
+                    continue
+                if not self.idle.ran_dry():
+                    continue
+                # A short claim read the queue dry, and with the idle mark confirmed every
+                # job enqueued since notifies: sleep now, as after an empty claim. At a
+                # trickle that is one claim a job, not a claim and an empty one, and the
+                # producer is not inside that empty claim when the next job's notice comes.
+                step = Step.SLEEP
+            else:
+                fruitless += 1
+                next_look = 0.0  # idle: a job that must run alone may go first
+                # Enqueue notifies only while a relay is marked idle (relay/idle.py). Newly
+                # marked, claim once more: it finds what was enqueued without a notification.
+                step = self.idle.enter()
             if backlog and self.sealer is not None:
                 # A backlog ran dry: its history is sealed now, not up to seal_interval later
                 # (G7's evidence complete sooner; at a trickle, claims are never full).
                 self.sealer.nudge(SEAL_AFTER_BACKLOG)
             backlog = False
-            # Enqueue notifies only while a relay is marked idle (relay/idle.py). Newly
-            # marked, claim once more: it finds what was enqueued without a notification.
-            step = self.idle.enter()
             if step is Step.CLAIM_AGAIN:
                 fruitless -= 1  # that claim and the next are one look, not two
                 continue
