@@ -393,7 +393,11 @@ class Worker:
         """Until the poll interval, or sooner if a scheduled job falls due before it."""
         wait = self.settings.poll_interval.total_seconds()
         try:
-            with self.engine.connect() as connection:
+            # On the claims' connections: one round trip. Through the engine's pool (a ping,
+            # BEGIN, the query, COMMIT) it took 1.7 ms at the median, and a job whose notice
+            # came meanwhile waited for it: at a trickle the producer spent a third of its
+            # time here.
+            with self.fast.connect() as connection:
                 floors = self.floors.current(self.queues) if self.floors.active else None
                 due_in = seconds_to_next_run(connection, self.queues, self._limits.types, floors)
         except sa.exc.DBAPIError:
