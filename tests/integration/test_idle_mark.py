@@ -316,48 +316,7 @@ def test_a_job_enqueued_before_the_relay_went_idle_runs_soon_after_its_commit(
             wait_for(lambda: worker.idle.confirmed, what="the mark confirmed")
 
 
-def test_an_idle_relay_keeps_its_mark_and_is_woken_at_once(db: sa.Engine, dsn: str) -> None:
-    done: list[float] = []
-    registry = outbox.Registry()
-    registry.register("a.now", lambda job: done.append(time.monotonic()))
-    with running_relay(registry, dsn, poll_interval=timedelta(seconds=30)) as worker:
-        wait_for(lambda: worker.idle.confirmed and worker.listener.connected.is_set(),
-                 what="the relay marked idle and listening")  # fmt: skip
-        for n in range(5):
-            with Session(db) as session:
-                outbox.enqueue(session, "a.now", {})
-                session.commit()
-            wait_for(lambda n=n: len(done) == n + 1, timeout=10, what=f"job {n}, not the poll")
-        assert worker.idle.held, "a trickle keeps the mark"
-
-
-def test_a_short_claim_sleeps_at_once_only_under_a_confirmed_mark(dsn: str) -> None:
-    """A claim that found fewer jobs than it asked for read the queue dry: under a confirmed
-    mark every job enqueued since notifies, so the producer may sleep without an empty claim.
-    Not before the mark is confirmed, nor once it is suspect or given up."""
-    relay = mark(dsn)
-    try:
-        assert not relay.ran_dry(), "no mark yet: claim again, then enter()"
-        assert relay.enter() is Step.CLAIM_AGAIN
-        assert relay.ran_dry()
-        for _ in range(BUSY_CLAIMS - 1):
-            relay.claimed()
-        assert relay.ran_dry(), "a short claim ends a run of full ones"
-        for _ in range(BUSY_CLAIMS - 1):
-            relay.claimed()
-        assert relay.held, "the count started again at the short claim"
-        relay.suspect()
-        assert not relay.ran_dry(), "suspect: enter() must take the mark again first"
-        assert relay.enter() is Step.CLAIM_AGAIN
-        for _ in range(BUSY_CLAIMS):
-            relay.claimed()
-        assert not relay.held
-        assert not relay.ran_dry(), "given up under a backlog"
-    finally:
-        relay.close()
-
-
-def test_a_trickle_costs_one_claim_a_job(
+def test_an_idle_relay_keeps_its_mark_and_is_woken_at_once_with_one_claim_a_job(
     db: sa.Engine, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """At a trickle each claim finds the one job that woke it, and comes back short: the
@@ -387,4 +346,31 @@ def test_a_trickle_costs_one_claim_a_job(
             wait_for(lambda n=n: len(claims) > n, timeout=10, what="the claim to return")
         assert sum(claims) == 10
         assert len(claims) <= 12, f"claims of {claims}: an empty claim after each job"
-        assert worker.idle.confirmed, "a trickle keeps the mark"
+        assert worker.idle.held, "a trickle keeps the mark"
+        assert worker.idle.confirmed
+
+
+def test_a_short_claim_sleeps_at_once_only_under_a_confirmed_mark(dsn: str) -> None:
+    """A claim that found fewer jobs than it asked for read the queue dry: under a confirmed
+    mark every job enqueued since notifies, so the producer may sleep without an empty claim.
+    Not before the mark is confirmed, nor once it is suspect or given up."""
+    relay = mark(dsn)
+    try:
+        assert not relay.ran_dry(), "no mark yet: claim again, then enter()"
+        assert relay.enter() is Step.CLAIM_AGAIN
+        assert relay.ran_dry()
+        for _ in range(BUSY_CLAIMS - 1):
+            relay.claimed()
+        assert relay.ran_dry(), "a short claim ends a run of full ones"
+        for _ in range(BUSY_CLAIMS - 1):
+            relay.claimed()
+        assert relay.held, "the count started again at the short claim"
+        relay.suspect()
+        assert not relay.ran_dry(), "suspect: enter() must take the mark again first"
+        assert relay.enter() is Step.CLAIM_AGAIN
+        for _ in range(BUSY_CLAIMS):
+            relay.claimed()
+        assert not relay.held
+        assert not relay.ran_dry(), "given up under a backlog"
+    finally:
+        relay.close()
