@@ -189,18 +189,39 @@ WHERE h.priority IS NOT NULL;
 -- next_run_at while claims start past floors (relay/floors.py): each queue is read from its
 -- floor on, not through the entries of the jobs claimed before it, which a long transaction
 -- keeps. A scheduled job more urgent than the floor's is found, once due, by ready_behind.
+-- The same walk as next_run_at, its first step taken from the floor's position.
+WITH RECURSIVE floors AS (
+    SELECT * FROM unnest(
+        CAST(:queues AS text[]), CAST(:floor_priority AS smallint[]),
+        CAST(:floor_run_at AS timestamptz[]), CAST(:floor_id AS bigint[])
+    ) AS q (queue, priority, run_at, id)
+),
+heads AS (
+    SELECT f.queue, f.priority AS floor_priority, f.run_at AS floor_run_at, f.id AS floor_id,
+           (SELECT j.priority FROM outbox_jobs AS j
+            WHERE j.state = 'pending' AND j.queue = f.queue
+              AND (j.priority, j.run_at, j.id) > (f.priority, f.run_at, f.id)
+            ORDER BY j.priority, j.run_at, j.id
+            LIMIT 1) AS priority
+    FROM floors AS f
+  UNION ALL
+    SELECT h.queue, h.floor_priority, h.floor_run_at, h.floor_id,
+           (SELECT min(j.priority) FROM outbox_jobs AS j
+            WHERE j.state = 'pending' AND j.queue = h.queue AND j.priority > h.priority)
+    FROM heads AS h
+    WHERE h.priority IS NOT NULL
+)
 SELECT extract(epoch FROM min(n.run_at) - now())
-FROM unnest(
-    CAST(:queues AS text[]), CAST(:floor_priority AS smallint[]),
-    CAST(:floor_run_at AS timestamptz[]), CAST(:floor_id AS bigint[])
-) AS q (queue, priority, run_at, id)
+FROM heads AS h
 CROSS JOIN LATERAL (
-    SELECT min(j.run_at) AS run_at
-    FROM outbox_jobs AS j
-    WHERE j.state = 'pending' AND j.queue = q.queue
-      AND (j.priority, j.run_at, j.id) > (q.priority, q.run_at, q.id)
+    SELECT j.run_at FROM outbox_jobs AS j
+    WHERE j.state = 'pending' AND j.queue = h.queue AND j.priority = h.priority
+      AND (j.priority, j.run_at, j.id) > (h.floor_priority, h.floor_run_at, h.floor_id)
       AND j.run_at > now() AND j.type = ANY(CAST(:types AS text[]))
-) AS n;
+    ORDER BY j.run_at
+    LIMIT 1
+) AS n
+WHERE h.priority IS NOT NULL;
 
 -- name: ready_head
 -- How many index entries of jobs already claimed lie before the first ready job of each of

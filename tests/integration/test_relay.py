@@ -449,7 +449,8 @@ def test_the_next_run_is_read_by_the_index_one_priority_at_a_time(db: sa.Engine)
     with many scheduled jobs a plain min(run_at) read them all (14 ms at 50,000, a
     sequential scan). Each priority's first due job is one index probe; the answer is
     the earliest of them, of the relay's types and queues only."""
-    from outbox_relay.claim import NEXT_RUN_AT, seconds_to_next_run
+    from outbox_relay.claim import NEXT_RUN_AT, NEXT_RUN_AT_PAST_FLOORS, seconds_to_next_run
+    from outbox_relay.floors import Floors
 
     now = datetime.now(UTC)
     enqueue(db, [
@@ -472,6 +473,22 @@ def test_the_next_run_is_read_by_the_index_one_priority_at_a_time(db: sa.Engine)
         assert seconds_to_next_run(conn, ["q1"], ["a.other"]) == pytest.approx(5 * 60, abs=30)
         assert seconds_to_next_run(conn, ["q4"], ["a.b"]) is None
         found = plans(conn, NEXT_RUN_AT, {"queues": ["q1", "q2"], "types": ["a.b"]})
+        # Past floors (a long snapshot pins the horizon): only what lies past each floor.
+        floors = Floors()
+        floors.turn(True)
+        floors.advance({"q1": (9, now + timedelta(hours=3), 0)})
+        past = floors.current(["q1", "q2"])
+        assert seconds_to_next_run(conn, ["q1", "q2"], ["a.b"], past) == pytest.approx(
+            40 * 60, abs=30
+        )  # priority 50 lies past q1's floor; priorities 0 and 3 of q1 lie behind it
+        floors.advance({"q1": (50, now + timedelta(hours=3), 0)})
+        past = floors.current(["q1", "q2"])
+        assert seconds_to_next_run(conn, ["q1", "q2"], ["a.b"], past) == pytest.approx(
+            50 * 60, abs=30
+        )  # q1's last job is behind its floor now; q2's floor is the lowest position
+        found += plans(
+            conn, NEXT_RUN_AT_PAST_FLOORS, {"queues": ["q1", "q2"], "types": ["a.b"], **past}
+        )
         conn.rollback()
     for plan in found:
         assert "Seq Scan on outbox_jobs" not in plan
