@@ -19,7 +19,6 @@ CLAIM = sa.text(queries["claim_batch"])
 CLAIM_ISOLATED = sa.text(queries["claim_isolated"])
 ISOLATED_READY = sa.text(queries["isolated_ready"])
 NEXT_RUN_AT = sa.text(queries["next_run_at"])
-NEXT_RUN_AT_PAST_FLOORS = sa.text(queries["next_run_at_past_floors"])
 
 
 @dataclass(frozen=True)
@@ -184,8 +183,8 @@ def seconds_to_next_run(
     """Seconds until the earliest scheduled job of ``types`` in ``queues`` falls due, on the
     database's clock (the relay's own may be off), if any is scheduled. With ``floors``
     (``Floors.current``), each queue is read past its floor."""
-    params = {"queues": list(queues), "types": list(types), **(floors or {})}
-    statement = NEXT_RUN_AT if floors is None else NEXT_RUN_AT_PAST_FLOORS
-    seconds = connection.execute(statement, params).scalar()
+    params = {"queues": list(queues), "types": list(types)}
+    params.update(floors if floors is not None else Floors().current(queues))
+    seconds = connection.execute(NEXT_RUN_AT, params).scalar()
     connection.commit()
     return None if seconds is None else float(seconds)

@@ -157,39 +157,14 @@ FROM claimed;
 -- pending rows it reads are the scheduled ones. Only of :types: a job this relay cannot
 -- claim must not wake it.
 -- Read through outbox_jobs_ready_idx (queue, priority, run_at, id), one short range per
--- priority in use: `heads` steps from each queue's lowest pending priority to the next (a
--- few index probes each), and each (queue, priority) gives its first job due after now in
--- run_at order. A plain min(run_at) over the queues read every scheduled job (a sequential
--- scan: 14 ms with 50,000 of them, at every sleep of an idle relay).
-WITH RECURSIVE heads AS (
-    SELECT q.queue,
-           (SELECT min(j.priority) FROM outbox_jobs AS j
-            WHERE j.state = 'pending' AND j.queue = q.queue) AS priority
-    FROM unnest(CAST(:queues AS text[])) AS q (queue)
-  UNION ALL
-    SELECT h.queue,
-           (SELECT min(j.priority) FROM outbox_jobs AS j
-            WHERE j.state = 'pending' AND j.queue = h.queue AND j.priority > h.priority)
-    FROM heads AS h
-    WHERE h.priority IS NOT NULL
-)
-SELECT extract(epoch FROM min(n.run_at) - now())
-FROM heads AS h
-CROSS JOIN LATERAL (
-    SELECT j.run_at FROM outbox_jobs AS j
-    WHERE j.state = 'pending' AND j.queue = h.queue AND j.priority = h.priority
-      AND j.run_at > now() AND j.type = ANY(CAST(:types AS text[]))
-    ORDER BY j.run_at
-    LIMIT 1
-) AS n
-WHERE h.priority IS NOT NULL;
-
-
--- name: next_run_at_past_floors
--- next_run_at while claims start past floors (relay/floors.py): each queue is read from its
--- floor on, not through the entries of the jobs claimed before it, which a long transaction
--- keeps. A scheduled job more urgent than the floor's is found, once due, by ready_behind.
--- The same walk as next_run_at, its first step taken from the floor's position.
+-- priority in use: `heads` steps from each queue's first pending job to the next priority
+-- (a few index probes each), and each (queue, priority) gives its first job due after now
+-- in run_at order. A plain min(run_at) over the queues read every scheduled job (a
+-- sequential scan: 14 ms with 50,000 of them, at every sleep of an idle relay).
+-- While claims start past floors (relay/floors.py), each queue is read from its floor on,
+-- not through the entries of the jobs claimed before it, which a long transaction keeps; a
+-- scheduled job more urgent than the floor's is found, once due, by ready_behind. Otherwise
+-- each floor is the lowest position, before every job.
 WITH RECURSIVE floors AS (
     SELECT * FROM unnest(
         CAST(:queues AS text[]), CAST(:floor_priority AS smallint[]),
