@@ -398,7 +398,7 @@ class Worker:
             # came meanwhile waited for it: at a trickle the producer spent a third of its
             # time here.
             with self.fast.connect() as connection:
-                floors = self.floors.current(self.queues) if self.floors.active else None
+                floors = self.floors.current(self.queues)  # the lowest positions when inactive
                 due_in = seconds_to_next_run(connection, self.queues, self._limits.types, floors)
         except sa.exc.DBAPIError:
             return wait
