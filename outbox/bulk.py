@@ -59,15 +59,21 @@ class Columns:
     def encoded(self, i: int, limit: int) -> str:
         """Job ``i``'s payload as JSON text, or the reason it is refused."""
         try:
-            return validate.encode_payload(self.payload[i], limit)
+            job_type = self.type[i]
+            noun = "message" if job_type.startswith(validate.PUBLISH_PREFIX) else "payload"
+            return validate.encode_payload(self.payload[i], limit, noun)
         except InvalidJob as exc:
             raise refused(exc, i, len(self.uuid), self.type[i]) from None
 
 
 def refused(exc: InvalidJob, i: int, n: int, job_type: object) -> InvalidJob:
-    """The same refusal, saying which job of a batch it was."""
+    """The same refusal, saying which job of a batch it was (which message, and to which
+    destination, for a publish job)."""
     if n == 1:
         return exc
+    if isinstance(job_type, str) and job_type.startswith(validate.PUBLISH_PREFIX):
+        destination = job_type.removeprefix(validate.PUBLISH_PREFIX)
+        return type(exc)(f"message {i} of {n} (destination {destination!r}): {exc}")
     return type(exc)(f"job {i} of {n} ({job_type!r}): {exc}")
 
 

@@ -14,6 +14,8 @@ from typing import Any
 from outbox.errors import InvalidJob, PayloadNotJSON, PayloadTooLarge
 
 TYPE_MAX = 128
+#: Jobs of type ``publish:<destination>`` carry a message for that destination.
+PUBLISH_PREFIX = "publish:"
 QUEUE_MAX = 64
 KEY_MAX = 255
 PRIORITY_MIN, PRIORITY_MAX = 0, 100
@@ -197,8 +199,18 @@ def _encode(payload: dict[str, Any]) -> str:
     return "".join(_encode_chunks(payload, 0))
 
 
-def encode_payload(payload: object, limit: int) -> str:
-    """The payload as compact JSON text, refused if it would not round-trip."""
+def encode_payload(payload: object, limit: int, noun: str = "payload") -> str:
+    """The payload as compact JSON text, refused if it would not round-trip. A refusal
+    speaks of the payload as ``noun`` (a publish job's payload is the caller's message)."""
+    if noun == "payload":
+        return _encode_payload(payload, limit)
+    try:
+        return _encode_payload(payload, limit)
+    except InvalidJob as exc:
+        raise type(exc)(noun + str(exc).removeprefix("payload")) from None
+
+
+def _encode_payload(payload: object, limit: int) -> str:
     if not isinstance(payload, dict):
         if not isinstance(payload, Mapping):
             kind = type(payload).__name__
@@ -291,8 +303,10 @@ def _check_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> None:
         if isinstance(item, dict):
             for k, v in item.items():
                 if type(k) is not str:
+                    kind = type(k).__name__
+                    article = "an" if kind[0] in "aeiou" else "a"
                     raise PayloadNotJSON(
-                        f"payload key {k!r} is a {type(k).__name__}; JSON object keys must be str"
+                        f"payload key {k!r} is {article} {kind}; JSON object keys must be str"
                     )
                 if isinstance(v, _CONTAINERS):
                     stack.append(v)

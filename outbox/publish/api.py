@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from outbox.enqueue import AsyncTarget, SyncTarget
 
 #: Jobs of destination ``orders`` have the type ``publish:orders``.
-TYPE_PREFIX = "publish:"
+TYPE_PREFIX = validate.PUBLISH_PREFIX
 #: Header names are HTTP tokens (RFC 9110), the strictest of the wire formats; outbox's own
 #: begin with ``outbox-`` and the webhook signature's with ``webhook-``.
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -194,11 +194,14 @@ def publish_many(
     for n, item in enumerate(given):
         if not isinstance(item, Publish):
             raise InvalidJob(
-                f"message {n}: publish_many takes outbox.publish.Publish items, "
-                f"not {type(item).__name__}"
+                f"message {n} of {len(given)}: publish_many takes outbox.publish.Publish "
+                f"items, not {type(item).__name__}"
             )
         try:
             jobs.append(item.job())
         except InvalidJob as exc:
-            raise type(exc)(f"message {n}: {exc}") from None
+            if len(given) == 1:
+                raise
+            where = f"message {n} of {len(given)} (destination {item.destination!r})"
+            raise type(exc)(f"{where}: {exc}") from None
     return enqueue_many(session, jobs, settings=settings)

@@ -148,10 +148,38 @@ def test_bad_input_is_refused_before_anything_is_written(
 def test_one_bad_message_refuses_a_whole_batch_and_says_which(db: sa.Engine) -> None:
     batch: list[Any] = [Publish("orders", 1), Publish("orders", 2, headers={"outbox-x": "y"})]
     with Session(db) as session:
-        with pytest.raises(outbox.InvalidJob, match="message 1: header 'outbox-x'"):
+        with pytest.raises(
+            outbox.InvalidJob, match=r"message 1 of 2 \(destination .orders.\): header .outbox-x."
+        ):
             outbox.publish.publish_many(session, batch)
-        with pytest.raises(outbox.InvalidJob, match="message 0: publish_many takes"):
+        with pytest.raises(outbox.InvalidJob, match="message 0 of 1: publish_many takes"):
             outbox.publish.publish_many(session, [("orders", 1)])  # type: ignore[list-item]
+        session.commit()
+    assert scalar(db, "SELECT count(*) FROM outbox_jobs") == 0
+
+
+@pytest.mark.parametrize(
+    ("message", "error", "said"),
+    [
+        ({1, 2}, outbox.PayloadNotJSON, "message is not JSON: Object of type set"),
+        ({"a": float("nan")}, outbox.PayloadNotJSON, "message is not JSON: Out of range float"),
+        ({1: "a"}, outbox.PayloadNotJSON, "message key 1 is an int; JSON object keys must be str"),
+        ({"s": "a\x00b"}, outbox.PayloadNotJSON, r"message holds a NUL character"),
+        ([-0.0], outbox.PayloadNotJSON, r"message holds -0\.0"),
+        ("\ud800", outbox.PayloadNotJSON, "message holds text that is not valid Unicode"),
+        ("x" * 2**20, outbox.PayloadTooLarge, r"message is 1048\d\d\d bytes of JSON"),
+    ],
+)
+def test_a_message_that_cannot_be_stored_is_refused_as_the_message_it_is(
+    db: sa.Engine, message: Any, error: type[Exception], said: str
+) -> None:
+    """The caller passed a message, not a payload: the refusal speaks of the message, and of
+    which message of a batch and its destination."""
+    with Session(db) as session:
+        with pytest.raises(error, match=f"^{said}"):
+            outbox.publish(session, "orders", message)
+        with pytest.raises(error, match=rf"^message 1 of 2 \(destination 'orders'\): {said}"):
+            outbox.publish.publish_many(session, [Publish("feed", 1), Publish("orders", message)])
         session.commit()
     assert scalar(db, "SELECT count(*) FROM outbox_jobs") == 0
 

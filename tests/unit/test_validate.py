@@ -325,12 +325,12 @@ def test_payload_that_is_not_a_dict_is_refused(payload: object, kind: str) -> No
 @pytest.mark.parametrize(
     ("payload", "shown"),
     [
-        ({1: "a"}, "1 is a int"),
-        ({"a": [{"b": {2: 3}}]}, "2 is a int"),
+        ({1: "a"}, "1 is an int"),
+        ({"a": [{"b": {2: 3}}]}, "2 is an int"),
         ({"a": {"b": {None: 1}}}, "None is a NoneType"),
         ({True: 1}, "True is a bool"),
         ({"a": [[{1.5: "x"}]]}, "1.5 is a float"),
-        ({"a": ({3: 4},)}, "3 is a int"),
+        ({"a": ({3: 4},)}, "3 is an int"),
     ],
 )
 def test_non_str_key_at_any_depth_is_refused(payload: dict[Any, Any], shown: str) -> None:
