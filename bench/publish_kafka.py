@@ -29,7 +29,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 import outbox
-from bench.publishing import drain, fill
+from bench.publishing import add_relay_arguments, drain, fill, relay_name, relay_options
 from outbox.database import create_engine
 from outbox.publish import Kafka, Publish
 from outbox.testing import server_dsn, temporary_database
@@ -116,7 +116,7 @@ def raw_confirmed(bootstrap: str, topic: str, messages: int, threads: int) -> fl
 
 
 def through_outbox(
-    dsn: str, bootstrap: str, topic: str, messages: int, concurrency: int | None
+    dsn: str, bootstrap: str, topic: str, messages: int, options: tuple[str, ...]
 ) -> tuple[float, float]:
     """Seconds from the relay's start until every publish job is done, and from its first
     claim to its last completion."""
@@ -124,7 +124,6 @@ def through_outbox(
     try:
         fill(engine, (Publish("bench", BODY, key=f"k{n % KEYS}") for n in range(messages)))
         env = {"OUTBOX_DSN": dsn, "BENCH_KAFKA_BOOTSTRAP": bootstrap, "BENCH_KAFKA_TOPIC": topic}
-        options = ("--concurrency", str(concurrency)) if concurrency else ()
         run = drain(engine, "bench.publish_kafka:registry", env, messages=messages, options=options)
     finally:
         engine.dispose()
@@ -150,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--brokers", type=int, default=3)
     parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument(
-        "--concurrency", type=int, default=None, help="the relay's threads (default: its own)"
-    )
+    add_relay_arguments(parser)
     args = parser.parse_args(argv)
     print("$ python -m bench.publish_kafka " + shlex.join(sys.argv[1:] if argv is None else argv))
     sys.path.insert(0, str(ROOT))
@@ -168,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         confirmed_seconds = raw_confirmed(cluster.bootstrap, raw_topic, args.messages, threads)
         with temporary_database(server_dsn(), prefix="outbox_bench") as dsn:
             elapsed, working = through_outbox(
-                dsn, cluster.bootstrap, outbox_topic, args.messages, args.concurrency
-            )
+                dsn, cluster.bootstrap, outbox_topic, args.messages,
+                relay_options(args.processes, args.concurrency),
+            )  # fmt: skip
         held = stored(cluster.bootstrap, outbox_topic, args.partitions)
     finally:
         cluster.close()
@@ -177,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         args.messages / raw_seconds, args.messages / elapsed, args.messages / working
     )  # fmt: skip
     confirmed_rate = args.messages / confirmed_seconds
-    relay = f"{args.concurrency} threads" if args.concurrency else "at its defaults"
+    relay = relay_name(args.processes, args.concurrency)
     print(
         f"{args.messages:,} messages, mock cluster of {args.brokers} brokers, "
         f"{args.partitions} partitions, idempotent producer, acks=all\n"
@@ -185,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{raw_rate:,.0f} msg/s\n"
         f"  raw producer, {threads} threads each waiting for its delivery report: "
         f"{confirmed_seconds:.2f}s = {confirmed_rate:,.0f} msg/s\n"
-        f"  outbox relay, {relay}: {elapsed:.2f}s from its start = {rate:,.0f} msg/s "
+        f"  outbox relay at {relay}: {elapsed:.2f}s from its start = {rate:,.0f} msg/s "
         f"({rate / raw_rate:.0%} of raw, {rate / confirmed_rate:.0%} of raw with {threads} "
         f"waiting threads); first claim to last completion {working:.2f}s = "
         f"{working_rate:,.0f} msg/s ({working_rate / raw_rate:.0%} of raw)\n"

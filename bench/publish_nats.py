@@ -32,7 +32,17 @@ from typing import Any
 import nats
 
 import outbox
-from bench.publishing import Drain, drain, fill, interleaved, report, wait_consumed
+from bench.publishing import (
+    Drain,
+    add_relay_arguments,
+    drain,
+    fill,
+    interleaved,
+    relay_name,
+    relay_options,
+    report,
+    wait_consumed,
+)
 from outbox.database import create_engine
 from outbox.publish import NatsJetStream, Publish
 from outbox.testing import server_dsn, temporary_database
@@ -132,7 +142,7 @@ def through_outbox(args: argparse.Namespace) -> Drain:
             env = {"OUTBOX_DSN": dsn, "BENCH_NATS_URL": args.url, "BENCH_NATS_SUBJECT": subject}
             return drain(
                 engine, "bench.publish_nats:registry", env, messages=args.messages,
-                timeout=args.timeout,
+                timeout=args.timeout, options=relay_options(args.processes, args.concurrency),
                 after=lambda: wait_consumed(feed, args.messages, args.timeout),
             )  # fmt: skip
         finally:
@@ -143,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--keys", type=int, default=0, help="distinct keys (0: none)")
+    add_relay_arguments(parser)
     parser.add_argument("--url", default="nats://127.0.0.1:4222")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument(
@@ -152,9 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     print("$ python -m bench.publish_nats " + shlex.join(sys.argv[1:] if argv is None else argv))
     runs = interleaved(args.rounds, lambda: raw(args), lambda: through_outbox(args))
     keys = f"{args.keys} keys" if args.keys else "no keys"
-    return report(
-        runs, args.messages, "nats-py, publish_async, all PubAcks", f"its defaults ({keys})"
-    )
+    relay = relay_name(args.processes, args.concurrency)
+    return report(runs, args.messages, "nats-py, publish_async, all PubAcks", f"{relay} ({keys})")
 
 
 if __name__ == "__main__":

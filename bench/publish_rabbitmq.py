@@ -36,7 +36,17 @@ import aio_pika
 from aiormq import spec
 
 import outbox
-from bench.publishing import Drain, drain, fill, interleaved, report, wait_consumed
+from bench.publishing import (
+    Drain,
+    add_relay_arguments,
+    drain,
+    fill,
+    interleaved,
+    relay_name,
+    relay_options,
+    report,
+    wait_consumed,
+)
 from outbox.database import create_engine
 from outbox.publish import Publish, RabbitMQ
 from outbox.testing import server_dsn, temporary_database
@@ -149,7 +159,7 @@ def through_outbox(args: argparse.Namespace) -> Drain:
             ))  # fmt: skip
             env = {"OUTBOX_DSN": dsn, "BENCH_RABBITMQ_URL": args.url,
                    "BENCH_RABBITMQ_QUEUE": feed.name}  # fmt: skip
-            options = ("--concurrency", str(args.concurrency)) if args.concurrency else ()
+            options = relay_options(args.processes, args.concurrency)
             return drain(
                 engine, "bench.publish_rabbitmq:registry", env, messages=args.messages,
                 timeout=args.timeout, options=options,
@@ -163,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--keys", type=int, default=0, help="distinct keys (0: none)")
-    parser.add_argument(
-        "--concurrency", type=int, default=None, help="the relay's threads (default: its own)"
-    )
+    add_relay_arguments(parser)
     parser.add_argument(
         "--window", type=int, default=1000, help="the raw client's messages in flight"
     )
@@ -180,10 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs = interleaved(args.rounds, lambda: raw(args), lambda: through_outbox(args))
     keys = f"{args.keys} keys" if args.keys else "no keys"
-    threads = f"{args.concurrency} threads" if args.concurrency else "its defaults"
     return report(
         runs, args.messages, f"aio-pika (aiormq channel), {args.window} in flight, all confirms",
-        f"{threads} ({keys})",
+        f"{relay_name(args.processes, args.concurrency)} ({keys})",
     )  # fmt: skip
 
 

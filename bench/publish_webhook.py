@@ -1,17 +1,19 @@
 """Webhook publish throughput: a raw HTTP client beside outbox, to the same local receiver.
 
-    python -m bench.publish_webhook [--messages 20000] [--concurrency 64]
+    python -m bench.publish_webhook [--messages 20000] [--rounds 3] [--in-flight 64]
+                                    [--processes 1] [--concurrency N]
                                     [--receiver asyncio|uvicorn] [--receivers 1]
 
 The receiver, a no-op consumer answering 204 to every POST, runs in processes of its own on
 127.0.0.1: by default a minimal HTTP/1.1 server on asyncio's protocols (the fastest here:
 uvicorn with h11 answered about 2,000 requests/s on this machine, less than the client
-sends), or ``--receiver uvicorn``, a minimal ASGI app. (a) raw: the target's HTTP client
-alone on one event loop, ``--concurrency`` requests in flight over as many keep-alive
-connections, no signing: the limit. (b) outbox: N publish jobs
-enqueued with ``publish_many`` (not timed), then ``outbox relay`` at its defaults with one
-``Webhook`` destination, timed from the relay's start until every job is done, and again
-from its first claim to its last completion as history dates them. Prints both rates and
+sends), or ``--receiver uvicorn``, a minimal ASGI app. Each round runs (a) raw: the
+target's HTTP client alone on one event loop, ``--in-flight`` requests in flight over as
+many keep-alive connections, no signing: the limit; then (b) outbox: N publish jobs
+enqueued with ``publish_many`` (not timed), then ``outbox relay`` at its defaults (or with
+``--processes`` and ``--concurrency``) with one ``Webhook`` destination, timed from the
+relay's start until every job is done, and again from its first claim to its last
+completion as history dates them. Prints the medians of the rounds with min and max, and
 the ratio. Uses OUTBOX_DSN, else 127.0.0.1:5432, else the embedded server, in a database of
 its own.
 """
@@ -34,7 +36,16 @@ from typing import Any
 import sqlalchemy as sa
 
 import outbox
-from bench.publishing import drain, fill
+from bench.publishing import (
+    Drain,
+    add_relay_arguments,
+    drain,
+    fill,
+    interleaved,
+    relay_name,
+    relay_options,
+    report,
+)
 from outbox.database import create_engine
 from outbox.publish import Publish, Webhook
 from outbox.testing import server_dsn, temporary_database
@@ -152,33 +163,39 @@ def raw(port: int, messages: int, concurrency: int) -> float:
     return asyncio.run(run())
 
 
-def through_outbox(url: str, messages: int, timeout: float) -> tuple[float, float]:
-    """Seconds from the relay's start until all is delivered, and from first claim to last
-    completion."""
+def through_outbox(url: str, args: argparse.Namespace) -> Drain:
+    """The relay's drain of the same messages, signed: from its start until all is
+    delivered, and from its first claim to its last completion."""
     with temporary_database(server_dsn(), prefix="outbox_bench") as dsn:
         engine = create_engine(dsn, poolclass=sa.NullPool)
         body = {"transfer_id": 12345, "amount": "10.50", "currency": "EUR"}
         try:
-            fill(engine, (Publish("bench", body, event="transfer.posted") for _ in range(messages)))
-            run = drain(
+            fill(engine, (
+                Publish("bench", body, event="transfer.posted") for _ in range(args.messages)
+            ))  # fmt: skip
+            return drain(
                 engine, "bench.publish_webhook:registry",
-                {"OUTBOX_DSN": dsn, "BENCH_WEBHOOK_URL": url}, messages=messages, timeout=timeout,
+                {"OUTBOX_DSN": dsn, "BENCH_WEBHOOK_URL": url}, messages=args.messages,
+                timeout=args.timeout, options=relay_options(args.processes, args.concurrency),
             )  # fmt: skip
         finally:
             engine.dispose()
-    return run.elapsed, run.working
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument(
-        "--concurrency", type=int, default=64, help="raw requests in flight at once"
+        "--in-flight", type=int, default=64, help="the raw client's requests in flight at once"
     )
+    add_relay_arguments(parser)
     parser.add_argument("--receiver", choices=["asyncio", "uvicorn"], default="asyncio")
     parser.add_argument("--receivers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of raw then outbox, back to back"
+    )
     args = parser.parse_args(argv)
     if args.serve:
         asyncio.run(serve_noop(args.serve))
@@ -188,28 +205,20 @@ def main(argv: list[str] | None = None) -> int:
     server = serve(port, args.receiver, args.receivers)
     try:
         target = f"http://127.0.0.1:{port}/hooks"
-        limit = raw(port, args.messages, args.concurrency)
-        elapsed, working = through_outbox(target, args.messages, args.timeout)
+        runs = interleaved(
+            args.rounds,
+            lambda: raw(port, args.messages, args.in_flight),
+            lambda: through_outbox(target, args),
+        )
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
-    n = args.messages
-    raw_rate, rate, working_rate = n / limit, n / elapsed, n / working
-    print(
-        f"raw, the same HTTP client, {args.concurrency} in flight, keep-alive, unsigned: "
-        f"{limit:.2f}s = "
-        f"{raw_rate:,.0f} requests/s"
-    )
-    print(
-        f"outbox relay (defaults), signed, history on: {elapsed:.2f}s = {rate:,.0f} "
-        f"deliveries/s from the relay's start; first claim to last completion "
-        f"{working:.2f}s = {working_rate:,.0f}/s"
-    )
-    print(
-        f"outbox / raw: {rate / raw_rate:.0%} from the start, {working_rate / raw_rate:.0%} "
-        f"first claim to last completion ({n:,} messages, {args.receiver} receiver)"
-    )
-    return 0
+    return report(
+        runs, args.messages,
+        f"aiohttp, the target's client, {args.in_flight} in flight, keep-alive, unsigned",
+        f"{relay_name(args.processes, args.concurrency)}, signed, history on "
+        f"({args.receiver} receiver)",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

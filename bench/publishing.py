@@ -8,6 +8,7 @@ from its first claim to its last completion (history's own times).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import signal
@@ -116,6 +117,35 @@ def drain(
         relay.send_signal(signal.SIGTERM)
         code = relay.wait(60)
     return Drain(elapsed, working, code)
+
+
+def relay_options(processes: int = 1, concurrency: int | None = None) -> tuple[str, ...]:
+    """The relay's options for ``--processes`` and ``--concurrency`` as a run asks: none
+    at the relay's defaults (one process, its own thread count)."""
+    options: list[str] = []
+    if concurrency:
+        options += ["--concurrency", str(concurrency)]
+    if processes != 1:
+        options += ["--processes", str(processes)]
+    return tuple(options)
+
+
+def relay_name(processes: int = 1, concurrency: int | None = None) -> str:
+    """How a report names the relay those options run: "its defaults" when none are set."""
+    parts = [f"{concurrency} threads"] if concurrency else []
+    if processes != 1:
+        parts.append(f"{processes} processes")
+    return ", ".join(parts) or "its defaults"
+
+
+def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--processes`` and ``--concurrency``, the relay's own options, for a publish bench."""
+    parser.add_argument(
+        "--processes", type=int, default=1, help="relay processes (default: 1, the relay's own)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="the relay's threads (default: its own)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
