@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# pip compiles what it installs, but not an editable install's own sources: compile them
+	@# now, or with PYTHONDONTWRITEBYTECODE set every process would compile them at its start.
+	$(BIN)/python -m compileall -q outbox relay
 	@touch $(STAMP)
 
 demo: $(STAMP)

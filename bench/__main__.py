@@ -53,6 +53,7 @@ from typing import Any
 
 import psycopg
 
+from bench import compile_sources
 from bench.table import (
     BASELINE,
     DASH,
@@ -561,6 +562,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    compile_sources()  # outbox's as the peers' are: pip compiled theirs at install
     command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     sizes = Sizes.of(args.quick)
     peer_python = None if args.plan else peers_python(args)

@@ -50,7 +50,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import outbox
-from bench import latency
+from bench import compile_sources, latency
 from bench.enqueue import timed_clients
 from bench.relay import UNSEALED, fill
 from outbox import distribution
@@ -126,6 +126,7 @@ def relay(dsn: str, app: str, args: argparse.Namespace) -> Iterator[Relay]:
                "--processes", str(args.processes), "--metrics-addr", "off",
                "--log-level", "warning"]  # fmt: skip
     env = relay_env(dsn, args)
+    compile_sources()
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env=env)
     sampler = RssSampler(process.pid)

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import outbox
+from bench import compile_sources
 from outbox.publish import Publish
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +87,7 @@ def drain(
     """Run ``outbox relay --app app`` until every job is done; refuse a run where any ended
     dead or fewer than ``messages`` succeeded. ``after`` runs before the relay stops (waiting
     for a consumer to count the last messages, say)."""
+    compile_sources()
     relay = subprocess.Popen(
         [sys.executable, "-m", "outbox", "relay", "--app", app, "--log-level", "warning",
          "--metrics-addr", "off", *options],

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import outbox
+from bench import compile_sources
 from outbox.database import create_engine
 from outbox.testing import server_dsn, temporary_database
 
@@ -84,6 +85,7 @@ def drain(
         "OUTBOX_SEAL_INTERVAL": "1s" if seal else "0",
         "OUTBOX_DSN": dsn,  # never on a command line: it may hold a password
     }
+    compile_sources()
     relay = subprocess.Popen(
         [sys.executable, "-m", "outbox", "relay", "--app", "bench.noop:registry",
          "--processes", str(args.processes), "--concurrency", str(args.concurrency),
