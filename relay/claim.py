@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -188,3 +189,11 @@ def seconds_to_next_run(
     seconds = connection.execute(NEXT_RUN_AT, params).scalar()
     connection.commit()
     return None if seconds is None else float(seconds)
+
+
+def filled_a_room(jobs: Sequence[Job], queues: Sequence[str], rooms: Sequence[int]) -> bool:
+    """Whether a claim asked of ``queues`` with per-queue ``rooms`` took all of some queue's
+    room: that queue may hold more, so the claim did not read the queues dry, however short
+    it came back."""
+    taken = Counter(job.queue for job in jobs)
+    return any(taken[queue] >= room for queue, room in zip(queues, rooms, strict=True))

@@ -36,6 +36,7 @@ from .claim import (
     AttemptLimits,
     claim_isolated,
     claim_past,
+    filled_a_room,
     fruitless_pause,
     isolated_ready,
     seconds_to_next_run,
@@ -280,6 +281,10 @@ class Worker:
                 self.dispatcher.dispatch(jobs)
                 if busy_queue:
                     self.idle.claimed()
+                    continue
+                if rooms is not None and filled_a_room(jobs, queues, rooms):
+                    # Short only because a queue took all of its room: more of it may wait,
+                    # and a place of it that came free during the claim wakes no one.
                     continue
                 if not self.idle.ran_dry():
                     continue

@@ -374,3 +374,53 @@ def test_a_short_claim_sleeps_at_once_only_under_a_confirmed_mark(dsn: str) -> N
         assert not relay.ran_dry(), "given up under a backlog"
     finally:
         relay.close()
+
+
+def test_a_claim_short_only_because_a_queue_had_little_room_claims_again(
+    dsn: str, db: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With per-queue limits a claim asks each queue for its free room: one that took all
+    of its room may have more waiting, so the claim did not read the queues dry, however
+    short it came back. A place that came free meanwhile (not from full, so no wake-up)
+    is claimed at once, not after the poll interval."""
+    gates = [threading.Event() for _ in range(6)]
+    started: list[int] = []
+    registry = outbox.Registry()
+
+    @registry.handler("one.job", queue="one")
+    def one(job: outbox.Job) -> None:
+        started.append(job.payload["n"])
+        gates[job.payload["n"]].wait(30)
+
+    registry.register("two.job", lambda job: None, queue="two")
+    with Session(db) as session:
+        for n in range(6):
+            outbox.enqueue(session, "one.job", {"n": n}, queue="one")
+        session.commit()
+    with running_relay(
+        registry, dsn, queue_limits={"one": 2, "two": 2}, poll_interval=timedelta(seconds=30)
+    ) as worker:
+        try:
+            wait_for(lambda: len(started) == 2 and worker.idle.confirmed,
+                     what="queue one full, the relay marked idle")  # fmt: skip
+            claim = worker._claim
+            armed = threading.Event()
+
+            def freeing_a_place_meanwhile(
+                limit: int, queues: list[str], rooms: list[int] | None
+            ) -> list[outbox.Job]:
+                if armed.is_set() and "one" in queues:
+                    armed.clear()
+                    gates[1].set()  # queue one: 1 running -> 0, not from full: no wake-up
+                    wait_for(lambda: (worker.inflight.rooms() or {}).get("one") == 2,
+                             what="job 1 to end")  # fmt: skip
+                return claim(limit, queues, rooms)
+
+            monkeypatch.setattr(worker, "_claim", freeing_a_place_meanwhile)
+            armed.set()
+            gates[0].set()  # queue one: 2 running -> 1, from full: wakes the producer
+            wait_for(lambda: len(started) == 4, timeout=10,
+                     what="queue one's free places taken, not after the poll")  # fmt: skip
+        finally:
+            for gate in gates:  # before the relay stops, which waits for its handlers
+                gate.set()
