@@ -72,9 +72,15 @@ def refused(exc: InvalidJob, i: int, n: int, job_type: object) -> InvalidJob:
     if n == 1:
         return exc
     if isinstance(job_type, str) and job_type.startswith(validate.PUBLISH_PREFIX):
-        destination = job_type.removeprefix(validate.PUBLISH_PREFIX)
-        return type(exc)(f"message {i} of {n} (destination {destination!r}): {exc}")
+        return message_refused(exc, i, n, job_type.removeprefix(validate.PUBLISH_PREFIX))
     return type(exc)(f"job {i} of {n} ({job_type!r}): {exc}")
+
+
+def message_refused(exc: InvalidJob, i: int, n: int, destination: object) -> InvalidJob:
+    """The same refusal, saying which message of a batch it was and its destination."""
+    if n == 1:
+        return exc
+    return type(exc)(f"message {i} of {n} (destination {destination!r}): {exc}")
 
 
 def prepare_params(batch: Columns, lock_class: int, retention: timedelta) -> dict[str, Any]:

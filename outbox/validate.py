@@ -202,11 +202,11 @@ def _encode(payload: dict[str, Any]) -> str:
 def encode_payload(payload: object, limit: int, noun: str = "payload") -> str:
     """The payload as compact JSON text, refused if it would not round-trip. A refusal
     speaks of the payload as ``noun`` (a publish job's payload is the caller's message)."""
-    if noun == "payload":
-        return _encode_payload(payload, limit)
     try:
         return _encode_payload(payload, limit)
     except InvalidJob as exc:
+        if noun == "payload":
+            raise
         raise type(exc)(noun + str(exc).removeprefix("payload")) from None
 
 

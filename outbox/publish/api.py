@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, overload
 
 from outbox import validate
+from outbox.bulk import message_refused
 from outbox.enqueue import Enqueued, NewJob, enqueue_many, listed
 from outbox.errors import InvalidJob
 from outbox.settings import Settings
@@ -200,8 +201,5 @@ def publish_many(
         try:
             jobs.append(item.job())
         except InvalidJob as exc:
-            if len(given) == 1:
-                raise
-            where = f"message {n} of {len(given)} (destination {item.destination!r})"
-            raise type(exc)(f"{where}: {exc}") from None
+            raise message_refused(exc, n, len(given), item.destination) from None
     return enqueue_many(session, jobs, settings=settings)
