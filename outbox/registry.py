@@ -52,6 +52,8 @@ class Handler:
     #: Runs many jobs of this type in one call, one answer each (a destination whose target
     #: publishes in batches): the relay hands it the type's jobs of a claim together.
     batch: Callable[[Sequence[Job]], list[Any]] | None = None
+    #: The most jobs :attr:`batch` takes in one call (the target's ``batch_size``).
+    batch_size: int = 100
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before the next attempt, after ``attempt`` failed."""
@@ -229,14 +231,16 @@ class Registry:
             )
         if name in self._destinations:
             raise DuplicateHandler(f"destination {name!r} is already declared")
+        batched = callable(getattr(target, "publish_many", None))
+        size = _batch_size(name, target) if batched else None
         declared = Destination(name, target)
         handler = self.register(
             type, declared.deliver, queue=queue, max_attempts=max_attempts, timeout=timeout,
             retry=retry,
         )  # fmt: skip
-        if callable(getattr(target, "publish_many", None)):
+        if size is not None:
             handler = self._handlers[type] = dataclasses.replace(
-                handler, batch=declared.deliver_many
+                handler, batch=declared.deliver_many, batch_size=size
             )
         self._destinations[name] = declared
         return handler
@@ -372,3 +376,16 @@ __all__ = [
     "error_frames",
     "redact_messages",
 ]
+
+
+def _batch_size(name: str, target: object) -> int:
+    """The most messages ``target`` takes in one ``publish_many`` call."""
+    from outbox.publish.target import BATCH
+
+    size = getattr(target, "batch_size", BATCH)
+    if builtins.type(size) is not int or size < 1:
+        raise RegistryError(
+            f"destination {name!r}: {target!r} has batch_size {size!r}; it must be an int "
+            "of at least 1 (the most messages one publish_many call takes)"
+        )
+    return size

@@ -17,7 +17,6 @@ import sqlalchemy as sa
 import structlog
 
 from outbox.job import Job
-from outbox.publish.target import BATCH
 from outbox.registry import Handler, Registry
 from outbox.settings import Settings
 
@@ -68,6 +67,7 @@ class Dispatcher:
         group: list[Running] = []
         plain: list[Running] = []
         batches: dict[str, list[Running]] = {}
+        batch_sizes: dict[str, int] = {}
         for running in self._inflight.add(jobs, self._registry):
             if running.handler is None:
                 self._inflight.complete_later(running)
@@ -76,13 +76,16 @@ class Dispatcher:
                 group.append(running)
             elif running.handler.batch is not None:
                 batches.setdefault(running.handler.type, []).append(running)
+                batch_sizes[running.handler.type] = running.handler.batch_size
             else:
                 plain.append(running)
         # A batch handler (a destination that publishes in batches) takes its type's jobs of
-        # the claim together, up to BATCH a call: sent at once, confirmed together.
-        for same in batches.values():
-            for start in range(0, len(same), BATCH):
-                chunk = same[start : start + BATCH]
+        # the claim together, up to its target's batch_size a call: sent at once, confirmed
+        # together.
+        for type_, same in batches.items():
+            size = batch_sizes[type_]
+            for start in range(0, len(same), size):
+                chunk = same[start : start + size]
                 future = self._submit(self._run_batch, chunk, chunk)
                 for member in chunk:
                     member.future = future

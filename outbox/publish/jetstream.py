@@ -32,6 +32,7 @@ import structlog
 from outbox.errors import ConfigurationError
 from outbox.publish.loop import LoopThread
 from outbox.publish.target import (
+    CLAIM_SIZED,
     Delivery,
     Limits,
     Message,
@@ -115,6 +116,7 @@ class NatsJetStream:
     """
 
     extra = "nats"
+    batch_size = CLAIM_SIZED
 
     def __init__(self, url: str, subject: str, *, timeout: float = 5.0, **options: Any) -> None:
         try:

@@ -28,6 +28,7 @@ import structlog
 
 from outbox.errors import ConfigurationError
 from outbox.publish.target import (
+    CLAIM_SIZED,
     ID_HEADER,
     Delivery,
     Limits,
@@ -95,6 +96,7 @@ class Kafka:
     """
 
     extra = "kafka"
+    batch_size = CLAIM_SIZED
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ import structlog
 from outbox.errors import ConfigurationError
 from outbox.publish.loop import LoopThread
 from outbox.publish.target import (
+    CLAIM_SIZED,
     Delivery,
     Limits,
     Message,
@@ -61,6 +62,7 @@ class RabbitMQ:
     """
 
     extra = "rabbitmq"
+    batch_size = CLAIM_SIZED
 
     def __init__(
         self,

@@ -7,8 +7,9 @@ confirms, JetStream acks and Kafka deliveries are awaited together, never one bl
 trip per message while others wait behind it.
 
 A target may also offer ``publish_many(messages) -> list[Delivery | Exception]``: the relay
-then hands it the destination's messages of a claim together (at most :data:`BATCH`), and the
-target sends them all before it waits for their confirmations. Each message's answer is at
+then hands it the destination's messages of a claim together (at most the target's
+``batch_size``, :data:`BATCH` where it has none), and the target sends them all before it
+waits for their confirmations. Each message's answer is at
 its position: a :class:`Delivery`, or the exception :meth:`Target.publish` would have raised.
 Messages of one key are never in one call together (a claim takes the head of each key only),
 so sending a call's messages at once keeps per-key order (G4).
@@ -24,8 +25,13 @@ from uuid import UUID
 
 from outbox.errors import ConfigurationError, OutboxError
 
-#: The most messages the relay hands ``publish_many`` at once.
+#: The most messages the relay hands ``publish_many`` at once, for a target without a
+#: ``batch_size`` of its own.
 BATCH = 100
+#: The ``batch_size`` of the brokers' targets: a claim's messages of one destination in one
+#: call (a claim takes at most 500), each call one hand-over to the client and one wait for
+#: its confirms, reports or acks.
+CLAIM_SIZED = 500
 #: Header names outbox sets on every message beside the user's.
 KEY_HEADER, EVENT_HEADER, ID_HEADER = "outbox-key", "outbox-event", "outbox-id"
 
@@ -132,6 +138,7 @@ def missing_extra(extra: str, module: str) -> ConfigurationError:
 
 __all__ = [
     "BATCH",
+    "CLAIM_SIZED",
     "EVENT_HEADER",
     "ID_HEADER",
     "KEY_HEADER",

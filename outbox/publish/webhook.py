@@ -43,6 +43,7 @@ from outbox.publish.signing import (
     signature,
 )
 from outbox.publish.target import (
+    BATCH,
     Delivery,
     Limits,
     Message,
@@ -141,6 +142,11 @@ class Webhook:
     """
 
     extra = "webhooks"
+    #: Calls of 100 messages, not a claim's 500: a call holds one handler thread, and each
+    #: request's timeout includes its wait for one of the pool's 64 connections; calls five
+    #: times larger would queue five times as many requests at a slow endpoint, timing out
+    #: requests that only waited.
+    batch_size = BATCH
 
     def __init__(
         self,

@@ -350,3 +350,23 @@ def test_a_target_that_publishes_in_batches_gets_a_claims_messages_together(
         numbers = [int(b.split(b":")[1].rstrip(b"}")) for b in sent]
         assert numbers == sorted(numbers)
         assert len(numbers) == 40
+
+
+class SizedBatchRecorder(BatchRecorder):
+    """A batch target that takes at most seven messages a call."""
+
+    batch_size = 7
+
+
+def test_a_batch_target_gets_calls_of_its_own_batch_size(db: sa.Engine, dsn: str) -> None:
+    target = SizedBatchRecorder()
+    with Session(db) as session:
+        handles = outbox.publish.publish_many(
+            session, [Publish("orders", {"n": n}) for n in range(200)]
+        )
+        session.commit()
+    with running_relay(registry_for(target), dsn):
+        wait_for(lambda: len(target.messages) == 200, 30, "every message")
+        wait_for(lambda: scalar(db, "SELECT count(*) FROM outbox_jobs") == 0, 10, "completions")
+    assert max(target.calls) == 7  # a claim's messages in calls of seven at most
+    assert sorted(m.uuid for m in target.messages) == sorted(h.uuid for h in handles)

@@ -325,3 +325,59 @@ def test_a_destination_given_a_target_class_instead_of_a_target_is_refused() -> 
 
     with pytest.raises(outbox.RegistryError, match="is a class; give a target built from it"):
         outbox.Registry().destination("orders", Webhook)  # type: ignore[arg-type]
+
+
+class _BatchTarget:
+    """A target that publishes in batches, of ``batch_size`` messages a call where given."""
+
+    extra = "none"
+
+    def __init__(self, **size: object) -> None:
+        self.__dict__.update(size)
+
+    def start(self, limits: object) -> None: ...
+
+    def publish(self, message: object) -> object: ...
+
+    def publish_many(self, messages: list[object]) -> list[object]:
+        return []
+
+    def close(self) -> None: ...
+
+
+def test_a_batch_target_takes_its_own_batch_size_or_the_default() -> None:
+    from outbox.publish.target import BATCH
+
+    registry = outbox.Registry()
+    assert registry.destination("a", _BatchTarget()).batch_size == BATCH  # type: ignore[arg-type]
+    sized = registry.destination("b", _BatchTarget(batch_size=7))  # type: ignore[arg-type]
+    assert sized.batch_size == 7
+    assert sized.batch is not None
+
+
+def test_the_brokers_take_a_claims_messages_in_one_call_and_webhooks_a_hundred() -> None:
+    from outbox.publish import Kafka, NatsJetStream, RabbitMQ, Webhook
+    from outbox.publish.target import CLAIM_SIZED
+
+    registry = outbox.Registry()
+    targets = {
+        "rabbit": RabbitMQ("amqp://guest:guest@127.0.0.1:5672/", routing_key="q"),
+        "nats": NatsJetStream("nats://127.0.0.1:4222", "orders"),
+        "kafka": Kafka("127.0.0.1:9092", topic="orders"),
+        "hooks": Webhook("https://example.com/hook", secret="whsec_" + "MTIzNDU2Nzg5MDEyMzQ1Ng=="),
+    }
+    sizes = {name: registry.destination(name, t).batch_size for name, t in targets.items()}
+    assert sizes == {"rabbit": CLAIM_SIZED, "nats": CLAIM_SIZED, "kafka": CLAIM_SIZED,
+                     "hooks": 100}  # fmt: skip
+    assert CLAIM_SIZED == 500  # a claim's most jobs (OUTBOX_CLAIM_BATCH's default)
+
+
+@pytest.mark.parametrize("size", [0, -1, "500", True, 2.5, None])
+def test_a_batch_size_that_is_not_a_positive_int_is_refused_naming_the_destination(
+    size: object,
+) -> None:
+    registry = outbox.Registry()
+    with pytest.raises(RegistryError, match=r"^destination 'orders': .* has batch_size "):
+        registry.destination("orders", _BatchTarget(batch_size=size))  # type: ignore[arg-type]
+    assert "orders" not in registry.destinations
+    assert registry.get("publish:orders") is None
