@@ -367,17 +367,6 @@ def _chain(exc: BaseException) -> list[tuple[str, BaseException]]:
     return [("", oldest[1]), *rest]
 
 
-__all__ = [
-    "DEFAULT_RETRY",
-    "ErrorRedactor",
-    "Handler",
-    "HandlerFunc",
-    "Registry",
-    "error_frames",
-    "redact_messages",
-]
-
-
 def _batch_size(name: str, target: object) -> int:
     """The most messages ``target`` takes in one ``publish_many`` call."""
     from outbox.publish.target import BATCH
@@ -389,3 +378,14 @@ def _batch_size(name: str, target: object) -> int:
             "of at least 1 (the most messages one publish_many call takes)"
         )
     return size
+
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "ErrorRedactor",
+    "Handler",
+    "HandlerFunc",
+    "Registry",
+    "error_frames",
+    "redact_messages",
+]

@@ -9,8 +9,8 @@ trip per message while others wait behind it.
 A target may also offer ``publish_many(messages) -> list[Delivery | Exception]``: the relay
 then hands it the destination's messages of a claim together (at most the target's
 ``batch_size``, :data:`BATCH` where it has none), and the target sends them all before it
-waits for their confirmations. Each message's answer is at
-its position: a :class:`Delivery`, or the exception :meth:`Target.publish` would have raised.
+waits for their confirmations. Each message's answer is at its position: a
+:class:`Delivery`, or the exception :meth:`Target.publish` would have raised.
 Messages of one key are never in one call together (a claim takes the head of each key only),
 so sending a call's messages at once keeps per-key order (G4).
 """
