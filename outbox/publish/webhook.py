@@ -142,10 +142,10 @@ class Webhook:
     """
 
     extra = "webhooks"
-    #: Calls of 100 messages, not a claim's 500: a call holds one handler thread, and each
-    #: request's timeout includes its wait for one of the pool's 64 connections; calls five
-    #: times larger would queue five times as many requests at a slow endpoint, timing out
-    #: requests that only waited.
+    #: Calls of 100 messages, not a claim's 500: a call holds one handler thread while its
+    #: requests share the pool's 64 connections, so calls five times larger put five times
+    #: as many requests in flight (16 calls of 500: 8,000). At a slow endpoint a call would
+    #: then outlast the handler timeout, and its jobs be retried while their requests are out.
     batch_size = BATCH
 
     def __init__(
