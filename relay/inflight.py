@@ -171,11 +171,11 @@ class InFlight:
         its jobs hold its thread's one place together while it runs. Without this, a claim
         of publish jobs held every place it took until its calls all returned at once, and
         the producer claimed only then: claims and publishes took turns instead of
-        overlapping."""
+        overlapping. A call that begins frees its jobs' places but one, so the producer
+        waiting for room hears of it then, not when some call returns."""
         with self.guard:
             self._sharing += change
-        if change < 0:
-            self.space.set()
+        self.space.set()
 
     def time_handler(self, group: Group, current: Running | None, timeout: float) -> None:
         """Only the session handler running now is timed: the others wait, or are done.

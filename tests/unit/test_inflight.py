@@ -216,6 +216,43 @@ def test_the_jobs_of_a_running_batch_call_hold_one_place_together() -> None:
     assert inflight.alone() is True
 
 
+class ClaimSizedTarget(HeldTarget):
+    """A held target that takes a claim's messages in one call, as the brokers' do."""
+
+    batch_size = 500
+
+
+def test_a_batch_call_that_begins_wakes_the_producer_waiting_for_room() -> None:
+    """A claim of 500 publish jobs holds 500 places until its call begins, then one: the
+    producer, waiting for room meanwhile, must hear of it then. Woken only when a call
+    returned, it claimed again only after each call's confirms: claims and publishes took
+    turns."""
+    target = ClaimSizedTarget()
+    registry = outbox.Registry()
+    registry.destination("events", target)
+    inflight, _ = ledger()
+    completions = Completions(inflight)
+    dispatch = dispatcher(inflight, completions, concurrency=4, registry=registry)
+    claimed = [job("publish:events", payload={"message": {"n": n}}) for n in range(500)]
+    try:
+        inflight.space.clear()  # the producer found no room and waits on this
+        dispatch.dispatch(claimed)
+        deadline = time.monotonic() + 5
+        while not target.calls and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert target.calls == [500]
+        assert inflight.space.wait(2)  # woken while the call is out, not when it returns
+        assert inflight.busy(claim=500) == 1
+        assert not completions.outcomes
+    finally:
+        target.release.set()
+        deadline = time.monotonic() + 5
+        while len(completions.outcomes) < 500 and time.monotonic() < deadline:
+            completions.done.wait(0.05)
+        dispatch.shutdown()
+    assert all(o.succeeded for o in completions.outcomes)
+
+
 def test_plain_jobs_run_in_the_handler_threads_and_their_outcomes_go_to_the_completer() -> None:
     inflight, _ = ledger()
     completions = Completions(inflight)
