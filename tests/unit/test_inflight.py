@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gc
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -184,36 +187,58 @@ class HeldTarget:
         return [Delivery("delivered", "ok") for _ in messages]
 
 
+@dataclasses.dataclass
+class Publishing:
+    """A dispatcher over one destination whose target holds its calls, and a claim of
+    ``count`` publish jobs for it, not yet dispatched."""
+
+    target: HeldTarget
+    inflight: InFlight
+    completions: Completions
+    dispatch: Dispatcher
+    claimed: list[Job]
+
+
+@contextlib.contextmanager
+def publishing(target: HeldTarget, count: int) -> Iterator[Publishing]:
+    """Releases the target's calls at the end and waits for every outcome."""
+    registry = outbox.Registry()
+    registry.destination("events", target)
+    inflight, _ = ledger()
+    completions = Completions(inflight)
+    dispatch = dispatcher(inflight, completions, concurrency=4, registry=registry)
+    claimed = [job("publish:events", payload={"message": {"n": n}}) for n in range(count)]
+    try:
+        yield Publishing(target, inflight, completions, dispatch, claimed)
+    finally:
+        target.release.set()
+        deadline = time.monotonic() + 5
+        while len(completions.outcomes) < count and time.monotonic() < deadline:
+            completions.done.wait(0.05)
+        dispatch.shutdown()
+    assert all(o.succeeded for o in completions.outcomes)
+
+
+def calls_begun(target: HeldTarget, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(target.calls) < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def test_the_jobs_of_a_running_batch_call_hold_one_place_together() -> None:
     """A publish call sends up to BATCH messages from one thread: its jobs hold that thread's
     place, not one each. Counted one each, a claim of publish jobs filled every place until
     its calls returned together, and the producer claimed only then: claims and publishes
     took turns instead of overlapping (JetStream: 10 to 11 thousand messages/s instead of 12
     to 13)."""
-    target = HeldTarget()
-    registry = outbox.Registry()
-    registry.destination("events", target)
-    inflight, _ = ledger()
-    completions = Completions(inflight)
-    dispatch = dispatcher(inflight, completions, concurrency=4, registry=registry)
-    claimed = [job("publish:events", payload={"message": {"n": n}}) for n in range(250)]
-    try:
-        dispatch.dispatch(claimed)
-        assert inflight.busy(claim=500) >= 3  # no fewer than the calls, started or not
-        deadline = time.monotonic() + 5
-        while len(target.calls) < 3 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert sorted(target.calls) == [50, 100, 100]
-        assert inflight.busy(claim=500) == 3  # three calls, three threads
-    finally:
-        target.release.set()
-        deadline = time.monotonic() + 5
-        while len(completions.outcomes) < 250 and time.monotonic() < deadline:
-            completions.done.wait(0.05)
-        dispatch.shutdown()
-    assert all(o.succeeded for o in completions.outcomes)
-    assert inflight.busy(claim=500) == 0
-    assert inflight.alone() is True
+    with publishing(HeldTarget(), 250) as run:
+        run.dispatch.dispatch(run.claimed)
+        assert run.inflight.busy(claim=500) >= 3  # no fewer than the calls, started or not
+        calls_begun(run.target, 3)
+        assert sorted(run.target.calls) == [50, 100, 100]
+        assert run.inflight.busy(claim=500) == 3  # three calls, three threads
+    assert run.inflight.busy(claim=500) == 0
+    assert run.inflight.alone() is True
 
 
 class ClaimSizedTarget(HeldTarget):
@@ -227,30 +252,14 @@ def test_a_batch_call_that_begins_wakes_the_producer_waiting_for_room() -> None:
     producer, waiting for room meanwhile, must hear of it then. Woken only when a call
     returned, it claimed again only after each call's confirms: claims and publishes took
     turns."""
-    target = ClaimSizedTarget()
-    registry = outbox.Registry()
-    registry.destination("events", target)
-    inflight, _ = ledger()
-    completions = Completions(inflight)
-    dispatch = dispatcher(inflight, completions, concurrency=4, registry=registry)
-    claimed = [job("publish:events", payload={"message": {"n": n}}) for n in range(500)]
-    try:
-        inflight.space.clear()  # the producer found no room and waits on this
-        dispatch.dispatch(claimed)
-        deadline = time.monotonic() + 5
-        while not target.calls and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert target.calls == [500]
-        assert inflight.space.wait(2)  # woken while the call is out, not when it returns
-        assert inflight.busy(claim=500) == 1
-        assert not completions.outcomes
-    finally:
-        target.release.set()
-        deadline = time.monotonic() + 5
-        while len(completions.outcomes) < 500 and time.monotonic() < deadline:
-            completions.done.wait(0.05)
-        dispatch.shutdown()
-    assert all(o.succeeded for o in completions.outcomes)
+    with publishing(ClaimSizedTarget(), 500) as run:
+        run.inflight.space.clear()  # the producer found no room and waits on this
+        run.dispatch.dispatch(run.claimed)
+        calls_begun(run.target, 1)
+        assert run.target.calls == [500]
+        assert run.inflight.space.wait(2)  # woken while the call is out, not when it returns
+        assert run.inflight.busy(claim=500) == 1
+        assert not run.completions.outcomes
 
 
 def test_plain_jobs_run_in_the_handler_threads_and_their_outcomes_go_to_the_completer() -> None:
