@@ -12,6 +12,7 @@ thread of their own, and all stop the same way (relay/service.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import os
 import secrets
@@ -64,6 +65,10 @@ ISOLATION_TURN = 2.0  # seconds spent on jobs that must run alone before claimin
 #: Seconds after a backlog runs dry before this relay's sealer seals its history, instead of
 #: at its next interval: time for the completer to write the last outcomes (a few ms).
 SEAL_AFTER_BACKLOG = 0.1
+#: Seconds added to the time since a claim when the idle wait asks for jobs that fell due
+#: since: the relay times it on its own clock, the claim's now() was the database's, taken a
+#: network half-trip later. A job due in the slack costs one claim more, not a wait.
+CLAIM_CLOCK_SLACK = 0.01
 
 log = structlog.get_logger("outbox.relay")
 
@@ -308,9 +313,10 @@ class Worker:
                 fruitless -= 1  # that claim and the next are one look, not two
                 continue
             if step is Step.SLEEP:
-                wait, source = self._idle_wait(), "poll"
+                wait, source = self._idle_wait(claiming), "poll"
             else:
-                wait, source = self.idle.retry_in(self._idle_wait), "retry"
+                longest = functools.partial(self._idle_wait, claiming)
+                wait, source = self.idle.retry_in(longest), "retry"
             self._stopping.wait(fruitless_pause(time.monotonic() - claiming, fruitless))
             woken = self._wake.wait(wait)
             if not woken and source == "poll":
@@ -394,8 +400,10 @@ class Worker:
             self.inflight.space.wait(0.1)
         return False
 
-    def _idle_wait(self) -> float:
-        """Until the poll interval, or sooner if a scheduled job falls due before it."""
+    def _idle_wait(self, claimed_at: float) -> float:
+        """Until the poll interval, or sooner if a scheduled job falls due before it; at once
+        if one fell due after the claim begun at ``claimed_at`` (monotonic) looked: read only
+        past that moment, it waited for the poll interval."""
         wait = self.settings.poll_interval.total_seconds()
         try:
             # On the claims' connections: one round trip. Through the engine's pool (a ping,
@@ -404,7 +412,10 @@ class Worker:
             # time here.
             with self.fast.connect() as connection:
                 floors = self.floors.current(self.queues)  # the lowest positions when inactive
-                due_in = seconds_to_next_run(connection, self.queues, self._limits.types, floors)
+                since = time.monotonic() - claimed_at + CLAIM_CLOCK_SLACK
+                due_in = seconds_to_next_run(
+                    connection, self.queues, self._limits.types, floors, since
+                )
         except sa.exc.DBAPIError:
             return wait
         if due_in is not None:

@@ -165,6 +165,9 @@ FROM claimed;
 -- not through the entries of the jobs claimed before it, which a long transaction keeps; a
 -- scheduled job more urgent than the floor's is found, once due, by ready_behind. Otherwise
 -- each floor is the lowest position, before every job.
+-- :since is how many seconds ago the relay's last claim began: a job that fell due after
+-- that claim looked, before this query, is counted too (its answer is then below zero, and
+-- the relay claims again at once); one due before it was there for that claim to take.
 WITH RECURSIVE floors AS (
     SELECT * FROM unnest(
         CAST(:queues AS text[]), CAST(:floor_priority AS smallint[]),
@@ -192,7 +195,8 @@ CROSS JOIN LATERAL (
     SELECT j.run_at FROM outbox_jobs AS j
     WHERE j.state = 'pending' AND j.queue = h.queue AND j.priority = h.priority
       AND (j.priority, j.run_at, j.id) > (h.floor_priority, h.floor_run_at, h.floor_id)
-      AND j.run_at > now() AND j.type = ANY(CAST(:types AS text[]))
+      AND j.run_at > now() - make_interval(secs => CAST(:since AS double precision))
+      AND j.type = ANY(CAST(:types AS text[]))
     ORDER BY j.run_at
     LIMIT 1
 ) AS n

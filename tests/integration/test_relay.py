@@ -444,6 +444,29 @@ def test_claim_plan_is_index_driven_right_after_a_burst(db: sa.Engine) -> None:
             assert "Tid Scan on outbox_jobs" in plan
 
 
+def test_a_job_that_fell_due_since_the_last_claim_is_due_now_not_at_the_poll(
+    db: sa.Engine,
+) -> None:
+    """A claim that found nothing, then a scheduled job falls due, then the idle wait asks
+    for the next run: read only past its own now(), the job was neither ready for the claim
+    nor ahead of the wait, and the relay slept the poll interval. Asked since the claim
+    began, the job is due (0 or less: claim again at once); one due before the claim was
+    there for it to take, so it is not counted (a job whose key is busy would be claimed at
+    every turn)."""
+    from outbox_relay.claim import seconds_to_next_run
+
+    with db.connect() as conn:
+        db_now = conn.execute(sa.text("SELECT now()")).scalar_one()
+    enqueue(db, [outbox.NewJob("a.b", {}, queue="due", run_at=db_now - timedelta(seconds=2))])
+    with db.connect() as conn:
+        assert seconds_to_next_run(conn, ["due"], ["a.b"]) is None  # not in the future
+        assert seconds_to_next_run(conn, ["due"], ["a.b"], since=0.5) is None  # before it
+        fell_due = seconds_to_next_run(conn, ["due"], ["a.b"], since=30.0)
+        assert fell_due is not None
+        assert -30 < fell_due <= -2  # due since the claim: claim again now
+        assert seconds_to_next_run(conn, ["due"], ["a.other"], since=30.0) is None
+
+
 def test_the_next_run_is_read_by_the_index_one_priority_at_a_time(db: sa.Engine) -> None:
     """An idle relay asks, at every sleep, when the next scheduled job of its types is due:
     with many scheduled jobs a plain min(run_at) read them all (14 ms at 50,000, a
@@ -473,7 +496,9 @@ def test_the_next_run_is_read_by_the_index_one_priority_at_a_time(db: sa.Engine)
         assert seconds_to_next_run(conn, ["q1"], ["a.other"]) == pytest.approx(5 * 60, abs=30)
         assert seconds_to_next_run(conn, ["q4"], ["a.b"]) is None
         lowest = Floors().current(["q1", "q2"])
-        found = plans(conn, NEXT_RUN_AT, {"queues": ["q1", "q2"], "types": ["a.b"], **lowest})
+        found = plans(
+            conn, NEXT_RUN_AT, {"queues": ["q1", "q2"], "types": ["a.b"], "since": 0.0, **lowest}
+        )
         # Past floors (a long snapshot pins the horizon): only what lies past each floor.
         floors = Floors()
         floors.turn(True)
@@ -487,7 +512,9 @@ def test_the_next_run_is_read_by_the_index_one_priority_at_a_time(db: sa.Engine)
         assert seconds_to_next_run(conn, ["q1", "q2"], ["a.b"], past) == pytest.approx(
             50 * 60, abs=30
         )  # q1's last job is behind its floor now; q2's floor is the lowest position
-        found += plans(conn, NEXT_RUN_AT, {"queues": ["q1", "q2"], "types": ["a.b"], **past})
+        found += plans(
+            conn, NEXT_RUN_AT, {"queues": ["q1", "q2"], "types": ["a.b"], "since": 0.0, **past}
+        )
         conn.rollback()
     for plan in found:
         assert "Seq Scan on outbox_jobs" not in plan
