@@ -185,7 +185,8 @@ def seconds_to_next_run(
     """Seconds until the earliest scheduled job of ``types`` in ``queues`` falls due, on the
     database's clock (the relay's own may be off), if any is scheduled. With ``floors``
     (``Floors.current``), each queue is read past its floor. ``since``: seconds since the
-    last claim began; a job that fell due since then counts, with an answer of 0 or less."""
+    last claim began; a scheduled job (not one enqueued to run at once) that fell due since
+    then counts, with an answer of 0 or less."""
     params: dict[str, Any] = {"queues": list(queues), "types": list(types), "since": since}
     params.update(floors if floors is not None else Floors().current(queues))
     seconds = connection.execute(NEXT_RUN_AT, params).scalar()

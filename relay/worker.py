@@ -65,10 +65,11 @@ ISOLATION_TURN = 2.0  # seconds spent on jobs that must run alone before claimin
 #: Seconds after a backlog runs dry before this relay's sealer seals its history, instead of
 #: at its next interval: time for the completer to write the last outcomes (a few ms).
 SEAL_AFTER_BACKLOG = 0.1
-#: Seconds added to the time since a claim when the idle wait asks for jobs that fell due
-#: since: the relay times it on its own clock, the claim's now() was the database's, taken a
-#: network half-trip later. A job due in the slack costs one claim more, not a wait.
-CLAIM_CLOCK_SLACK = 0.01
+#: Seconds added to the time since a claim when the idle wait asks for scheduled jobs that
+#: fell due since: the relay times it on its own clock from before the claim was sent, and
+#: the two statements' now() are the database's, each taken a network half-trip after its
+#: send. A job due in the slack that the claim could not take costs a claim more, not a wait.
+CLAIM_CLOCK_SLACK = 0.002
 
 log = structlog.get_logger("outbox.relay")
 

@@ -153,9 +153,9 @@ FROM claimed;
 -- name: next_run_at
 -- How many seconds until the next scheduled job of :queues becomes ready, so an idle relay
 -- sleeps until then. Measured on the database's clock, the one run_at is written by: a relay
--- whose own clock is off still wakes on time. Called only when nothing is ready, so the
--- pending rows it reads are the scheduled ones. Only of :types: a job this relay cannot
--- claim must not wake it.
+-- whose own clock is off still wakes on time. Called when the last claim found nothing
+-- ready (or less than it asked for). Only of :types: a job this relay cannot claim must not
+-- wake it.
 -- Read through outbox_jobs_ready_idx (queue, priority, run_at, id), one short range per
 -- priority in use: `heads` steps from each queue's first pending job to the next priority
 -- (a few index probes each), and each (queue, priority) gives its first job due after now
@@ -165,9 +165,12 @@ FROM claimed;
 -- not through the entries of the jobs claimed before it, which a long transaction keeps; a
 -- scheduled job more urgent than the floor's is found, once due, by ready_behind. Otherwise
 -- each floor is the lowest position, before every job.
--- :since is how many seconds ago the relay's last claim began: a job that fell due after
--- that claim looked, before this query, is counted too (its answer is then below zero, and
--- the relay claims again at once); one due before it was there for that claim to take.
+-- :since is how many seconds ago the relay's last claim began: a scheduled job (run_at after
+-- its enqueued_at: a delay, a run_at, a retry's backoff) that fell due after that claim
+-- looked, before this query, is counted too (the answer is then below zero, and the relay
+-- claims again at once); one due before it was there for that claim to take. A job enqueued
+-- to run at once (run_at = enqueued_at) is not: its NOTIFY wakes an idle relay, and while a
+-- claim cannot take it (its key busy, its queue at its limit) it would count at every turn.
 WITH RECURSIVE floors AS (
     SELECT * FROM unnest(
         CAST(:queues AS text[]), CAST(:floor_priority AS smallint[]),
@@ -196,6 +199,7 @@ CROSS JOIN LATERAL (
     WHERE j.state = 'pending' AND j.queue = h.queue AND j.priority = h.priority
       AND (j.priority, j.run_at, j.id) > (h.floor_priority, h.floor_run_at, h.floor_id)
       AND j.run_at > now() - make_interval(secs => CAST(:since AS double precision))
+      AND (j.run_at > now() OR j.run_at > j.enqueued_at)
       AND j.type = ANY(CAST(:types AS text[]))
     ORDER BY j.run_at
     LIMIT 1

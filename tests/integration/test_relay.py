@@ -450,21 +450,32 @@ def test_a_job_that_fell_due_since_the_last_claim_is_due_now_not_at_the_poll(
     """A claim that found nothing, then a scheduled job falls due, then the idle wait asks
     for the next run: read only past its own now(), the job was neither ready for the claim
     nor ahead of the wait, and the relay slept the poll interval. Asked since the claim
-    began, the job is due (0 or less: claim again at once); one due before the claim was
-    there for it to take, so it is not counted (a job whose key is busy would be claimed at
-    every turn)."""
+    began, the job is due (0 or less: claim again at once). Not counted: a job due before
+    the claim (it was there to take), and a job enqueued to run at once (its NOTIFY wakes an
+    idle relay; while its key is busy or its queue full it would count at every turn)."""
     from outbox_relay.claim import seconds_to_next_run
 
     with db.connect() as conn:
         db_now = conn.execute(sa.text("SELECT now()")).scalar_one()
-    enqueue(db, [outbox.NewJob("a.b", {}, queue="due", run_at=db_now - timedelta(seconds=2))])
+    due_at = db_now + timedelta(seconds=0.3)
+    enqueue(db, [
+        outbox.NewJob("a.b", {}, queue="due", run_at=due_at),
+        outbox.NewJob("a.b", {}, queue="now"),  # to run at once
+        outbox.NewJob("a.b", {}, queue="past", run_at=db_now - timedelta(seconds=1)),
+    ])  # fmt: skip
+    deadline = time.monotonic() + 10
     with db.connect() as conn:
+        while conn.execute(sa.text("SELECT now() <= :at"), {"at": due_at}).scalar_one():
+            conn.rollback()
+            assert time.monotonic() < deadline, "the database's clock did not pass run_at"
+            time.sleep(0.05)
+        conn.rollback()
         assert seconds_to_next_run(conn, ["due"], ["a.b"]) is None  # not in the future
-        assert seconds_to_next_run(conn, ["due"], ["a.b"], since=0.5) is None  # before it
         fell_due = seconds_to_next_run(conn, ["due"], ["a.b"], since=30.0)
         assert fell_due is not None
-        assert -30 < fell_due <= -2  # due since the claim: claim again now
+        assert -30 < fell_due <= 0  # due since the claim began: claim again now
         assert seconds_to_next_run(conn, ["due"], ["a.other"], since=30.0) is None
+        assert seconds_to_next_run(conn, ["now", "past"], ["a.b"], since=30.0) is None
 
 
 def test_the_next_run_is_read_by_the_index_one_priority_at_a_time(db: sa.Engine) -> None:
