@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("outbox.publish")
 #: librdkafka's own log lines (a broker connection refused, say) go to this logger, not stderr.
 client_log = logging.getLogger("outbox.publish.kafka")
+#: Seconds past ``timeout`` that a delivery report may take to come through the poll thread.
+REPORT_MARGIN = 5.0
 
 #: Kafka's topic names: letters, digits, '.', '_', '-'; 249 at most; not '.' or '..'.
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -157,7 +159,7 @@ class Kafka:
 
     def publish(self, message: Message) -> Delivery:
         """Produce one message and wait for its delivery report. Thread-safe."""
-        answer = self._wait(self._send(self._current(), message))
+        answer = self._wait(self._send(self._current(), message), self._report_deadline())
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -172,7 +174,10 @@ class Kafka:
                 sent.append(self._send(producer, message))
             except (PublishFailed, PublishRejected) as exc:
                 sent.append(exc)
-        return [self._wait(report) for report in sent]
+        # One deadline for the call's reports: waited one after another, each with a deadline
+        # of its own, a call of 500 could take 500 times as long if reports stopped coming.
+        deadline = self._report_deadline()
+        return [self._wait(report, deadline) for report in sent]
 
     def _send(self, producer: Producer, message: Message) -> _Report:
         """Hand one message to the producer; its report arrives through the poll thread."""
@@ -201,14 +206,19 @@ class Kafka:
             except KafkaException as exc:
                 raise self._outcome(exc.args[0]) from None
 
-    def _wait(self, report: _Report | Exception) -> Delivery | Exception:
+    def _report_deadline(self) -> float:
+        """When reports of messages sent now are late (monotonic): the producer gives up at
+        message.timeout.ms and reports it; the margin covers the report's way through the
+        poll thread."""
+        return time.monotonic() + self.timeout + REPORT_MARGIN
+
+    def _wait(self, report: _Report | Exception, deadline: float) -> Delivery | Exception:
         """The answer of a message sent: its delivery, or the failure to raise for it."""
         if isinstance(report, Exception):
             return report
-        # The producer gives up at message.timeout.ms and reports it; the margin covers the
-        # report's way through the poll thread.
-        if not report.done.wait(self.timeout + 5):
-            return PublishFailed(f"no delivery report from Kafka within {self.timeout + 5:g}s")
+        if not report.done.wait(max(0.0, deadline - time.monotonic())):
+            late = self.timeout + REPORT_MARGIN
+            return PublishFailed(f"no delivery report from Kafka within {late:g}s")
         if report.error is not None:
             return self._outcome(report.error)
         return Delivery(

@@ -209,6 +209,34 @@ def test_publishes_to_an_unreachable_cluster_fail_within_the_timeout() -> None:
         target.close()
 
 
+class SilentKafka(Kafka):
+    """A Kafka target whose delivery reports never come (its poll thread stuck, say)."""
+
+    def _send(self, producer: Any, message: Message) -> Any:
+        from outbox.publish.kafka import _Report
+
+        return _Report()
+
+
+def test_a_call_waits_for_its_reports_under_one_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reports waited for one after another, each with a deadline of its own: a call of 50
+    whose reports never come took 50 times the timeout (a claim's 500, 500 times)."""
+    monkeypatch.setattr("outbox.publish.kafka.REPORT_MARGIN", 0.05)
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    target = SilentKafka(f"127.0.0.1:{port}", topic="orders", timeout=0.2)
+    try:
+        started = time.monotonic()
+        answers = target.publish_many([message({"n": n}) for n in range(50)])
+        assert time.monotonic() - started < 3  # one deadline, not 50 of 0.25 s
+        assert len(answers) == 50
+        assert all(isinstance(a, PublishFailed) for a in answers)
+        assert "no delivery report from Kafka within 0.25s" in str(answers[-1])
+    finally:
+        target.close()
+
+
 def test_close_delivers_what_is_in_flight(cluster: MockCluster, topic: str) -> None:
     target = Kafka(cluster.bootstrap, topic=topic, timeout=10, linger_ms=5000)
     target.start(LIMITS)
