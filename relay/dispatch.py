@@ -67,7 +67,6 @@ class Dispatcher:
         group: list[Running] = []
         plain: list[Running] = []
         batches: dict[str, list[Running]] = {}
-        batch_sizes: dict[str, int] = {}
         for running in self._inflight.add(jobs, self._registry):
             if running.handler is None:
                 self._inflight.complete_later(running)
@@ -76,14 +75,14 @@ class Dispatcher:
                 group.append(running)
             elif running.handler.batch is not None:
                 batches.setdefault(running.handler.type, []).append(running)
-                batch_sizes[running.handler.type] = running.handler.batch_size
             else:
                 plain.append(running)
         # A batch handler (a destination that publishes in batches) takes its type's jobs of
         # the claim together, up to its target's batch_size a call: sent at once, confirmed
         # together.
-        for type_, same in batches.items():
-            size = batch_sizes[type_]
+        for same in batches.values():
+            assert same[0].handler is not None  # sorted into batches by its handler
+            size = same[0].handler.batch_size
             for start in range(0, len(same), size):
                 chunk = same[start : start + size]
                 future = self._submit(self._run_batch, chunk, chunk)
