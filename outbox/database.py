@@ -113,6 +113,20 @@ def binary_arrays(engine: sa.Engine) -> None:
     sa.event.listen(engine, "connect", connected)
 
 
+def fast_json(engine: sa.Engine) -> None:
+    """Read json and jsonb values of ``engine``'s results with :func:`outbox.fastjson.loads`
+    (orjson): the relay's claims read every job's payload, and the standard library's read
+    was a tenth of a publishing relay's CPU. An application's engine is left as it is."""
+    from psycopg.types.json import set_json_loads
+
+    from outbox.fastjson import loads
+
+    def connected(dbapi_connection: Any, _record: Any) -> None:
+        set_json_loads(loads, dbapi_connection)
+
+    sa.event.listen(engine, "connect", connected)
+
+
 def create_engine_async(dsn: str, **options: Any) -> AsyncEngine:
     from sqlalchemy.ext.asyncio import create_async_engine  # for applications that use it
 

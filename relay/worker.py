@@ -26,7 +26,7 @@ import sqlalchemy as sa
 import structlog
 from prometheus_client.registry import CollectorRegistry
 
-from outbox.database import binary_arrays, create_engine, libpq_dsn
+from outbox.database import binary_arrays, create_engine, fast_json, libpq_dsn
 from outbox.job import Job
 from outbox.publish import deliver as destinations
 from outbox.registry import Registry
@@ -149,6 +149,7 @@ class Worker:
             },
         )
         binary_arrays(self.fast)
+        fast_json(self.fast)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._stopped = threading.Event()

@@ -3,7 +3,6 @@ target, and the target's answer becomes the job's outcome and history."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from outbox.errors import InvalidPayload, PermanentFailure, RetryLater
+from outbox.fastjson import dumps
 from outbox.job import Job
 from outbox.publish.target import (
     Delivery,
@@ -55,10 +55,9 @@ def message_of(destination: str, job: Job) -> Message:
     event = payload.get("event")
     if not isinstance(headers, dict) or not isinstance(event, str | None):
         raise InvalidPayload(f"job {job.uuid}: 'headers' or 'event' is not what publish writes")
-    body = json.dumps(payload["message"], separators=(",", ":"), ensure_ascii=False)
     return Message(
-        uuid=job.uuid, destination=destination, body=body.encode(), key=job.key, event=event,
-        headers=headers, attempt=job.attempt, enqueued_at=job.enqueued_at,
+        uuid=job.uuid, destination=destination, body=dumps(payload["message"]), key=job.key,
+        event=event, headers=headers, attempt=job.attempt, enqueued_at=job.enqueued_at,
     )  # fmt: skip
 
 

@@ -370,3 +370,19 @@ def test_a_batch_target_gets_calls_of_its_own_batch_size(db: sa.Engine, dsn: str
         wait_for(lambda: scalar(db, "SELECT count(*) FROM outbox_jobs") == 0, 10, "completions")
     assert max(target.calls) == 7  # a claim's messages in calls of seven at most
     assert sorted(m.uuid for m in target.messages) == sorted(h.uuid for h in handles)
+
+
+def test_a_message_with_integers_beyond_64_bits_is_published_exactly(
+    db: sa.Engine, dsn: str, target: Recorder
+) -> None:
+    """jsonb keeps any integer; the relay's fast JSON reads and writes it as the standard
+    library does (outbox/fastjson.py)."""
+    with Session(db) as session:
+        handle = outbox.publish(session, "orders", {"big": 2**70 + 1, "n": -(2**64), "x": 1.5})
+        session.commit()
+    with running_relay(registry_for(target), dsn, concurrency=2):
+        wait_for(lambda: len(target.messages) == 1, 20, "the message")
+    [message] = target.messages
+    assert message.uuid == handle.uuid
+    # jsonb's order of keys: shorter first
+    assert message.body == b'{"n":-18446744073709551616,"x":1.5,"big":1180591620717411303425}'
