@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 import outbox
 from outbox.bulk import COPY_THRESHOLD
+from outbox.database import binary_arrays, fast_json
 from tests.integration.helpers import count
 
 QUEUE = "roundtrip"
@@ -52,12 +53,19 @@ def same(got: Any, want: Any) -> bool:
 
 
 def claimed_payloads(engine: sa.Engine, limit: int) -> dict[UUID, dict[str, Any]]:
-    """Payloads as the relay's claim hands them to handlers."""
-    with engine.connect() as conn:
-        jobs = claim_batch(
-            conn, queues=[QUEUE], limit=limit, lease=timedelta(seconds=30), relay="host:1:a",
-            limits=AttemptLimits(default=5, types=("round.trip",)),
-        )  # fmt: skip
+    """Payloads as the relay's claim hands them to handlers: read as its claims' engine
+    reads them (orjson, outbox/fastjson.py)."""
+    claims = sa.create_engine(engine.url, poolclass=sa.NullPool)
+    binary_arrays(claims)
+    fast_json(claims)
+    try:
+        with claims.connect() as conn:
+            jobs = claim_batch(
+                conn, queues=[QUEUE], limit=limit, lease=timedelta(seconds=30), relay="host:1:a",
+                limits=AttemptLimits(default=5, types=("round.trip",)),
+            )  # fmt: skip
+    finally:
+        claims.dispose()
     return {job.uuid: job.payload for job in jobs}
 
 
