@@ -119,7 +119,9 @@ def isolated_ready(connection: sa.Connection, queues: Sequence[str], types: Sequ
 
 def _jobs(rows: Sequence[Any]) -> list[Job]:
     # Unpacked by position (the order of the statement's SELECT list): the per-row cost of a
-    # claim in the relay is mostly here, and names cost a lookup each.
+    # claim in the relay is mostly here, and names cost a lookup each. The idempotency key
+    # comes as the job's uuid where none was given: as text from the claim, since str() of
+    # a UUID here took a fifth of the producer's time building jobs.
     return [
         Job(
             uuid=uuid,
@@ -130,7 +132,7 @@ def _jobs(rows: Sequence[Any]) -> list[Job]:
             attempt=attempt,
             max_attempts=most,
             enqueued_at=enqueued_at,
-            idempotency_key=idempotency_key or str(uuid),
+            idempotency_key=idempotency_key,
         )
         for (
             uuid,

@@ -32,6 +32,8 @@
 -- else its handler's (:types, :limits from this relay's registry), else :default_max. The claim
 -- stores it on the row, so every later attempt, relay and rescue (rescue.sql) reads the same
 -- number, whichever version of the registry they run.
+-- A job's idempotency key comes back as the enqueuer's, else the job's uuid as text (G3: the
+-- same on every attempt); made here, as str() of each uuid in the relay cost more.
 WITH limits AS (
     SELECT * FROM unnest(CAST(:types AS text[]), CAST(:limits AS integer[])) AS l (type, most)
 ),
@@ -87,8 +89,8 @@ recorded AS (
     INSERT INTO outbox_history (job_uuid, event, type, queue, key, attempt, relay)
     SELECT uuid, 'claimed', type, queue, key, attempt, :relay FROM claimed
 )
-SELECT uuid, type, queue, key, idempotency_key, payload, attempt, max_attempts, enqueued_at,
-       priority, run_at, id
+SELECT uuid, type, queue, key, coalesce(idempotency_key, uuid::text), payload, attempt,
+       max_attempts, enqueued_at, priority, run_at, id
 FROM claimed
 ORDER BY id;
 
@@ -146,8 +148,8 @@ recorded AS (
     INSERT INTO outbox_history (job_uuid, event, type, queue, key, attempt, relay, reason)
     SELECT uuid, 'claimed', type, queue, key, attempt, :relay, 'runs alone' FROM claimed
 )
-SELECT uuid, type, queue, key, idempotency_key, payload, attempt, max_attempts, enqueued_at,
-       priority, run_at, id
+SELECT uuid, type, queue, key, coalesce(idempotency_key, uuid::text), payload, attempt,
+       max_attempts, enqueued_at, priority, run_at, id
 FROM claimed;
 
 -- name: next_run_at

@@ -698,3 +698,28 @@ def test_a_trickle_is_claimed_as_it_comes(db: sa.Engine, dsn: str) -> None:
         wait_for(lambda: live_jobs(db) == 0, what="the first jobs done")
         [late] = enqueue(db, [outbox.NewJob("a.b", {"n": 99})])
         wait_for(lambda: "succeeded" in events(db, late.uuid), timeout=5, what="the late job")
+
+
+def test_a_job_without_an_idempotency_key_is_handed_its_uuid_as_one_by_either_claim(
+    db: sa.Engine,
+) -> None:
+    """G3: the key to pass on to other services is the same on every attempt, the enqueuer's
+    or else the job's uuid, whichever claim took the job."""
+    registry = outbox.Registry()
+    registry.register("a.idem", lambda job: None)
+    plain, given, alone = enqueue(db, [
+        outbox.NewJob("a.idem", {}), outbox.NewJob("a.idem", {}, idempotency_key="pay-7"),
+        outbox.NewJob("a.idem", {}, queue="alone"),
+    ])  # fmt: skip
+    with db.begin() as conn:
+        conn.execute(sa.text("UPDATE outbox_jobs SET isolated = true WHERE queue = 'alone'"))
+    claims = {"lease": timedelta(seconds=30), "relay": "r1",
+              "limits": AttemptLimits.of(registry, default=5)}  # fmt: skip
+    with db.connect() as conn:
+        batch = claim_batch(conn, queues=["default"], limit=10, **claims)
+        isolated = claim_isolated(conn, queues=["alone"], **claims)
+    assert {job.uuid: job.idempotency_key for job in batch} == {
+        plain.uuid: str(plain.uuid), given.uuid: "pay-7",
+    }  # fmt: skip
+    assert isolated is not None
+    assert (isolated.uuid, isolated.idempotency_key) == (alone.uuid, str(alone.uuid))
