@@ -132,29 +132,34 @@ def serve(port: int, kind: str, workers: int) -> subprocess.Popen[bytes]:
 
 def raw(port: int, messages: int, concurrency: int) -> float:
     """Seconds for the target's HTTP client alone, on one event loop with ``concurrency``
-    requests in flight over as many keep-alive connections, to POST ``messages`` unsigned."""
+    senders, each one request in flight at a time over its keep-alive connection, to POST
+    ``messages`` unsigned. Senders are its fastest way: a task a request behind a semaphore
+    of 64 took 9,000 requests/s where 64 senders took 12,300."""
     import aiohttp
 
     async def run() -> float:
         url = f"http://127.0.0.1:{port}/hooks"
         headers = {"content-type": "application/json"}
-        room = asyncio.Semaphore(concurrency)
         failures: list[int] = []
+        left = [0]
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector, trust_env=False) as client:
 
-            async def post() -> None:
-                async with (
-                    room,
-                    client.post(url, data=BODY, headers=headers, allow_redirects=False) as answer,
-                ):
-                    await answer.read()
-                    if not 200 <= answer.status < 300:
-                        failures.append(answer.status)
+            async def sender() -> None:
+                while left[0] > 0:
+                    left[0] -= 1
+                    async with client.post(
+                        url, data=BODY, headers=headers, allow_redirects=False
+                    ) as answer:
+                        await answer.read()
+                        if not 200 <= answer.status < 300:
+                            failures.append(answer.status)
 
-            await asyncio.gather(*(post() for _ in range(concurrency)))  # connected first
+            left[0] = concurrency
+            await asyncio.gather(*(sender() for _ in range(concurrency)))  # connected first
+            left[0] = messages
             started = time.perf_counter()
-            await asyncio.gather(*(post() for _ in range(messages)))
+            await asyncio.gather(*(sender() for _ in range(concurrency)))
             elapsed = time.perf_counter() - started
         if failures:
             raise SystemExit(f"raw: {len(failures)} requests failed, e.g. HTTP {failures[0]}")
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         server.wait(30)
     return report(
         runs, args.messages,
-        f"aiohttp, the target's client, {args.in_flight} in flight, keep-alive, unsigned",
+        f"aiohttp, the target's client, {args.in_flight} senders, keep-alive, unsigned",
         f"{relay_name(args.processes, args.concurrency)}, signed, history on "
         f"({args.receiver} receiver)",
     )  # fmt: skip

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from outbox.errors import ConfigurationError
-from outbox.publish.loop import LoopThread
+from outbox.publish.loop import Call, LoopThread
 from outbox.publish.target import (
     CLAIM_SIZED,
     Delivery,
@@ -62,32 +62,8 @@ HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 PERMANENT_ERRORS = frozenset({10054, 10060})
 
 
-class _Call:
-    """The messages of one :meth:`NatsJetStream.publish_many` call: their answers, filled in
-    on the loop's thread as PubAcks come (or fail to), and one future the calling thread
-    waits on, set with the last answer. One hand-over per call, not one per message."""
-
-    __slots__ = ("answers", "done", "left")
-
-    def __init__(self, answers: list[Delivery | Exception | None]) -> None:
-        self.answers = answers
-        self.left = sum(1 for answer in answers if answer is None)
-        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        if not self.left:
-            self.done.set_result(None)
-
-    def settle(self, index: int, answer: Delivery | Exception) -> None:
-        """On the loop's thread only; the first answer of a message stands."""
-        if self.answers[index] is not None:
-            return
-        self.answers[index] = answer
-        self.left -= 1
-        if not self.left:
-            self.done.set_result(None)
-
-
 #: A message handed to the loop: subject, body, headers, and where its answer goes.
-_Queued = tuple[str, bytes, dict[str, str], _Call, int]
+_Queued = tuple[str, bytes, dict[str, str], Call, int]
 
 
 def _connect_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +123,7 @@ class NatsJetStream:
         self._inbox = ""
         self._tokens = itertools.count()
         # PubAcks awaited, by token, in the order sent: (call, index, subject, deadline).
-        self._acks: dict[str, tuple[_Call, int, str, float]] = {}
+        self._acks: dict[str, tuple[Call, int, str, float]] = {}
         # One timer for every ack's deadline (the oldest's), not one per message.
         self._sweep: asyncio.TimerHandle | None = None
 
@@ -190,7 +166,7 @@ class NatsJetStream:
                 continue
             answers.append(None)
             sendable.append((subject, message.body, headers, index))
-        call = _Call(answers)
+        call = Call(answers)
         if sendable:
             loop = self._running_loop()
             # Calls from all threads queue here; the loop sends each queue in one go, so a

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import structlog
 
+from outbox.publish.target import Delivery
+
 log = structlog.get_logger("outbox.publish")
 
 T = TypeVar("T")
@@ -62,3 +64,29 @@ class LoopThread:
         thread.join(timeout)
         if not thread.is_alive():
             loop.close()
+
+
+class Call:
+    """The messages of one ``publish_many`` call handed to a loop: their answers, filled in
+    on the loop's thread as they come (or fail to), and one future the calling thread waits
+    on, set with the last answer. One hand-over per call, not one per message."""
+
+    __slots__ = ("abandoned", "answers", "done", "left")
+
+    def __init__(self, answers: list[Delivery | Exception | None]) -> None:
+        self.answers = answers
+        self.left = sum(1 for answer in answers if answer is None)
+        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        #: Set by the caller that stopped waiting: its messages not yet sent are not sent.
+        self.abandoned = False
+        if not self.left:
+            self.done.set_result(None)
+
+    def settle(self, index: int, answer: Delivery | Exception) -> None:
+        """On the loop's thread only; the first answer of a message stands."""
+        if self.answers[index] is not None:
+            return
+        self.answers[index] = answer
+        self.left -= 1
+        if not self.left:
+            self.done.set_result(None)

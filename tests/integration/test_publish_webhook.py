@@ -7,6 +7,7 @@ loses nothing and applies nothing twice."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -380,6 +381,56 @@ def test_publish_many_waits_for_a_stalled_endpoint_no_longer_than_the_timeout() 
     finally:
         gate.set()
         receiver.close()
+
+
+def test_calls_from_many_threads_share_the_pool_never_more_than_pool_in_flight() -> None:
+    """Every calling thread's requests wait in one queue for the pool's senders: each is
+    sent once, and no more than POOL are ever out at once."""
+    lock, out, most = threading.Lock(), [0], [0]
+
+    def slow(request: Received) -> tuple[int, dict[str, str], bytes]:
+        with lock:
+            out[0] += 1
+            most[0] = max(most[0], out[0])
+        time.sleep(0.02)
+        with lock:
+            out[0] -= 1
+        return 204, {}, b""
+
+    receiver = Receiver(slow)
+    calls = [[message(n, f"k{n}") for n in range(t * 40, t * 40 + 40)] for t in range(8)]
+    try:
+        with (
+            started(Webhook(receiver.url, secret=SECRET, allow_private=True)) as target,
+            concurrent.futures.ThreadPoolExecutor(8) as threads,
+        ):
+            answers = list(threads.map(target.publish_many, calls))
+        assert answers == [[Delivery("delivered", "HTTP 204")] * 40] * 8
+        ids = [r.headers["webhook-id"] for r in receiver.received()]
+        assert sorted(ids) == sorted(m.id for call in calls for m in call)  # each once
+        assert 8 <= most[0] <= POOL
+    finally:
+        receiver.close()
+
+
+def test_an_unexpected_error_fails_its_message_alone_and_the_pool_goes_on(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = Webhook(receiver.url, secret=SECRET, allow_private=True)
+    post = target._post
+
+    async def breaks_on_two(client: Any, body: bytes, headers: dict[str, str]) -> Any:
+        if json.loads(body)["n"] == 2:
+            raise RuntimeError("a bug")
+        return await post(client, body, headers)
+
+    monkeypatch.setattr(target, "_post", breaks_on_two)
+    with started(target):
+        first, broken, third = target.publish_many([message(n, f"k{n}") for n in (1, 2, 3)])
+        assert first == third == Delivery("delivered", "HTTP 204")
+        assert isinstance(broken, PublishFailed)
+        assert "RuntimeError('a bug')" in broken.detail
+        assert target.publish_many([message(4, "k4")]) == [Delivery("delivered", "HTTP 204")]
 
 
 def test_publish_many_refuses_only_the_message_with_a_bad_header(receiver: Receiver) -> None:
