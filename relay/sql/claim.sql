@@ -89,8 +89,8 @@ recorded AS (
     INSERT INTO outbox_history (job_uuid, event, type, queue, key, attempt, relay)
     SELECT uuid, 'claimed', type, queue, key, attempt, :relay FROM claimed
 )
-SELECT uuid, type, queue, key, coalesce(idempotency_key, uuid::text), payload, attempt,
-       max_attempts, enqueued_at, priority, run_at, id
+SELECT uuid, type, queue, key, coalesce(idempotency_key, uuid::text) AS idempotency_key, payload,
+       attempt, max_attempts, enqueued_at, priority, run_at, id
 FROM claimed
 ORDER BY id;
 
@@ -148,8 +148,8 @@ recorded AS (
     INSERT INTO outbox_history (job_uuid, event, type, queue, key, attempt, relay, reason)
     SELECT uuid, 'claimed', type, queue, key, attempt, :relay, 'runs alone' FROM claimed
 )
-SELECT uuid, type, queue, key, coalesce(idempotency_key, uuid::text), payload, attempt,
-       max_attempts, enqueued_at, priority, run_at, id
+SELECT uuid, type, queue, key, coalesce(idempotency_key, uuid::text) AS idempotency_key, payload,
+       attempt, max_attempts, enqueued_at, priority, run_at, id
 FROM claimed;
 
 -- name: next_run_at
