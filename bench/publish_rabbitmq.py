@@ -7,10 +7,10 @@
 Each run publishes to a durable queue of its own (deleted after) through the default
 exchange, while a no-op consumer (no acks, counting, in a process of its own) reads it. Every
 message is persistent, ``mandatory``, with its ``message_id``, and counts when its publisher
-confirm arrived. (a) raw: one confirm-mode channel with ``--window`` messages in flight
-(aiormq's ``basic_publish`` without waiting for each write), until every confirm arrived:
-the client the fastest way it can, the limit. (b) outbox: N publish jobs enqueued with
-``publish_many`` (not timed), ANALYZE, then ``outbox relay`` at its defaults (or
+confirm arrived. (a) raw: one confirm-mode channel with ``--window`` senders, each one
+message in flight (aiormq's ``basic_publish`` without waiting for each write), until every
+confirm arrived: the client the fastest way it can, the limit. (b) outbox: N publish jobs
+enqueued with ``publish_many`` (not timed), ANALYZE, then ``outbox relay`` at its defaults (or
 ``--concurrency N`` handler threads) with one ``RabbitMQ`` destination, timed from the
 relay's start until every job is done and every message consumed, and again from its first
 claim to its last completion as history dates them. ``--keys K`` gives the messages K keys
@@ -119,21 +119,26 @@ def raw(args: argparse.Namespace) -> float:
     async def publish_all(name: str) -> float:
         connection = await aio_pika.connect(args.url)
         channel = await (await connection.channel()).get_underlay_channel()
-        window = asyncio.Semaphore(args.window)
-        started = time.perf_counter()
+        left = [args.messages]
 
-        async def one(n: int) -> None:
-            headers = {"outbox-key": f"k{n % args.keys}"} if args.keys else {}
-            properties = spec.Basic.Properties(
-                message_id=str(uuid.uuid4()), content_type="application/json",
-                delivery_mode=2, headers=headers,
-            )  # fmt: skip
-            async with window:
+        async def sender() -> None:
+            # Senders, each one message in flight until its confirm: the client's fastest
+            # way (10,000 messages/s here, where a task a message behind a semaphore of as
+            # many took 7,900).
+            while left[0] > 0:
+                left[0] -= 1
+                n = left[0]
+                headers = {"outbox-key": f"k{n % args.keys}"} if args.keys else {}
+                properties = spec.Basic.Properties(
+                    message_id=str(uuid.uuid4()), content_type="application/json",
+                    delivery_mode=2, headers=headers,
+                )  # fmt: skip
                 await channel.basic_publish(
                     RAW_BODY, routing_key=name, properties=properties, mandatory=True, wait=False
                 )
 
-        await asyncio.gather(*(one(n) for n in range(args.messages)))
+        started = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(args.window)))
         elapsed = time.perf_counter() - started
         await connection.close()
         return elapsed
@@ -175,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=0, help="distinct keys (0: none)")
     add_relay_arguments(parser)
     parser.add_argument(
-        "--window", type=int, default=1000, help="the raw client's messages in flight"
+        "--window", type=int, default=1000, help="the raw client's senders (messages in flight)"
     )
     parser.add_argument("--url", default=URL)
     parser.add_argument("--timeout", type=float, default=600)
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = interleaved(args.rounds, lambda: raw(args), lambda: through_outbox(args))
     keys = f"{args.keys} keys" if args.keys else "no keys"
     return report(
-        runs, args.messages, f"aio-pika (aiormq channel), {args.window} in flight, all confirms",
+        runs, args.messages, f"aio-pika (aiormq channel), {args.window} senders, all confirms",
         f"{relay_name(args.processes, args.concurrency)} ({keys})",
     )  # fmt: skip
 
