@@ -62,6 +62,8 @@ class Received:
     headers: dict[str, str]
     body: bytes
     port: int  # the client's port: one per connection
+    #: Every header line as sent, repeated names included (``headers`` keeps the last).
+    lines: tuple[tuple[str, str], ...] = ()
 
 
 Answer = Callable[[Received], tuple[int, dict[str, str], bytes]]
@@ -98,7 +100,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 request = Received(
                     self.path, {k.lower(): v for k, v in self.headers.items()}, body,
-                    self.client_address[1],
+                    self.client_address[1], tuple(self.headers.items()),
                 )  # fmt: skip
                 with receiver.lock:
                     receiver.requests.append(request)
@@ -228,6 +230,20 @@ def test_outbox_sets_its_own_headers_over_the_applications(receiver: Receiver) -
     assert request.headers["idempotency-key"] == sent.id
     assert request.headers["content-type"] == "application/json"
     assert request.headers["x-trace"] == "abc"
+
+
+def test_a_header_outbox_sets_is_sent_once_whatever_the_application_gives(
+    receiver: Receiver,
+) -> None:
+    given = {"User-Agent": "mine/1", "Accept-Encoding": "gzip", "content-TYPE": "text/plain"}
+    with started(Webhook(receiver.url, secret=SECRET, allow_private=True)) as target:
+        target.publish(message(1, "k", **given))
+    (request,) = receiver.received()
+    names = [name.lower() for name, _ in request.lines]
+    assert sorted(n for n in names if names.count(n) > 1) == []
+    assert request.headers["user-agent"] == "outbox-relay"
+    assert request.headers["accept-encoding"] == "identity"  # answers read as sent
+    assert request.headers["content-type"] == "application/json"
 
 
 def test_rotation_signs_with_every_secret_and_either_verifies(receiver: Receiver) -> None:
