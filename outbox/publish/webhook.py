@@ -5,11 +5,10 @@ proxies from the environment, TLS verified), run on an asyncio event loop in a b
 thread of the target's own: every relay thread hands its messages (``publish_many``) to one
 queue on that loop, which 64 senders work through, one request in flight each over the
 session's pool of keep-alive connections; a call's thread waits for its answers together.
-(httpx's ``AsyncClient`` was
-measured first: its connection pool made about 550 requests/s here, against aiohttp's
-7,000 and more; figures in docs/howto/publish-webhook.md.) Each attempt is signed afresh
-(its timestamp is the attempt's) over the same ``webhook-id``, the job uuid, which the
-receiver dedupes on.
+(httpx's ``AsyncClient`` was measured first: its connection pool made about 550 requests/s
+here, against aiohttp's 7,000 and more; figures in docs/howto/publish-webhook.md.) Each
+attempt is signed afresh (its timestamp is the attempt's) over the same ``webhook-id``, the
+job uuid, which the receiver dedupes on.
 
 Addresses inside the network are refused at the connection itself: the session's connector
 resolves the host through a resolver that checks every address it returns, and connects
