@@ -21,6 +21,7 @@ import asyncio
 import collections
 import concurrent.futures
 import email.utils
+import functools
 import ipaddress
 import re
 import socket
@@ -68,6 +69,29 @@ OWN_HEADERS = frozenset(
 POOL = 64
 #: A request handed to the loop: its call and position there, the body and the headers.
 _Request = tuple[Call, int, bytes, dict[str, str]]
+
+
+class _Outgoing:
+    """One loop's requests waiting for a sender, from every calling thread, and its senders.
+    A new loop (after close, in a forked child) gets its own: a sender of an old loop that
+    ends late counts against the old one."""
+
+    __slots__ = ("closed", "senders", "tasks", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: collections.deque[_Request] = collections.deque()
+        self.senders = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    def close(self, failure: PublishFailed) -> None:
+        """On the loop: no more sending; what waits fails with ``failure`` (retried)."""
+        self.closed = True
+        while self.waiting:
+            call, index, _, _ = self.waiting.popleft()
+            call.settle(index, failure)
+
+
 #: How much of a refusing endpoint's answer is read and kept in the job's history.
 ANSWER_CHARS = 200
 #: An answer's body longer than this is not read: its connection is closed instead.
@@ -211,10 +235,7 @@ class Webhook:
         self._loop_thread = LoopThread("outbox-webhook", self._reset)
         # Touched only on the loop's thread.
         self._client: aiohttp.ClientSession | None = None
-        self._senders = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        #: Requests waiting for a sender, from every calling thread.
-        self._waiting: collections.deque[_Request] = collections.deque()
+        self._out = _Outgoing()
 
     def __repr__(self) -> str:
         return f"Webhook({self.url!r})"
@@ -278,9 +299,10 @@ class Webhook:
         call = Call(answers)
         if signed:
             loop = self._running_loop()
+            out = self._out  # this loop's: a new loop (in a forked child) has its own
             # A deque: appended to from any thread, taken from on the loop's.
-            self._waiting.extend((call, index, body, headers) for index, body, headers in signed)
-            loop.call_soon_threadsafe(self._start_senders)
+            out.waiting.extend((call, index, body, headers) for index, body, headers in signed)
+            loop.call_soon_threadsafe(self._start_senders, out)
             try:
                 # Each request is bounded by timeout; this only guards against a stuck loop.
                 call.done.result(self.timeout * (len(signed) + 2))
@@ -301,11 +323,10 @@ class Webhook:
 
     def _reset(self) -> None:
         """A new loop (the first, or one in a forked child) starts without a client."""
-        self._client, self._senders = None, 0
-        self._waiting = collections.deque()
-        self._tasks = set()
+        self._client, self._out = None, _Outgoing()
 
     async def _close_client(self) -> None:
+        self._out.close(PublishFailed(f"the webhook target for {self.url} was closed"))
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
@@ -330,34 +351,45 @@ class Webhook:
             auto_decompress=False,
         )
 
-    def _start_senders(self) -> None:
+    def _start_senders(self, out: _Outgoing) -> None:
         """On the loop: senders for what waits, up to :data:`POOL` at once. A sender sends
         one request at a time until the queue is empty: a request waits in the queue, not on
         a semaphore, and is timed from when a sender takes it (a connection is free for it).
         64 senders took 12,300 requests/s where a task a request behind a semaphore of 64
         took 9,000 (bench/publish_webhook.py, the raw client)."""
+        if out.closed:  # handed over as the target closed: nothing sends it any more
+            out.close(PublishFailed(f"the webhook target for {self.url} was closed"))
+            return
         if self._client is None:
             self._client = self._open()
         loop = asyncio.get_running_loop()
-        for _ in range(min(POOL - self._senders, len(self._waiting))):
-            self._senders += 1
-            task = loop.create_task(self._sender(self._client))
-            self._tasks.add(task)  # the loop keeps only a weak reference
-            task.add_done_callback(self._tasks.discard)
+        for _ in range(min(POOL - out.senders, len(out.waiting))):
+            out.senders += 1
+            task = loop.create_task(self._sender(out, self._client))
+            out.tasks.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(functools.partial(self._sender_done, out))
 
-    async def _sender(self, client: aiohttp.ClientSession) -> None:
+    def _sender_done(self, out: _Outgoing, task: asyncio.Task[None]) -> None:
+        out.tasks.discard(task)
+        if out.waiting and not out.closed:  # it ended early (cancelled): others go on
+            self._start_senders(out)
+
+    async def _sender(self, out: _Outgoing, client: aiohttp.ClientSession) -> None:
         try:
-            while self._waiting:
-                call, index, body, headers = self._waiting.popleft()
+            while out.waiting:
+                call, index, body, headers = out.waiting.popleft()
                 if call.abandoned:
                     continue
                 try:
                     answer = await self._send(client, body, headers)
+                except asyncio.CancelledError:
+                    call.settle(index, PublishFailed(f"publishing to {self.url} was cancelled"))
+                    raise
                 except Exception as exc:  # none expected: the message fails, the sender goes on
                     answer = PublishFailed(f"publishing to {self.url} failed: {exc!r}")
                 call.settle(index, answer)
         finally:
-            self._senders -= 1
+            out.senders -= 1
 
     async def _send(
         self, client: aiohttp.ClientSession, body: bytes, headers: dict[str, str]

@@ -6,10 +6,12 @@ loses nothing and applies nothing twice."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import shutil
@@ -447,6 +449,77 @@ def test_an_unexpected_error_fails_its_message_alone_and_the_pool_goes_on(
         assert isinstance(broken, PublishFailed)
         assert "RuntimeError('a bug')" in broken.detail
         assert target.publish_many([message(4, "k4")]) == [Delivery("delivered", "HTTP 204")]
+
+
+@pytest.mark.parametrize("pool", [1, POOL])
+def test_a_cancelled_request_fails_its_message_at_once_and_the_queue_goes_on(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, pool: int
+) -> None:
+    """A request that ends in CancelledError (no aiohttp path is known to raise it) fails
+    its message at once, not after the call's backstop, and the requests queued behind it
+    still go, even when its sender was the only one."""
+    monkeypatch.setattr("outbox.publish.webhook.POOL", pool)
+    target = Webhook(receiver.url, secret=SECRET, timeout=5, allow_private=True)
+    post = target._post
+
+    async def cancelled_on_two(client: Any, body: bytes, headers: dict[str, str]) -> Any:
+        if json.loads(body)["n"] == 2:
+            raise asyncio.CancelledError
+        return await post(client, body, headers)
+
+    monkeypatch.setattr(target, "_post", cancelled_on_two)
+    with started(target):
+        began = time.monotonic()
+        first, cancelled, third = target.publish_many([message(n, f"k{n}") for n in (1, 2, 3)])
+        assert time.monotonic() - began < 3
+        assert first == third == Delivery("delivered", "HTTP 204")
+        assert isinstance(cancelled, PublishFailed)
+        assert "cancelled" in cancelled.detail
+        assert target.publish_many([message(4, "k4")]) == [Delivery("delivered", "HTTP 204")]
+
+
+def test_requests_still_waiting_when_the_target_closes_fail_and_it_can_start_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """close() while one request is out and two wait for a sender: all three are answered
+    (failed, to be retried) at once; the same target then starts afresh on a new loop, its
+    senders counted from zero again (a sender of the old loop counts against the old one)."""
+    monkeypatch.setattr("outbox.publish.webhook.POOL", 1)
+    gate = threading.Event()
+
+    def stall(request: Received) -> tuple[int, dict[str, str], bytes]:
+        gate.wait(10)
+        return 204, {}, b""
+
+    receiver = Receiver(stall)
+    port = receiver.port
+    target = Webhook(receiver.url, secret=SECRET, timeout=5, allow_private=True)
+    try:
+        target.start(LIMITS)
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            out = thread.submit(target.publish_many, [message(n, f"k{n}") for n in range(3)])
+            wait_for(lambda: len(receiver.received()) >= 1, 5, "the first request")
+            began = time.monotonic()
+            target.close()
+            answers = out.result(10)
+            assert time.monotonic() - began < 3
+        assert len(answers) == 3
+        assert all(isinstance(a, PublishFailed) for a in answers)
+    finally:
+        gate.set()
+        receiver.close()
+    back = Receiver(port=port)
+    try:
+        with started(target):
+            assert (
+                target.publish_many([message(n, f"k{n}") for n in range(5)])
+                == [Delivery("delivered", "HTTP 204")] * 5
+            )
+            gc.collect()  # what was left of the old loop's senders ends now, if anything did
+            assert target._out.senders == 0
+        assert len(back.received()) == 5
+    finally:
+        back.close()
 
 
 def test_publish_many_refuses_only_the_message_with_a_bad_header(receiver: Receiver) -> None:
