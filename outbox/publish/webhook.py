@@ -69,29 +69,6 @@ OWN_HEADERS = frozenset(
 POOL = 64
 #: A request handed to the loop: its call and position there, the body and the headers.
 _Request = tuple[Call, int, bytes, dict[str, str]]
-
-
-class _Outgoing:
-    """One loop's requests waiting for a sender, from every calling thread, and its senders.
-    A new loop (after close, in a forked child) gets its own: a sender of an old loop that
-    ends late counts against the old one."""
-
-    __slots__ = ("closed", "senders", "tasks", "waiting")
-
-    def __init__(self) -> None:
-        self.waiting: collections.deque[_Request] = collections.deque()
-        self.senders = 0
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.closed = False
-
-    def close(self, failure: PublishFailed) -> None:
-        """On the loop: no more sending; what waits fails with ``failure`` (retried)."""
-        self.closed = True
-        while self.waiting:
-            call, index, _, _ = self.waiting.popleft()
-            call.settle(index, failure)
-
-
 #: How much of a refusing endpoint's answer is read and kept in the job's history.
 ANSWER_CHARS = 200
 #: An answer's body longer than this is not read: its connection is closed instead.
@@ -156,6 +133,27 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
         when = when.replace(tzinfo=UTC)
     now = time.time() if now is None else now
     return max(0.0, when.timestamp() - now)
+
+
+class _Outgoing:
+    """One loop's requests waiting for a sender, from every calling thread, and its senders.
+    A new loop (after close, in a forked child) gets its own: a sender of an old loop that
+    ends late counts against the old one."""
+
+    __slots__ = ("closed", "senders", "tasks", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: collections.deque[_Request] = collections.deque()
+        self.senders = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    def close(self, failure: PublishFailed) -> None:
+        """On the loop: no more sending; what waits fails with ``failure`` (retried)."""
+        self.closed = True
+        while self.waiting:
+            call, index, _, _ = self.waiting.popleft()
+            call.settle(index, failure)
 
 
 class Webhook:
